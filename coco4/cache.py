@@ -1,0 +1,108 @@
+"""Decode every image once into a memory-mapped uint8 cache at the protocol's pre-crop size.
+
+The original pipeline decoded each 640x480 JPEG and resized it every epoch; here a list is
+decoded once, in parallel, and every later epoch (and run) reads a flat uint8 array. The cache
+file's name carries a hash of the list's file names, the pre-crop size and each image's size
+and mtime, so a changed list or image builds a new cache instead of serving stale pixels.
+"""
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .data import image_paths, probe
+from .fileio import atomic_path, atomic_write_text
+from .transforms import pil_resize, precrop_size
+
+
+@dataclass
+class ImageCache:
+    """``images[i]`` is image i of the list as uint8 CHW; ``bad`` maps the index of each image
+    that could not be used to why (missing or unreadable); their rows are zeros."""
+
+    images: np.ndarray
+    bad: dict
+    path: Path
+
+    def tensor(self):
+        return torch.from_numpy(self.images)
+
+
+def cache_key(paths, size):
+    h = hashlib.sha1(f"v1 {size}".encode())
+    for p in paths:
+        try:
+            st = os.stat(p)
+            h.update(f"{p.name} {st.st_size} {st.st_mtime_ns}\n".encode())
+        except FileNotFoundError:
+            h.update(f"{p.name} missing\n".encode())
+    return h.hexdigest()[:16]
+
+
+def cache_file(image_list, image_dir, image_size, cache_dir):
+    paths = image_paths(image_list, image_dir)
+    size = precrop_size(image_size)
+    key = cache_key(paths, size)
+    return Path(cache_dir) / f"{image_list.path.stem}-{size}px-{key}.u8", paths, size
+
+
+def load_or_build(image_list, image_dir, image_size, cache_dir, workers=0, progress=True):
+    """Return the list's ImageCache, building it first if no valid one exists."""
+    path, paths, size = cache_file(image_list, image_dir, image_size, cache_dir)
+    meta_path = path.with_suffix(".json")
+    if not (path.is_file() and meta_path.is_file()):
+        _build(path, paths, size, workers, progress)
+    meta = json.loads(meta_path.read_text())
+    # copy-on-write mapping: torch gets a writable view without ever writing to the file
+    images = np.memmap(path, dtype=np.uint8, mode="c", shape=(len(paths), 3, size, size))
+    return ImageCache(images, {int(i): why for i, why in meta["bad"].items()}, path)
+
+
+class _DecodeDataset(torch.utils.data.Dataset):
+    def __init__(self, paths, size):
+        self.paths, self.size = paths, size
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        image, why = probe(self.paths[i])
+        if image is None:
+            return i, why
+        return i, np.asarray(pil_resize(image, self.size)).transpose(2, 0, 1)
+
+
+def _build(path, paths, size, workers, progress):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bad = {}
+    loader = torch.utils.data.DataLoader(_DecodeDataset(paths, size), batch_size=32,
+                                         num_workers=workers, collate_fn=list)
+    with atomic_path(path) as tmp:
+        images = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(len(paths), 3, size, size))
+        with tqdm(total=len(paths), desc=f"caching {path.name}", unit="img",
+                  disable=not progress) as bar:
+            for batch in loader:
+                for i, array in batch:
+                    if isinstance(array, str):
+                        bad[i] = array
+                    else:
+                        images[i] = array
+                bar.update(len(batch))
+        images.flush()
+        del images
+    atomic_write_text(path.with_suffix(".json"), json.dumps(
+        {"size": size, "count": len(paths), "bad": bad}))
+    _remove_stale(path)
+
+
+def _remove_stale(path):
+    """Delete older caches of the same list and size: each can be a gigabyte."""
+    prefix = path.name.rsplit("-", 1)[0] + "-"
+    for old in path.parent.glob(prefix + "*"):
+        if old.stem != path.stem and old.suffix in (".u8", ".json"):
+            old.unlink(missing_ok=True)

@@ -1,0 +1,118 @@
+"""The one way checkpoints are written (atomically) and read (tensors only, shapes checked).
+
+Formats read: this project's (``format == "coco4"``), the original project's
+(``model_state_dict`` / ``optimizer_state_dict`` / ``epoch``, no class names), and, for
+``--weights``, torchvision's ImageNet resnet50 state dict.
+"""
+import pickle
+import re
+import platform
+from pathlib import Path
+
+import torch
+
+from .errors import Coco4Error
+from .fileio import atomic_path
+from .lists import DEFAULT_CLASSES
+from .model import _load_backbone, is_imagenet_state, num_classes_of
+
+FORMAT = "coco4"
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path, payload):
+    """Write ``payload`` (plain containers of tensors and numbers) to ``path`` atomically."""
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION,
+               "versions": library_versions(), **payload}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def library_versions():
+    import torchvision
+
+    # str(): torch.__version__ is a TorchVersion object, which weights_only loading refuses
+    return {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+            "python": platform.python_version()}
+
+
+def read_file(path):
+    """torch.load with ``weights_only=True``: nothing in the file can run code here."""
+    path = Path(path)
+    if not path.is_file():
+        raise Coco4Error(f"checkpoint {path} not found; train one with `python train.py` or "
+                         "place the file there (see README)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        if "weights only load failed" in text.lower():
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+            what = f" ({found.group(1)})" if found else ""
+            raise Coco4Error(f"refusing {path}: it holds a pickled Python object{what} beyond "
+                             "tensors and plain containers, and loading it could run code; if "
+                             "you trust its source, re-save just its state dicts") from None
+        first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+        raise Coco4Error(f"{path} is not a PyTorch checkpoint ({first})") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as e:
+        raise Coco4Error(f"{path} is not a readable PyTorch checkpoint "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                         "was it truncated by an interrupted download?") from None
+
+
+def load_checkpoint(path):
+    """Read a coco4 or original checkpoint as a dict with at least ``model`` and ``classes``."""
+    return _as_checkpoint(read_file(path), path)
+
+
+def _as_checkpoint(ckpt, path):
+    if not isinstance(ckpt, dict):
+        raise Coco4Error(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
+    if ckpt.get("format") == FORMAT:
+        return ckpt
+    if "model_state_dict" in ckpt:
+        # the original project's layout: no class names, the default four in its order
+        n = num_classes_of(ckpt["model_state_dict"])
+        if n is not None and n != len(DEFAULT_CLASSES):
+            raise Coco4Error(f"{path} is an original-format checkpoint for {n} classes "
+                             f"(fc.3.weight is {list(ckpt['model_state_dict']['fc.3.weight'].shape)})"
+                             f"; without class names only the original {len(DEFAULT_CLASSES)} "
+                             "classes can be assumed")
+        return {"format": "original", "model": ckpt["model_state_dict"],
+                "classes": list(DEFAULT_CLASSES), "epoch": ckpt.get("epoch"), "config": {}}
+    if is_imagenet_state(ckpt):
+        raise Coco4Error(f"{path} is an ImageNet classifier state dict, not a fine-tuned "
+                         "checkpoint; use it with `train.py --weights PATH`")
+    raise Coco4Error(f"{path} is not a coco4 or original checkpoint (top-level keys: "
+                     f"{sorted(map(str, ckpt))[:6]})")
+
+
+def load_state_into(model, state, source):
+    """``load_state_dict`` with a one-line message saying which key or shape does not fit."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise Coco4Error(f"{source} holds no model state dict")
+    expected = model.state_dict()
+    want, got = num_classes_of(expected), num_classes_of(state)
+    if got is not None and want != got:
+        raise Coco4Error(f"{source} has {got} classes (fc.3.weight is "
+                         f"{list(state['fc.3.weight'].shape)}), expected {want}")
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} is {list(state[k].shape)}, expected {list(v.shape)}"
+             for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        raise Coco4Error(f"{source} does not fit a ResNet-50 classifier: "
+                         + "; ".join(filter(None, [
+                             missing and f"{len(missing)} missing keys ({missing[0]}, ...)",
+                             unexpected and f"{len(unexpected)} unexpected keys ({unexpected[0]}, ...)",
+                             wrong and wrong[0]])))
+    model.load_state_dict(state)
+
+
+def load_model_weights(model, path):
+    """``--weights PATH``: ImageNet backbone weights, or a whole checkpoint to fine-tune from."""
+    state = read_file(path)
+    if is_imagenet_state(state):
+        _load_backbone(model, state, str(path))
+        return
+    load_state_into(model, _as_checkpoint(state, path)["model"], str(path))

@@ -1,0 +1,89 @@
+"""The training configuration: one frozen dataclass, validated on construction, stored in
+every checkpoint so evaluation and resume rebuild the run from the file alone."""
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import Coco4Error
+
+# Settings that say where and how fast a run executes, not what it computes: on --resume these
+# come from the command line, everything else from the checkpoint being resumed.
+RUNTIME_FIELDS = ("coco_root", "data_dir", "train_list", "train_images", "cache_dir", "epochs",
+                  "device", "workers", "output_dir", "resume", "compile", "strict")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    coco_root: str = "coco"
+    data_dir: str = "data"
+    train_list: str = None
+    train_images: str = None
+    cache_dir: str = None
+    epochs: int = 70
+    batch_size: int = 2048
+    accum_steps: int = 1
+    lr: float = 1e-4
+    image_size: int = 224
+    weights: str = "imagenet"
+    device: str = "auto"
+    workers: int = 4
+    seed: int = 0
+    val_fraction: float = 0.1
+    output_dir: str = "checkpoint"
+    resume: str = None
+    amp: bool = True
+    data_path: str = "fast"
+    compile: bool = False
+    strict: bool = False
+    plateau_factor: float = 0.1
+    plateau_patience: int = 5
+
+    def __post_init__(self):
+        checks = [
+            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (self.accum_steps >= 1, f"--accum-steps must be at least 1, got {self.accum_steps}"),
+            (self.accum_steps <= self.batch_size, f"--accum-steps {self.accum_steps} is more "
+             f"than --batch-size {self.batch_size}: each micro-batch needs an image"),
+            (self.lr > 0, f"--lr must be positive, got {self.lr}"),
+            (self.image_size >= 32, f"--image-size must be at least 32 (ResNet-50 downsamples "
+             f"32x), got {self.image_size}"),
+            (0 < self.val_fraction < 1, f"--val-fraction must be between 0 and 1 (exclusive), "
+             f"got {self.val_fraction}"),
+            (self.workers >= 0, f"--workers must be 0 or more, got {self.workers}"),
+            (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+             f"--device must be auto, cpu or cuda, got {self.device!r}"),
+            (self.data_path in ("fast", "pil"), f"--data-path must be fast or pil, got "
+             f"{self.data_path!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise Coco4Error(message)
+
+    @property
+    def train_list_path(self):
+        return Path(self.train_list or Path(self.data_dir) / "annotation_train.txt")
+
+    @property
+    def train_images_path(self):
+        return Path(self.train_images or Path(self.coco_root) / "images" / "train2017")
+
+    @property
+    def cache_path(self):
+        return Path(self.cache_dir or Path(self.data_dir) / "cache")
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values):
+        """Build from a stored dict, ignoring keys this version does not know."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+    def resumed_from(self, stored):
+        """The stored run's settings with this command line's runtime settings on top."""
+        merged = {**stored, **{k: getattr(self, k) for k in RUNTIME_FIELDS}}
+        ignored = {k: v for k, v in self.to_dict().items()
+                   if k not in RUNTIME_FIELDS and k in stored and stored[k] != v}
+        return TrainConfig.from_dict(merged), ignored

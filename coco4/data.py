@@ -1,0 +1,86 @@
+"""Reading images as RGB, and the dataset over (list file, image folder)."""
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
+
+from .errors import Coco4Error
+
+
+class UnreadableImage(Exception):
+    """An image file that exists but cannot be decoded (truncated, empty, not an image)."""
+
+
+def read_rgb(path):
+    """Open any image PIL can decode as an upright RGB image.
+
+    COCO holds grayscale JPEGs and users' folders hold CMYK, palette and PNG-named-.jpg files:
+    PIL sniffs the real format from the bytes, exif_transpose applies a camera's rotation, and
+    convert("RGB") gives every model input three channels.
+    """
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise UnreadableImage(f"{path}: {e}") from e
+
+
+def image_paths(image_list, image_dir):
+    return [Path(image_dir) / name for name in image_list.files]
+
+
+def check_image_dir(image_dir):
+    image_dir = Path(image_dir)
+    if not image_dir.is_dir():
+        raise Coco4Error(f"image folder {image_dir} not found; unzip COCO's train2017.zip / "
+                         "val2017.zip into COCO_ROOT/images (see README) or pass --coco-root")
+
+
+def probe(path):
+    """(RGB image, None) when ``path`` decodes, else (None, why it cannot be used)."""
+    try:
+        return read_rgb(path), None
+    except FileNotFoundError:
+        return None, "missing"
+    except UnreadableImage as e:
+        return None, f"unreadable: {str(e).split(': ', 1)[-1]}"
+
+
+class _Probe(torch.utils.data.Dataset):
+    def __init__(self, paths):
+        self.paths = paths
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        return i, probe(self.paths[i])[1]
+
+
+def find_unusable(image_list, image_dir, workers=0, progress=True):
+    """{index: why} for every listed image that is missing or does not decode, found in parallel."""
+    loader = torch.utils.data.DataLoader(_Probe(image_paths(image_list, image_dir)),
+                                         batch_size=32, num_workers=workers, collate_fn=list)
+    bad = {}
+    for batch in tqdm(loader, desc="checking images", unit="batch", disable=not progress):
+        bad.update((i, why) for i, why in batch if why)
+    return bad
+
+
+class ListDataset(torch.utils.data.Dataset):
+    """(image tensor, label) pairs for one list; the original PIL pipeline, kept for comparison."""
+
+    def __init__(self, image_list, image_dir, transform):
+        self.paths = image_paths(image_list, image_dir)
+        self.labels = image_list.labels
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        return self.transform(read_rgb(self.paths[i])), self.labels[i]

@@ -1,0 +1,73 @@
+"""torchrun support: one process per GPU (or CPU process with gloo), rank 0 writes files."""
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .errors import Coco4Error
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    @property
+    def enabled(self):
+        return self.world > 1
+
+
+def init_distributed(device_kind):
+    """Join the process group torchrun describes in the environment; a single process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return DistEnv()
+    env = DistEnv(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    backend = "nccl" if device_kind == "cuda" else "gloo"
+    if device_kind == "cuda":
+        torch.cuda.set_device(env.local_rank)
+    dist.init_process_group(backend)
+    return env
+
+
+def close_distributed(env):
+    if env.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(values, env, device):
+    """Sum a list of numbers over all ranks (a no-op for one process)."""
+    if not env.enabled:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def any_rank(flag, env, device):
+    """True on every rank if ``flag`` is true on any: ranks must stop at the same step."""
+    return bool(all_reduce_sum([float(flag)], env, device)[0]) if env.enabled else flag
+
+
+def barrier(env):
+    if env.enabled:
+        dist.barrier()
+
+
+def pick_device(requested, env):
+    """The device this process trains on: ``auto`` means CUDA when present, else CPU."""
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise Coco4Error(f"--device {requested} asked for CUDA, but torch.cuda.is_available() "
+                             "is False (no GPU, or a CPU-only PyTorch); use --device cpu")
+        return torch.device("cuda", env.local_rank if env.enabled else
+                            (torch.device(requested).index or 0))
+    return torch.device("cpu")

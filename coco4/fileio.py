@@ -1,0 +1,76 @@
+"""Atomic writes: a crash or a full disk never leaves a half-written file under the final name."""
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import Coco4Error
+
+
+@contextmanager
+def atomic_path(path, suffix=""):
+    """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``.
+
+    The temporary file lives in the same folder so the final ``os.replace`` is a rename on one
+    file system, which POSIX makes atomic: readers see the old file or the new one, never a mix.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        _remove_quietly(tmp)
+        raise Coco4Error(f"could not write {path}: {e.strerror or e}; "
+                         "check free disk space and write permission (the previous file, "
+                         "if any, is untouched)") from e
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def atomic_write_text(path, text):
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def _remove_quietly(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def check_writable(folder):
+    """Fail before hours of work if ``folder`` cannot take the files we will write there."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise Coco4Error(f"cannot write to {folder}: {e.strerror or e}; "
+                         "choose another folder or fix its permissions") from e
+
+
+def link_or_copy(src, dst):
+    """Make ``dst`` hold ``src``'s current bytes, atomically, without copying where possible.
+
+    A hard link is free, and safe here because ``src`` is only ever replaced by a rename (a new
+    inode), never rewritten in place, so ``dst`` keeps the bytes it was linked to.
+    """
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+        os.replace(tmp, dst)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        with atomic_path(dst) as t:
+            shutil.copyfile(src, t)

@@ -1,0 +1,87 @@
+"""Image lists: ``<file_name> <label>`` per line, the original project's format, and classes.txt.
+
+The lists produced by the original code (``annotation_train.txt``, ``annotation_val.txt``) are
+read unchanged; a class file is optional and defaults to the original four classes.
+"""
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import Coco4Error
+from .fileio import atomic_write_text
+
+DEFAULT_CLASSES = ("bird", "airplane", "train", "boat")
+CLASSES_FILE = "classes.txt"
+
+
+@dataclass(frozen=True)
+class ImageList:
+    """A parsed list file: parallel tuples of file names and integer labels."""
+
+    path: Path
+    files: tuple
+    labels: tuple
+
+    def __len__(self):
+        return len(self.files)
+
+    def subset(self, indices):
+        return ImageList(self.path, tuple(self.files[i] for i in indices),
+                         tuple(self.labels[i] for i in indices))
+
+
+def read_list(path, num_classes=None):
+    """Parse a list file; any malformed line is an error naming the file and the line number."""
+    path = Path(path)
+    if not path.is_file():
+        raise Coco4Error(f"image list {path} not found; create it with "
+                         "`python annotation_prepare.py` (or pass the right --data-dir)")
+    files, labels = [], []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        name, label = _parse_line(line, path, lineno, num_classes)
+        files.append(name)
+        labels.append(label)
+    if not files:
+        raise Coco4Error(f"image list {path} is empty; re-run `python annotation_prepare.py` "
+                         "and check that its per-class counts are not all zero")
+    return ImageList(path, tuple(files), tuple(labels))
+
+
+def _parse_line(line, path, lineno, num_classes):
+    fields = line.split()
+    where = f"{path}:{lineno}"
+    if len(fields) != 2:
+        raise Coco4Error(f"{where}: expected '<file_name> <label>', got {line.strip()!r} "
+                         f"({len(fields)} fields)")
+    name, label_text = fields
+    try:
+        label = int(label_text)
+    except ValueError:
+        raise Coco4Error(f"{where}: label {label_text!r} is not an integer") from None
+    if label < 0 or (num_classes is not None and label >= num_classes):
+        raise Coco4Error(f"{where}: label {label} is out of range for {num_classes} classes "
+                         f"(expected 0..{(num_classes or 1) - 1})")
+    return name, label
+
+
+def write_list(path, files, labels):
+    atomic_write_text(path, "".join(f"{f} {y}\n" for f, y in zip(files, labels)))
+
+
+def write_classes(folder, classes):
+    atomic_write_text(Path(folder) / CLASSES_FILE, "".join(f"{c}\n" for c in classes))
+
+
+def read_classes(folder):
+    """Class names in label order from ``folder/classes.txt``; the original four if absent.
+
+    The original workflow wrote no class file, and its lists use bird, airplane, train, boat.
+    """
+    path = Path(folder) / CLASSES_FILE
+    if not path.is_file():
+        return DEFAULT_CLASSES
+    classes = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+    if len(classes) < 2:
+        raise Coco4Error(f"{path} names {len(classes)} class(es); a classifier needs at least 2")
+    return classes

@@ -1,0 +1,89 @@
+"""Batches of (normalised images, labels) on the training device, from either data path.
+
+``fast`` (default): the uint8 image cache, indexed per batch and augmented on the device.
+``pil``: the original pipeline, PIL decode + transforms in DataLoader workers every epoch.
+Both draw the epoch's order from (seed, epoch), so a resumed run sees the same batches.
+"""
+import math
+
+import torch
+
+from .data import ListDataset
+from .seeding import generator
+from .transforms import augment_batch, normalize_uint8, pil_eval_transform, pil_train_transform
+
+
+def epoch_order(n, epoch, seed, shuffle, rank=0, world=1):
+    """This rank's indices into ``range(n)`` for ``epoch``; shuffled orders are padded by
+    repetition so every rank takes the same number of steps, as DistributedSampler does."""
+    if not shuffle:
+        return torch.arange(n)[rank::world]
+    order = torch.randperm(n, generator=generator(seed, "order", epoch))
+    pad = (-n) % world
+    order = torch.cat([order, order[:pad]])
+    return order[rank::world]
+
+
+class CachedBatches:
+    """Batches straight from the uint8 cache: no JPEG is decoded after the cache is built."""
+
+    def __init__(self, images, labels, indices, batch_size, device, image_size, train, seed,
+                 rank=0, world=1, dtype=torch.float32):
+        self.images = images  # uint8 NCHW, on CPU (memory-mapped) or already on the device
+        self.labels = torch.as_tensor(labels)[torch.as_tensor(indices)]
+        self.indices = torch.as_tensor(indices)
+        self.batch_size, self.device, self.image_size = batch_size, device, image_size
+        self.train, self.seed, self.rank, self.world, self.dtype = train, seed, rank, world, dtype
+
+    def __len__(self):
+        return math.ceil(len(epoch_order(len(self.indices), 0, 0, self.train, self.rank,
+                                         self.world)) / self.batch_size)
+
+    def iterate(self, epoch, start_step=0):
+        order = epoch_order(len(self.indices), epoch, self.seed, self.train, self.rank, self.world)
+        for step in range(start_step, math.ceil(len(order) / self.batch_size)):
+            pick = order[step * self.batch_size:(step + 1) * self.batch_size]
+            x = self._gather(self.indices[pick])
+            y = self.labels[pick].to(self.device, non_blocking=True)
+            if self.train:
+                # one generator per step: a run resumed at step k draws exactly what step k drew
+                g = generator(self.seed, "augment", epoch, step, self.rank)
+                yield augment_batch(x, self.image_size, g, self.dtype), y
+            else:
+                yield normalize_uint8(x, self.dtype), y
+
+    def _gather(self, rows):
+        if self.images.device == self.device:
+            return self.images[rows.to(self.device)]
+        x = self.images[rows]
+        if self.device.type == "cuda":
+            x = x.pin_memory()
+        return x.to(self.device, non_blocking=True)
+
+
+class PilBatches:
+    """The original pipeline: every epoch decodes and transforms each JPEG in DataLoader workers."""
+
+    def __init__(self, image_list, image_dir, indices, batch_size, device, image_size, train,
+                 seed, workers, rank=0, world=1, dtype=torch.float32):
+        transform = pil_train_transform(image_size) if train else pil_eval_transform(image_size)
+        self.dataset = ListDataset(image_list, image_dir, transform)
+        self.indices = torch.as_tensor(indices)
+        self.batch_size, self.device, self.train, self.seed = batch_size, device, train, seed
+        self.workers, self.rank, self.world, self.dtype = workers, rank, world, dtype
+
+    def __len__(self):
+        n = len(epoch_order(len(self.indices), 0, 0, self.train, self.rank, self.world))
+        return math.ceil(n / self.batch_size)
+
+    def iterate(self, epoch, start_step=0):
+        order = epoch_order(len(self.indices), epoch, self.seed, self.train, self.rank, self.world)
+        sampler = self.indices[order][start_step * self.batch_size:].tolist()
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_size=self.batch_size, sampler=sampler,
+            num_workers=self.workers, pin_memory=self.device.type == "cuda",
+            generator=generator(self.seed, "workers", epoch, self.rank),
+            persistent_workers=False)
+        for x, y in loader:
+            yield (x.to(self.device, non_blocking=True).to(self.dtype),
+                   y.to(self.device, non_blocking=True))

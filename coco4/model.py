@@ -1,0 +1,79 @@
+"""ResNet-50 with the original project's head; stem, layer1 and layer2 frozen."""
+import torch
+from torch import nn
+from torchvision.models import ResNet, ResNet50_Weights
+from torchvision.models.resnet import Bottleneck
+
+from .errors import Coco4Error
+
+FROZEN = ("conv1", "bn1", "layer1", "layer2")
+TRAINED = ("layer3", "layer4", "fc")
+
+
+class ResNet50Classifier(ResNet):
+    """torchvision's ResNet-50 (same parameter names, so its weights load) with frozen low layers.
+
+    ``train()`` keeps the frozen part in eval mode: their BatchNorm running statistics are part of
+    the pre-trained features and must not drift towards a 4-class dataset.
+    """
+
+    def __init__(self, num_classes):
+        super().__init__(Bottleneck, [3, 4, 6, 3])
+        # the original head, layer for layer, so its published checkpoints load (fc.0.*, fc.3.*)
+        self.fc = nn.Sequential(nn.Linear(2048, 256), nn.ReLU(), nn.Dropout(0.5),
+                                nn.Linear(256, num_classes))
+        for name in FROZEN:
+            getattr(self, name).requires_grad_(False)
+
+    def train(self, mode=True):
+        super().train(mode)
+        for name in FROZEN:
+            getattr(self, name).eval()
+        return self
+
+
+def build_model(weights, num_classes):
+    """ResNet-50 for ``num_classes``; ``weights`` is "imagenet", "none" or a local .pth path.
+
+    A path holds torchvision's ImageNet resnet50 state dict as torchvision saves it (for offline
+    machines; its 1000-class fc is dropped), or any coco4 or original checkpoint to start from.
+    """
+    model = ResNet50Classifier(num_classes)
+    if weights == "imagenet":
+        state = ResNet50_Weights.IMAGENET1K_V2.get_state_dict(progress=True)
+        _load_backbone(model, state, "torchvision ImageNet weights")
+    elif weights not in (None, "none"):
+        from .checkpoint import load_model_weights  # checkpoint imports model: import late
+
+        load_model_weights(model, weights)
+    return model
+
+
+def _load_backbone(model, state, source):
+    """Load every parameter but the classifier head, which the new task replaces."""
+    backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = model.load_state_dict(backbone, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise Coco4Error(f"{source} do not fit a ResNet-50: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}")
+
+
+def trainable_parameters(model):
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def unwrap(model):
+    """The bare model under DistributedDataParallel or torch.compile wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+def num_classes_of(state_dict):
+    weight = state_dict.get("fc.3.weight")
+    return None if weight is None else int(weight.shape[0])
+
+
+def is_imagenet_state(state):
+    return isinstance(state, dict) and isinstance(state.get("fc.weight"), torch.Tensor)

@@ -1,0 +1,69 @@
+"""What a training run tells the user: the config at start, a line per epoch, metrics.csv and
+TensorBoard events. Only rank 0 writes; the other ranks' RunLog does nothing."""
+import csv
+import io
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .fileio import atomic_write_text
+
+COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds",
+           "images_per_s")
+
+
+class RunLog:
+    def __init__(self, output_dir, enabled, resumed):
+        self.dir, self.enabled, self.resumed = Path(output_dir), enabled, resumed
+        self._tb = None
+
+    def info(self, message):
+        if self.enabled:
+            tqdm.write(message)
+
+    def config(self, cfg, device, env):
+        if not self.enabled:
+            return
+        pairs = " ".join(f"{k}={v}" for k, v in cfg.to_dict().items())
+        self.info(f"{'resuming' if self.resumed else 'training'} on {device}"
+                  f"{f' x{env.world} processes' if env.enabled else ''}: {pairs}")
+
+    def epoch(self, row, run):
+        if not self.enabled:
+            return
+        mark = " *best*" if run.best_epoch == row["epoch"] else ""
+        self.info(f"epoch {row['epoch']:3d} | train loss {row['train_loss']:.4f} acc "
+                  f"{row['train_acc']:.4f} | val loss {row['val_loss']:.4f} acc "
+                  f"{row['val_acc']:.4f} | lr {row['lr']:.2e} | {row['seconds']:.1f}s "
+                  f"{row['images_per_s']:.0f} img/s{mark}")
+        write_metrics_csv(self.dir / "metrics.csv", run.history)
+        self._tensorboard(row, len(run.history))
+
+    def _tensorboard(self, row, first_epoch):
+        if self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter  # slow import: only when used
+
+            # purge_step drops events a resumed run is about to write again
+            self._tb = SummaryWriter(self.dir / "tensorboard",
+                                     purge_step=first_epoch if self.resumed else None)
+        for key in COLUMNS[1:]:
+            self._tb.add_scalar(key, row[key], row["epoch"])
+        self._tb.flush()
+
+    def close(self):
+        if self._tb is not None:
+            self._tb.close()
+
+
+def write_metrics_csv(path, rows):
+    """The whole history each time, atomically: a resumed run rewrites what it re-did."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows({k: row[k] for k in COLUMNS} for row in rows)
+    atomic_write_text(path, out.getvalue())
+
+
+def read_metrics_csv(path):
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]

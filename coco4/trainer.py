@@ -1,0 +1,171 @@
+"""The fine-tuning run: data, model, the epoch loop, checkpoints and logs.
+
+Recipe (the original's, with its bugs fixed): ResNet-50, stem/layer1/layer2 frozen, Adam over
+ALL trainable parameters (the original gave Adam only the head, so layer3/layer4 never moved),
+CrossEntropy, ReduceLROnPlateau on the held-out validation loss, best checkpoint by held-out
+validation accuracy (the original picked it on the test set).
+"""
+import dataclasses
+import shlex
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import run_log
+from .checkpoint import load_checkpoint, load_state_into, save_checkpoint
+from .config import TrainConfig
+from .distributed import all_reduce_sum, any_rank, close_distributed, init_distributed, pick_device
+from .engine import Amp, EpochState, evaluate, train_one_epoch
+from .errors import Coco4Error
+from .fileio import check_writable, link_or_copy
+from .interrupt import Interrupted, StopRequest
+from .model import build_model, trainable_parameters, unwrap
+from .train_data import prepare_train_data
+
+
+@dataclasses.dataclass
+class RunState:
+    """Where the run stands; stored in every checkpoint so --resume continues exactly."""
+
+    epoch: int = 0        # completed epochs
+    step: int = 0         # steps already done in epoch ``epoch`` (mid-epoch checkpoints only)
+    partial: dict = None  # that epoch's running sums, for a mid-epoch checkpoint
+    best_acc: float = -1.0
+    best_epoch: int = 0
+    history: list = dataclasses.field(default_factory=list)
+
+
+def fit(cfg, progress=True):
+    """Train as ``cfg`` says; return the summary of the run (best accuracy, paths, history)."""
+    env = init_distributed("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
+    try:
+        return _fit(cfg, env, progress)
+    finally:
+        close_distributed(env)
+
+
+def _fit(cfg, env, progress):
+    device = pick_device(cfg.device, env)
+    resumed = _load_resume(cfg) if cfg.resume else None
+    if resumed:
+        cfg, ignored = cfg.resumed_from(resumed["config"])
+        if ignored and env.is_main:
+            tqdm.write(f"resuming keeps the checkpoint's settings, not {ignored}")
+    log = run_log.RunLog(cfg.output_dir, env.is_main, resumed is not None)
+    log.config(cfg, device, env)
+    if env.is_main:
+        check_writable(cfg.output_dir)
+    data = prepare_train_data(cfg, env, device, progress and env.is_main, log)
+    model, optimizer, scheduler, amp, scaler = _build(cfg, len(data.classes), device, env, resumed)
+    run = RunState(**resumed["run"]) if resumed else RunState()
+    with StopRequest() as stop:
+        for epoch in range(run.epoch, cfg.epochs):
+            state = _start_epoch(epoch, run, device)
+            next_step = train_one_epoch(
+                model, data.train, optimizer, scaler, amp, cfg.accum_steps, epoch, state,
+                seed=(cfg.seed, env.rank), start_step=run.step if epoch == run.epoch else 0,
+                should_stop=lambda: any_rank(stop.requested, env, device),
+                desc=f"epoch {epoch + 1}/{cfg.epochs}", progress=progress and env.is_main)
+            if next_step is not None:
+                run.epoch, run.step, run.partial = epoch, next_step, state.to_dict()
+                _save(cfg, run, data, model, optimizer, scheduler, scaler, env, best=False)
+                raise _interrupted(cfg, stop.signum, epoch, next_step)
+            row = _end_epoch(cfg, epoch, state, model, data, amp, scheduler, optimizer, env, device)
+            is_best = row["val_acc"] > run.best_acc
+            if is_best:
+                run.best_acc, run.best_epoch = row["val_acc"], epoch + 1
+            run.epoch, run.step, run.partial = epoch + 1, 0, None
+            run.history.append(row)
+            _save(cfg, run, data, model, optimizer, scheduler, scaler, env, best=is_best)
+            log.epoch(row, run)
+            if stop.requested and epoch + 1 < cfg.epochs:
+                raise _interrupted(cfg, stop.signum, epoch + 1, 0)
+    log.close()
+    return {"best_val_acc": run.best_acc, "best_epoch": run.best_epoch, "history": run.history,
+            "output_dir": str(cfg.output_dir), "classes": list(data.classes)}
+
+
+def _load_resume(cfg):
+    ckpt = load_checkpoint(cfg.resume)
+    if "run" not in ckpt:
+        raise Coco4Error(f"{cfg.resume} holds no training state (optimizer, epoch) to resume; "
+                         "to start a new run from its weights use --weights PATH instead")
+    return ckpt
+
+
+def _build(cfg, num_classes, device, env, resumed):
+    model = build_model("none" if resumed else cfg.weights, num_classes)
+    if resumed:
+        load_state_into(model, resumed["model"], cfg.resume)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    optimizer = torch.optim.Adam(trainable_parameters(model), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
+    amp = Amp.for_device(device, cfg.amp)
+    scaler = amp.scaler()
+    if resumed:
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        scaler.load_state_dict(resumed["scaler"])
+    if env.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        model = torch.compile(model)
+    return model, optimizer, scheduler, amp, scaler
+
+
+def _start_epoch(epoch, run, device):
+    """Fresh running sums, or those of the interrupted epoch a mid-epoch checkpoint saved."""
+    if run.partial and epoch == run.epoch:
+        return EpochState.from_dict(run.partial, device)
+    return EpochState.zeros(device)
+
+
+def _end_epoch(cfg, epoch, state, model, data, amp, scheduler, optimizer, env, device):
+    """Reduce the epoch's figures over ranks, validate, step the LR schedule; return the row."""
+    lr = optimizer.param_groups[0]["lr"]
+    loss_sum, correct, count = all_reduce_sum(
+        [float(state.loss_sum), float(state.correct), float(state.count)], env, device)
+    val = evaluate(model, data.val, amp, epoch)
+    v_loss, v_correct, v_count = all_reduce_sum(
+        [val["loss_sum"], val["correct"], val["count"]], env, device)
+    scheduler.step(v_loss / v_count)
+    seconds = state.seconds
+    return {"epoch": epoch + 1, "train_loss": loss_sum / count, "train_acc": correct / count,
+            "val_loss": v_loss / v_count, "val_acc": v_correct / v_count, "lr": lr,
+            "seconds": seconds, "images_per_s": count / max(seconds, 1e-9)}
+
+
+def _save(cfg, run, data, model, optimizer, scheduler, scaler, env, best):
+    if not env.is_main:
+        return
+    payload = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+               "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+               "epoch": run.epoch, "run": dataclasses.asdict(run),
+               "best_metric": run.best_acc, "classes": list(data.classes),
+               "config": cfg.to_dict(), "data": data.report}
+    out = Path(cfg.output_dir)
+    save_checkpoint(out / "last.pt", payload)
+    if best:
+        link_or_copy(out / "last.pt", out / "best.pt")
+
+
+def _interrupted(cfg, signum, epoch, step):
+    import signal
+
+    name = signal.Signals(signum).name
+    command = ["python", "train.py", "--resume", str(Path(cfg.output_dir) / "last.pt")]
+    defaults = TrainConfig()
+    for field in ("coco_root", "data_dir", "train_list", "train_images", "cache_dir", "epochs",
+                  "device", "workers", "output_dir"):
+        value = getattr(cfg, field)
+        if value != getattr(defaults, field):
+            command += [f"--{field.replace('_', '-')}", str(value)]
+    where = f"epoch {epoch + 1}, step {step}" if step else f"the end of epoch {epoch}"
+    return Interrupted(f"stopped by {name} at {where}; saved {Path(cfg.output_dir) / 'last.pt'}. "
+                       f"Continue with: {shlex.join(command)}", signum)

@@ -1,0 +1,56 @@
+"""The pictures visualize.py writes: samples, predictions with probabilities, errors, curves."""
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import read_rgb
+from .lists import read_list
+from .plots import image_grid_figure, prediction_figure, save, training_curves_figure
+from .run_log import read_metrics_csv
+
+
+def _thumb(path, size=160):
+    image = read_rgb(path)
+    image.thumbnail((size, size))
+    return image
+
+
+def samples_png(list_path, image_dir, classes, out, num, seed=0):
+    """A grid of list images with their labels: what the model is asked to learn."""
+    image_list = read_list(list_path, len(classes))
+    pick = np.random.default_rng(seed).choice(len(image_list), min(num, len(image_list)),
+                                              replace=False)
+    images = [_thumb(Path(image_dir) / image_list.files[i]) for i in pick]
+    titles = [f"{classes[image_list.labels[i]]}\n{image_list.files[i]}" for i in pick]
+    return save(image_grid_figure(images, titles, suptitle=f"samples from {list_path.name}"), out)
+
+
+def predictions_png(paths, probs, classes, out, true_labels=None):
+    titles = [Path(p).name + ("" if true_labels is None else f"\ntrue: {classes[y]}")
+              for p, y in zip(paths, true_labels or [None] * len(paths))]
+    images = [_thumb(p, 224) for p in paths]
+    return save(prediction_figure(images, probs.tolist(), classes, titles), out)
+
+
+def errors_png(predictions, image_dir, classes, out, num):
+    """The misclassified images with the highest loss, titled true / predicted / probability."""
+    labels = torch.tensor(predictions.labels)
+    probs = predictions.probs
+    wrong = (probs.argmax(1) != labels).nonzero().flatten()
+    loss = -probs[wrong, labels[wrong]].clamp_min(1e-12).log()
+    worst = wrong[loss.argsort(descending=True)][:num].tolist()
+    if not worst:
+        fig = image_grid_figure([], [], suptitle="no misclassified images")
+        fig.text(0.5, 0.5, f"all {len(labels)} images classified correctly", ha="center")
+        return save(fig, out)
+    images = [_thumb(Path(image_dir) / predictions.files[i]) for i in worst]
+    titles = [f"true {classes[labels[i]]}\npred {classes[probs[i].argmax()]} "
+              f"({probs[i].max():.0%})" for i in worst]
+    return save(image_grid_figure(images, titles, colors=["tab:red"] * len(worst),
+                                  suptitle=f"{len(wrong)} of {len(labels)} misclassified; "
+                                  f"highest loss first"), out)
+
+
+def curves_png(metrics_csv, out):
+    return save(training_curves_figure(read_metrics_csv(metrics_csv)), out)

@@ -1,0 +1,56 @@
+"""Evaluate a checkpoint on the val2017 list: accuracy, per-class accuracy, confusion matrix.
+
+    python evaluate.py                                      # checkpoint/best.pt on data/annotation_val.txt
+    python evaluate.py --checkpoint checkpoint/model.pth    # the original project's checkpoint
+    python evaluate.py --min-class-acc 0.95                 # exit 1 if any class is below 95%
+
+Writes metrics.json, predictions.csv and confusion_matrix.png to --out-dir (default: eval/
+beside the checkpoint).
+"""
+import argparse
+from pathlib import Path
+
+from coco4 import cli
+from coco4.eval_args import add_source_args, default_out_dir, resolve_sources
+from coco4.evaluation import load_predictor, predict_list, write_results
+from coco4.errors import GateFailed
+from coco4.metrics import classes_below, confusion_text, report_text
+from coco4.plots import confusion_matrix_figure, save
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description="Evaluate a checkpoint on an image list.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_source_args(p)
+    p.add_argument("--out-dir", type=Path, default=None, help="default: CHECKPOINT_DIR/eval")
+    p.add_argument("--min-class-acc", type=float, default=None,
+                   help="exit with status 1 when any class's accuracy is below this (0..1)")
+    return p
+
+
+def main(args):
+    list_path, images, cache_dir = resolve_sources(args)
+    out_dir = default_out_dir(args, "eval")
+    predictor = load_predictor(args.checkpoint, args.device)
+    predictions = predict_list(predictor, list_path, images, args.batch_size, args.data_path,
+                               cache_dir, args.workers, args.strict)
+    metrics = write_results(out_dir, predictor, predictions)
+    save(confusion_matrix_figure(metrics["confusion_matrix"], predictor.classes,
+                                 f"{Path(args.checkpoint).name} on {list_path.name}"),
+         out_dir / "confusion_matrix.png")
+    print(confusion_text(metrics["confusion_matrix"], predictor.classes))
+    print(report_text(predictions.labels, predictions.preds, predictor.classes))
+    for c, acc in metrics["per_class_accuracy"].items():
+        print(f"{c:>12s}: {'n/a' if acc is None else f'{acc:.2%}'}")
+    print(f"accuracy {metrics['accuracy']:.2%} on {metrics['num_images']} images; "
+          f"written to {out_dir}")
+    if args.min_class_acc is not None:
+        below = classes_below(metrics, args.min_class_acc)
+        if below:
+            raise GateFailed("below --min-class-acc {:.2%}: {}".format(args.min_class_acc, ", ".join(
+                f"{c} {a:.2%}" for c, a in below.items())))
+    return metrics
+
+
+if __name__ == "__main__":
+    cli.run(main, get_args_parser())

@@ -1,0 +1,76 @@
+"""Pictures of the data and of a checkpoint's predictions, written as PNG files.
+
+    python visualize.py                                   # checkpoint/best.pt on the val list
+    python visualize.py --image my_bird.jpg other.png     # predict your own images
+    python visualize.py --num 12 --show                   # also open the figures in windows
+
+Writes samples.png, predictions.png, errors.png and, when the run's metrics.csv is beside the
+checkpoint, training_curves.png to --out-dir (default: vis/ beside the checkpoint).
+"""
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from coco4 import cli
+from coco4 import visualization as vis
+from coco4.eval_args import add_source_args, default_out_dir, resolve_sources
+from coco4.evaluation import load_predictor, predict_images, predict_list
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description="Write PNG pictures of data and predictions.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_source_args(p)
+    p.add_argument("--out-dir", type=Path, default=None, help="default: CHECKPOINT_DIR/vis")
+    p.add_argument("--num", type=int, default=8, help="images per figure")
+    p.add_argument("--image", type=Path, nargs="+", default=None,
+                   help="your own image files to predict instead of list images")
+    p.add_argument("--metrics", type=Path, default=None,
+                   help="metrics.csv for the curves (default: beside the checkpoint)")
+    p.add_argument("--seed", type=int, default=0, help="which list images are shown")
+    p.add_argument("--show", action="store_true", help="also open each figure in a window")
+    return p
+
+
+def main(args):
+    list_path, images, cache_dir = resolve_sources(args)
+    out = default_out_dir(args, "vis")
+    predictor = load_predictor(args.checkpoint, args.device)
+    written = [vis.samples_png(list_path, images, predictor.classes, out / "samples.png",
+                               args.num, args.seed)]
+    predictions = predict_list(predictor, list_path, images, args.batch_size, args.data_path,
+                               cache_dir, args.workers, args.strict)
+    if args.image:
+        paths, probs, truth = args.image, predict_images(predictor, args.image), None
+    else:
+        pick = np.random.default_rng(args.seed).choice(
+            len(predictions.files), min(args.num, len(predictions.files)), replace=False)
+        paths = [images / predictions.files[i] for i in pick]
+        probs, truth = predictions.probs[pick], [predictions.labels[i] for i in pick]
+    written.append(vis.predictions_png(paths, probs, predictor.classes, out / "predictions.png",
+                                       truth))
+    written.append(vis.errors_png(predictions, images, predictor.classes, out / "errors.png",
+                                  args.num))
+    metrics_csv = args.metrics or Path(args.checkpoint).parent / "metrics.csv"
+    if metrics_csv.is_file():
+        written.append(vis.curves_png(metrics_csv, out / "training_curves.png"))
+    for path in written:
+        print(f"wrote {path}")
+    if args.show:
+        _show(written)
+    return [str(p) for p in written]
+
+
+def _show(paths):
+    import matplotlib.pyplot as plt
+
+    for path in paths:
+        plt.figure(path.name)
+        plt.imshow(plt.imread(path))
+        plt.axis("off")
+    plt.show()
+
+
+if __name__ == "__main__":
+    cli.run(main, get_args_parser())
