@@ -24,9 +24,14 @@ def load_coco(json_path):
                          "(see README), or pass --train-json/--val-json")
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            return COCO(str(json_path))
-    except (ValueError, KeyError, TypeError) as e:
-        raise Coco4Error(f"{json_path} is not a COCO instances file ({e})") from e
+            coco = COCO(str(json_path))
+    except (ValueError, KeyError, TypeError, AssertionError) as e:
+        raise Coco4Error(f"{json_path} is not a COCO instances file ({e or type(e).__name__})") from e
+    missing = [k for k in ("images", "annotations", "categories") if k not in coco.dataset]
+    if missing:
+        raise Coco4Error(f"{json_path} is not a COCO instances file: it has no {missing}; "
+                         "use annotations/instances_{train,val}2017.json")
+    return coco
 
 
 def class_ids(coco, class_names):
@@ -58,18 +63,19 @@ def select_images(coco, class_names):
     return files, labels
 
 
-def prepare_split(json_path, out_path, class_names):
-    """Filter one split and write its list atomically; return per-class counts."""
-    files, labels = select_images(load_coco(json_path), class_names)
-    write_list(out_path, files, labels)
-    counts = Counter(labels)
-    return {name: counts.get(i, 0) for i, name in enumerate(class_names)}
-
-
 def prepare_lists(train_json, val_json, out_dir, class_names):
-    """Write annotation_train.txt, annotation_val.txt and classes.txt into ``out_dir``."""
+    """Write annotation_train.txt, annotation_val.txt and classes.txt into ``out_dir``.
+
+    Both splits are filtered before anything is written, so a bad val file never leaves a new
+    train list beside an old val list and class file.
+    """
     out_dir = Path(out_dir)
-    counts = {split: prepare_split(json_path, out_dir / f"annotation_{split}.txt", class_names)
-              for split, json_path in (("train", train_json), ("val", val_json))}
+    selected = {split: select_images(load_coco(path), class_names)
+                for split, path in (("train", train_json), ("val", val_json))}
+    counts = {}
+    for split, (files, labels) in selected.items():
+        write_list(out_dir / f"annotation_{split}.txt", files, labels)
+        per_class = Counter(labels)
+        counts[split] = {name: per_class.get(i, 0) for i, name in enumerate(class_names)}
     write_classes(out_dir, class_names)
     return counts

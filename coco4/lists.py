@@ -59,9 +59,11 @@ def _parse_line(line, path, lineno, num_classes):
         label = int(label_text)
     except ValueError:
         raise Coco4Error(f"{where}: label {label_text!r} is not an integer") from None
-    if label < 0 or (num_classes is not None and label >= num_classes):
+    if label < 0:
+        raise Coco4Error(f"{where}: label {label} is negative; labels are 0, 1, ...")
+    if num_classes is not None and label >= num_classes:
         raise Coco4Error(f"{where}: label {label} is out of range for {num_classes} classes "
-                         f"(expected 0..{(num_classes or 1) - 1})")
+                         f"(expected 0..{num_classes - 1})")
     return name, label
 
 

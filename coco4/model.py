@@ -52,11 +52,17 @@ def build_model(weights, num_classes):
 def _load_backbone(model, state, source):
     """Load every parameter but the classifier head, which the new task replaces."""
     backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = model.load_state_dict(backbone, strict=False)
-    missing = [k for k in missing if not k.startswith("fc.")]
-    if missing or unexpected:
-        raise Coco4Error(f"{source} do not fit a ResNet-50: missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]}")
+    expected = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    missing = [k for k in expected if k not in backbone]
+    unexpected = [k for k in backbone if k not in expected]
+    wrong = [f"{k} is {list(backbone[k].shape)}, expected {list(v.shape)}"
+             for k, v in expected.items() if k in backbone and backbone[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        raise Coco4Error(f"{source} do not fit a ResNet-50: " + "; ".join(filter(None, [
+            missing and f"{len(missing)} missing keys ({missing[0]}, ...)",
+            unexpected and f"{len(unexpected)} unexpected keys ({unexpected[0]}, ...)",
+            wrong and wrong[0]])))
+    model.load_state_dict(backbone, strict=False)
 
 
 def trainable_parameters(model):

@@ -20,7 +20,9 @@ from .engine import Amp, EpochState, evaluate, train_one_epoch
 from .errors import Coco4Error
 from .fileio import check_writable, link_or_copy
 from .interrupt import Interrupted, StopRequest
+from .memory import out_of_memory_advice
 from .model import build_model, trainable_parameters, unwrap
+from .seeding import seed_everything
 from .train_data import prepare_train_data
 
 
@@ -62,11 +64,14 @@ def _fit(cfg, env, progress):
     with StopRequest() as stop:
         for epoch in range(run.epoch, cfg.epochs):
             state = _start_epoch(epoch, run, device)
-            next_step = train_one_epoch(
-                model, data.train, optimizer, scaler, amp, cfg.accum_steps, epoch, state,
-                seed=(cfg.seed, env.rank), start_step=run.step if epoch == run.epoch else 0,
-                should_stop=lambda: any_rank(stop.requested, env, device),
-                desc=f"epoch {epoch + 1}/{cfg.epochs}", progress=progress and env.is_main)
+            try:
+                next_step = train_one_epoch(
+                    model, data.train, optimizer, scaler, amp, cfg.accum_steps, epoch, state,
+                    seed=(cfg.seed, env.rank), start_step=run.step if epoch == run.epoch else 0,
+                    should_stop=lambda: any_rank(stop.requested, env, device),
+                    desc=f"epoch {epoch + 1}/{cfg.epochs}", progress=progress and env.is_main)
+            except torch.cuda.OutOfMemoryError:
+                raise Coco4Error(out_of_memory_advice(cfg, model, amp, device, env)) from None
             if next_step is not None:
                 run.epoch, run.step, run.partial = epoch, next_step, state.to_dict()
                 _save(cfg, run, data, model, optimizer, scheduler, scaler, env, best=False)
@@ -95,6 +100,7 @@ def _load_resume(cfg):
 
 
 def _build(cfg, num_classes, device, env, resumed):
+    seed_everything(cfg.seed, "init")  # the new head's (and a --weights none model's) init
     model = build_model("none" if resumed else cfg.weights, num_classes)
     if resumed:
         load_state_into(model, resumed["model"], cfg.resume)

@@ -1,0 +1,287 @@
+"""Reading images as RGB, the list dataset, the unusable-image scan, and the image transforms."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from coco4.data import ListDataset, UnreadableImage, find_unusable, read_rgb
+from coco4.lists import ImageList
+from coco4.transforms import (IMAGENET_MEAN, IMAGENET_STD, augment_batch, normalize_uint8,
+                              pil_eval_transform, pil_resize, precrop_size,
+                              random_resized_crop_boxes)
+
+W, H = 30, 18  # a non-square size, so a width/height swap shows
+
+
+def noisy_rgb(w, h, seed=0):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8), "RGB")
+
+
+def truncated_jpeg(path):
+    full = path.with_name("full_" + path.name)
+    noisy_rgb(64, 64).save(full, quality=90)
+    data = full.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    full.unlink()
+    return path
+
+
+# ---------------------------------------------------------------- read_rgb
+
+
+def _check_rgb(im, size=(W, H)):
+    assert im.mode == "RGB" and im.size == size
+    return np.asarray(im).astype(int)
+
+
+def test_grayscale_jpeg(tmp_path):
+    p = tmp_path / "gray.jpg"
+    Image.new("L", (W, H), 100).save(p)
+    px = _check_rgb(read_rgb(p))
+    assert np.abs(px - 100).max() <= 2 and (px[..., 0] == px[..., 2]).all()
+
+
+def test_palette_png(tmp_path):
+    p = tmp_path / "pal.png"
+    im = Image.new("P", (W, H), 0)
+    im.putpalette([10, 200, 30, 250, 5, 120] + [0] * 762)
+    im.putpixel((3, 4), 1)
+    im.save(p)
+    px = _check_rgb(read_rgb(p))
+    assert tuple(px[0, 0]) == (10, 200, 30) and tuple(px[4, 3]) == (250, 5, 120)
+
+
+def test_rgba_png(tmp_path):
+    p = tmp_path / "rgba.png"
+    Image.new("RGBA", (W, H), (200, 20, 40, 128)).save(p)
+    px = _check_rgb(read_rgb(p))
+    assert (px == (200, 20, 40)).all()
+
+
+def test_cmyk_jpeg(tmp_path):
+    p = tmp_path / "cmyk.jpg"
+    Image.new("CMYK", (W, H), (0, 255, 255, 0)).save(p)  # pure red in CMYK
+    px = _check_rgb(read_rgb(p))
+    assert px[..., 0].min() > 220 and px[..., 1:].max() < 40
+
+
+def test_png_named_jpg(tmp_path):
+    p = tmp_path / "really_a_png.jpg"
+    Image.new("RGB", (W, H), (1, 2, 3)).save(p, format="PNG")
+    px = _check_rgb(read_rgb(p))
+    assert (px == (1, 2, 3)).all()
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    stored = Image.new("RGB", (40, 20), (255, 255, 255))
+    stored.paste((255, 0, 0), (0, 0, 10, 10))  # red block at the stored top-left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    p, plain = tmp_path / "rotated.jpg", tmp_path / "plain.jpg"
+    stored.save(p, exif=exif, quality=95)
+    stored.save(plain, quality=95)
+
+    assert read_rgb(plain).size == (40, 20)
+    im = read_rgb(p)
+    px = _check_rgb(im, size=(20, 40))
+    # rotating 90 degrees clockwise takes the top-left corner to the top-right
+    assert tuple(px[4, 15]) == pytest.approx((255, 0, 0), abs=30)
+    assert tuple(px[4, 4]) == pytest.approx((255, 255, 255), abs=30)
+    assert tuple(px[35, 15]) == pytest.approx((255, 255, 255), abs=30)
+
+
+@pytest.mark.parametrize("kind", ["truncated", "empty", "text"])
+def test_unreadable_files(tmp_path, kind):
+    p = tmp_path / f"{kind}.jpg"
+    if kind == "truncated":
+        truncated_jpeg(p)
+    elif kind == "empty":
+        p.write_bytes(b"")
+    else:
+        p.write_text("this is not an image\n")
+    with pytest.raises(UnreadableImage) as err:
+        read_rgb(p)
+    assert str(p) in str(err.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        read_rgb(tmp_path / "nope.jpg")
+
+
+# ---------------------------------------------------------------- dataset and scan
+
+
+def test_list_dataset_gray_images(tmp_path):
+    sizes, labels = [(50, 30), (20, 44), (37, 37)], [2, 0, 1]
+    for i, (size, value) in enumerate(zip(sizes, (30, 128, 220))):
+        Image.new("L", size, value).save(tmp_path / f"{i}.jpg")
+    lst = ImageList(tmp_path / "l.txt", tuple(f"{i}.jpg" for i in range(3)), tuple(labels))
+    ds = ListDataset(lst, tmp_path, pil_eval_transform(32))
+    assert len(ds) == 3
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    for i, value in enumerate((30, 128, 220)):
+        x, y = ds[i]
+        assert y == labels[i]
+        assert x.shape == (3, 37, 37) and x.dtype == torch.float32
+        pixels = x * std + mean  # back to [0, 1]: the gray value in all three channels
+        assert (pixels - value / 255).abs().max() < 3 / 255
+
+
+def test_find_unusable_reports_index_and_reason(tmp_path):
+    noisy_rgb(20, 20).save(tmp_path / "good.jpg")
+    truncated_jpeg(tmp_path / "trunc.jpg")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("hello")
+    files = ["good.jpg"] * 45
+    # past the scan's first batch of 32 too, so indices must be global
+    files[1], files[20], files[33], files[44] = "nope.jpg", "trunc.jpg", "empty.jpg", "text.jpg"
+    lst = ImageList(tmp_path / "l.txt", tuple(files), (0,) * len(files))
+
+    bad = find_unusable(lst, tmp_path, workers=0, progress=False)
+    assert set(bad) == {1, 20, 33, 44}
+    assert bad[1] == "missing"
+    for i in (20, 33, 44):
+        assert bad[i].startswith("unreadable"), bad[i]
+    assert "truncated" in bad[20]
+    assert find_unusable(lst, tmp_path, workers=2, progress=False) == bad
+
+
+def test_find_unusable_all_good(tmp_path):
+    noisy_rgb(20, 20).save(tmp_path / "a.jpg")
+    Image.new("L", (9, 7)).save(tmp_path / "b.jpg")
+    lst = ImageList(tmp_path / "l.txt", ("a.jpg", "b.jpg"), (0, 1))
+    assert find_unusable(lst, tmp_path, progress=False) == {}
+
+
+# ---------------------------------------------------------------- transforms
+
+
+def test_precrop_size():
+    assert precrop_size(224) == 256
+    assert precrop_size(32) == 37
+    assert precrop_size(448) == 512
+
+
+def test_eval_transform_equals_cache_path():
+    """The cache stores pil_resize's uint8 pixels and normalises later; this must be the same
+    tensor the PIL eval pipeline gives, or cached and uncached evaluation disagree."""
+    for seed, (w, h) in enumerate([(50, 40), (37, 37), (23, 61)]):
+        img = noisy_rgb(w, h, seed)
+        ref = pil_eval_transform(32)(img)
+        u8 = torch.from_numpy(np.asarray(pil_resize(img, precrop_size(32))).copy())
+        got = normalize_uint8(u8.permute(2, 0, 1)[None])[0]
+        assert ref.shape == got.shape == (3, 37, 37)
+        assert (ref - got).abs().max() < 1e-5
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("height,width", [(256, 256), (100, 300), (300, 100), (37, 37),
+                                          (10, 1000), (1, 1), (2, 5)])
+def test_crop_boxes_inside_image(height, width):
+    boxes = random_resized_crop_boxes(5000, height, width, _gen(0))
+    assert boxes.shape == (5000, 4) and boxes.dtype == torch.int64
+    top, left, h, w = boxes.unbind(1)
+    assert (h >= 1).all() and (w >= 1).all()
+    assert (top >= 0).all() and (left >= 0).all()
+    assert (top + h <= height).all() and (left + w <= width).all()
+
+
+def test_crop_boxes_deterministic_per_seed():
+    a = random_resized_crop_boxes(200, 120, 90, _gen(5))
+    b = random_resized_crop_boxes(200, 120, 90, _gen(5))
+    c = random_resized_crop_boxes(200, 120, 90, _gen(6))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("height,width", [(10, 1000), (1000, 10)])
+def test_crop_boxes_fallback_matches_torchvision(height, width):
+    """No try fits such an image: torchvision's deterministic clamped centre crop is used."""
+    tv = T.RandomResizedCrop.get_params(torch.empty(1, height, width), [0.08, 1.0], [3 / 4, 4 / 3])
+    boxes = random_resized_crop_boxes(50, height, width, _gen(0))
+    assert (boxes == torch.tensor(tv)).all()
+
+
+def ks_statistic(a, b):
+    """Two-sample Kolmogorov-Smirnov D = max |F_a - F_b| over all points, ties included."""
+    a, b = np.sort(a), np.sort(b)
+    grid = np.concatenate([a, b])
+    fa = np.searchsorted(a, grid, side="right") / len(a)
+    fb = np.searchsorted(b, grid, side="right") / len(b)
+    return np.abs(fa - fb).max()
+
+
+def _box_stats(boxes, height, width):
+    top, left, h, w = (np.asarray(c, dtype=np.float64) for c in boxes.T)
+    return {"area": h * w / (height * width),
+            "aspect": w / h,
+            # the offset as a fraction of its free range: uniform on (0, 1), 0.5 when none
+            "top": (top + 0.5) / (height - h + 1),
+            "left": (left + 0.5) / (width - w + 1)}
+
+
+@pytest.mark.parametrize("height,width", [(256, 256), (100, 300)])
+def test_crop_boxes_distribution_matches_torchvision(height, width):
+    n = 20_000
+    ours = random_resized_crop_boxes(n, height, width, _gen(1)).numpy()
+    with torch.random.fork_rng():
+        torch.manual_seed(2)
+        img = torch.empty(1, height, width)
+        tv = np.array([T.RandomResizedCrop.get_params(img, [0.08, 1.0], [3 / 4, 4 / 3])
+                       for _ in range(n)])
+    a, b = _box_stats(ours, height, width), _box_stats(tv, height, width)
+    for key in a:
+        x, y = a[key], b[key]
+        # Means: the difference of two independent sample means has standard error
+        # sqrt(var_x/n + var_y/n) (~0.003 for the area fraction); 5 of them is a
+        # false-alarm rate below 1e-6, while a wrong range or law moves the mean far more.
+        se = math.sqrt(x.var() / n + y.var() / n)
+        assert abs(x.mean() - y.mean()) < 5 * se, (key, x.mean(), y.mean(), se)
+        # Quantiles, in probability units: torchvision's empirical CDF at our p-quantile is p
+        # up to a standard error of at most sqrt(2 * 0.25 / n) = 0.005; 0.02 is 4 of them.
+        for p in (0.1, 0.25, 0.5, 0.75, 0.9):
+            q = np.quantile(x, p)
+            lo, hi = (y < q).mean(), (y <= q).mean()  # ties: the CDF jumps over [lo, hi]
+            assert lo - 0.02 <= p <= hi + 0.02, (key, p, lo, hi)
+        # KS: under equal laws sqrt(n/2) * D follows Kolmogorov's law, P(D > 0.03) =
+        # P(100 D > 3) ~ 2 exp(-18) ~ 3e-8 (less still for discrete values); a log-uniform
+        # vs uniform aspect ratio alone gives D ~ 0.07.
+        assert ks_statistic(x, y) < 0.03, key
+
+
+def test_augment_batch_shapes_and_determinism():
+    images = torch.randint(0, 256, (6, 3, 37, 37), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    a = augment_batch(images, 32, _gen(3))
+    b = augment_batch(images, 32, _gen(3))
+    c = augment_batch(images, 32, _gen(4))
+    assert a.shape == (6, 3, 32, 32) and a.dtype == torch.float32
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+    # bilinear sampling inside the image averages pixels: never outside their range
+    x = normalize_uint8(images)
+    for i in range(6):
+        for ch in range(3):
+            assert a[i, ch].min() >= x[i, ch].min() - 1e-4
+            assert a[i, ch].max() <= x[i, ch].max() + 1e-4
+    assert augment_batch(images, 32, _gen(3), dtype=torch.bfloat16).dtype == torch.bfloat16
+
+
+def test_augment_batch_constant_image_stays_constant():
+    colours = torch.tensor([[10, 128, 250], [0, 0, 0], [255, 255, 255], [77, 3, 190]],
+                           dtype=torch.uint8)
+    images = colours.view(4, 3, 1, 1).expand(4, 3, 37, 37).contiguous()
+    expected = normalize_uint8(colours.view(4, 3, 1, 1))
+    for seed in range(3):
+        out = augment_batch(images, 32, _gen(seed))
+        assert out.shape == (4, 3, 32, 32)
+        assert (out - expected).abs().max() < 1e-4

@@ -1,0 +1,205 @@
+"""train.py: the recipe (what trains, what stays frozen), outputs, resume, seeds, accumulation,
+torchrun, and the errors a user gets instead of a traceback."""
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torchvision
+
+from conftest import REPO, train_args, train_cli
+from coco4.checkpoint import read_file
+from coco4.config import TrainConfig
+from coco4.engine import Amp, EpochState, train_one_epoch, train_step
+from coco4.errors import Coco4Error
+from coco4.model import FROZEN, build_model
+from coco4.trainer import fit
+
+
+def weights(path):
+    return read_file(path)["model"]
+
+
+def max_diff(a, b):
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+@pytest.fixture(scope="module")
+def imagenet_like(tmp_path_factory):
+    """A torchvision-layout resnet50 state dict standing in for the ImageNet download."""
+    torch.manual_seed(123)
+    path = tmp_path_factory.mktemp("weights") / "resnet50.pth"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
+    return path
+
+
+def test_cli_run_writes_checkpoints_metrics_and_events(demo_data, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run(train_cli(demo_data, out, "--epochs", "2"), capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "epoch   2 |" in proc.stderr + proc.stdout
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert set(rows[0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
+                            "seconds", "images_per_s"}
+    assert any(p.name.startswith("events.out.tfevents") for p in (out / "tensorboard").iterdir())
+    ckpt = read_file(out / "last.pt")  # weights_only=True: plain data only
+    assert ckpt["epoch"] == 2 and ckpt["classes"] == ["bird", "airplane", "train", "boat"]
+    assert ckpt["config"]["image_size"] == 32 and ckpt["config"]["batch_size"] == 8
+    assert {"model", "optimizer", "scheduler", "scaler", "versions"} <= set(ckpt)
+    best = read_file(out / "best.pt")
+    assert best["run"]["best_epoch"] == best["epoch"]
+    assert best["best_metric"] == max(float(r["val_acc"]) for r in rows)
+
+
+def test_frozen_layers_and_bn_stats_stay_put_while_layer3_layer4_train(demo_data, tmp_path,
+                                                                        imagenet_like):
+    fit(train_args(demo_data, tmp_path, weights=str(imagenet_like)), progress=False)
+    start, end = torch.load(imagenet_like, weights_only=True), weights(tmp_path / "last.pt")
+    for key, value in start.items():
+        if key.split(".")[0] in FROZEN:  # weights AND BatchNorm running statistics
+            assert torch.equal(end[key], value), f"frozen {key} changed"
+    for prefix in ("layer3.", "layer4."):
+        changed = [k for k in start if k.startswith(prefix) and k.endswith("conv1.weight")
+                   and not torch.equal(end[k], start[k])]
+        assert changed, f"{prefix} did not train (the original's optimizer bug)"
+    # Adam holds state for every trainable tensor: layer3, layer4 and the head
+    trainable = [p for p in build_model("none", 4).parameters() if p.requires_grad]
+    assert len(read_file(tmp_path / "last.pt")["optimizer"]["state"]) == len(trainable)
+
+
+def test_resume_gives_the_same_weights_and_same_seed_the_same_run(demo_data, tmp_path):
+    fit(train_args(demo_data, tmp_path / "full", epochs=2), progress=False)
+    fit(train_args(demo_data, tmp_path / "half", epochs=1), progress=False)
+    one_epoch = weights(tmp_path / "half" / "last.pt")
+    fit(train_args(demo_data, tmp_path / "half", epochs=2,
+                   resume=str(tmp_path / "half" / "last.pt")), progress=False)
+    assert max_diff(weights(tmp_path / "full" / "last.pt"),
+                    weights(tmp_path / "half" / "last.pt")) <= 1e-6
+    full_rows = list(csv.DictReader(open(tmp_path / "full" / "metrics.csv")))
+    half_rows = list(csv.DictReader(open(tmp_path / "half" / "metrics.csv")))
+    assert [r["val_loss"] for r in full_rows] == [r["val_loss"] for r in half_rows]
+    # the same seed gives the same run: the 1-epoch run equals a fresh 1-epoch run
+    fit(train_args(demo_data, tmp_path / "again", epochs=1), progress=False)
+    assert max_diff(one_epoch, weights(tmp_path / "again" / "last.pt")) == 0
+    fit(train_args(demo_data, tmp_path / "other", epochs=1, seed=1), progress=False)
+    assert max_diff(one_epoch, weights(tmp_path / "other" / "last.pt")) > 1e-4
+
+
+def test_accumulated_micro_batches_give_the_full_batch_update():
+    """BatchNorm aside: both models run in eval mode (BN uses running stats, no dropout), so
+    the only difference left is how the 16-image gradient is summed. SGD with lr 1 makes the
+    update the gradient itself; Adam's first step divides by |gradient| and would magnify the
+    float rounding of near-zero gradients into lr-sized differences."""
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 4, (16,))
+    results = []
+    for accum in (1, 4):
+        torch.manual_seed(1)
+        model = build_model("none", 4).eval()
+        start = {k: v.clone() for k, v in model.state_dict().items()}
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+        amp = Amp.for_device(torch.device("cpu"), False)
+        loss, correct = train_step(model, opt, amp.scaler(), amp, x, y, accum)
+        results.append((model.state_dict(), float(loss), int(correct)))
+    assert max_diff(results[0][0], results[1][0]) < 1e-6
+    assert results[0][1] == pytest.approx(results[1][1], rel=1e-5)
+    assert results[0][2] == results[1][2]
+    assert max_diff(results[0][0], start) > 1e-4  # the step did move the weights
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo over localhost")
+def test_torchrun_two_processes_on_cpu(demo_data, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc_per_node=2"] + train_cli(demo_data, out, "--epochs", "1")[1:]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "x2 processes" in proc.stdout
+    assert (proc.stderr + proc.stdout).count("epoch   1 |") == 1  # only rank 0 reports
+    ckpt = read_file(out / "last.pt")
+    assert ckpt["epoch"] == 1
+    # validation counts reduced over both ranks: accuracy is a multiple of 1/len(val split)
+    n_val = ckpt["data"]["val_images"]
+    row = next(csv.DictReader(open(out / "metrics.csv")))
+    assert abs(float(row["val_acc"]) * n_val - round(float(row["val_acc"]) * n_val)) < 1e-9
+
+
+def run_cli(demo_data, out, *extra):
+    return subprocess.run(train_cli(demo_data, out, *extra), capture_output=True, text=True)
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[-1]
+
+
+def test_missing_lists_and_image_folder_are_one_line_errors(demo_data, tmp_path):
+    proc = run_cli(demo_data, tmp_path / "o", "--data-dir", str(tmp_path / "nowhere"))
+    assert_one_line_error(proc, "annotation_train.txt", "annotation_prepare.py")
+    proc = run_cli(demo_data, tmp_path / "o", "--coco-root", str(tmp_path / "nococo"))
+    assert_one_line_error(proc, "nococo", "--coco-root")
+    assert not (tmp_path / "o" / "last.pt").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_requested_without_cuda(demo_data, tmp_path):
+    proc = subprocess.run([a if a != "cpu" else "cuda" for a in train_cli(demo_data, tmp_path)],
+                          capture_output=True, text=True)
+    assert_one_line_error(proc, "CUDA", "--device cpu")
+
+
+@pytest.mark.parametrize("flag,value,fragment", [
+    ("--batch-size", "0", "--batch-size"), ("--epochs", "0", "--epochs"),
+    ("--val-fraction", "1.5", "--val-fraction"), ("--accum-steps", "16", "--accum-steps")])
+def test_bad_arguments_are_one_line_errors(demo_data, tmp_path, flag, value, fragment):
+    assert_one_line_error(run_cli(demo_data, tmp_path, flag, value), fragment)
+
+
+class NanModel(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return torch.full((len(x), 4), float("nan")) * self.w
+
+
+class ListBatches:
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __len__(self):
+        return len(self.batches)
+
+    def iterate(self, epoch, start_step=0):
+        return iter(self.batches[start_step:])
+
+
+def test_non_finite_loss_stops_naming_epoch_and_step():
+    model = NanModel()
+    opt = torch.optim.Adam(model.parameters())
+    amp = Amp.for_device(torch.device("cpu"), False)
+    batches = ListBatches([(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))] * 3)
+    with pytest.raises(Coco4Error, match=r"non-finite at epoch 4, step 1"):
+        train_one_epoch(model, batches, opt, amp.scaler(), amp, 1, 3,
+                        EpochState.zeros(torch.device("cpu")), seed=(0, 0), progress=False)
+
+
+def test_cuda_out_of_memory_names_the_accum_steps_to_use(demo_data, tmp_path, monkeypatch):
+    import coco4.engine
+
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(coco4.engine, "train_step", oom)
+    with pytest.raises(Coco4Error, match=r"--accum-steps 2\b"):
+        fit(train_args(demo_data, tmp_path), progress=False)
+    assert not (tmp_path / "last.pt").exists()
