@@ -23,11 +23,13 @@ def get_args_parser():
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="everything goes here")
     p.add_argument("--num-train", type=int, default=500, help="generated train2017 images")
     p.add_argument("--num-val", type=int, default=120, help="generated val2017 images")
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--image-size", type=int, default=32, help="small: this runs on a CPU")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--image-size", type=int, default=48, help="small: this runs on a CPU")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3,
                    help="higher than the recipe's 1e-4: the demo starts from random weights")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="a larger held-out share than the recipe's 0.1: the demo set is small")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -59,6 +61,7 @@ def main(args):
         "--output-dir", str(out / "checkpoint"), "--device", "cpu", "--weights", "none",
         "--epochs", str(args.epochs), "--image-size", str(args.image_size),
         "--batch-size", str(args.batch_size), "--lr", str(args.lr),
+        "--val-fraction", str(args.val_fraction),
         "--workers", str(args.workers), "--seed", str(args.seed)])
     ckpt = ["--checkpoint", str(out / "checkpoint" / "best.pt"), "--device", "cpu",
             "--workers", str(args.workers)]
@@ -77,7 +80,7 @@ def _summary(out, metrics, seconds):
                        ("checkpoints, metrics.csv, tensorboard", "checkpoint/"),
                        ("evaluation (metrics.json, predictions.csv, confusion_matrix.png)",
                         "eval/"), ("pictures", "vis/")):
-        print(f"   {out / path:<32} {what}")
+        print(f"   {str(out / path):<32} {what}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ from .data import check_image_dir, find_unusable, read_rgb
 from .distributed import DistEnv, pick_device
 from .engine import Amp, evaluate
 from .fileio import atomic_write_text
-from .lists import read_list
+from .errors import Coco4Error
+from .lists import read_classes, read_list
 from .loaders import CachedBatches, PilBatches
 from .metrics import compute_metrics
 from .model import ResNet50Classifier
@@ -59,6 +60,7 @@ class Predictions:
 def predict_list(predictor, list_path, image_dir, batch_size=256, data_path="fast",
                  cache_dir=None, workers=0, strict=False, progress=True, log=print):
     """Probabilities for every usable image of a list (unusable ones reported and left out)."""
+    check_classes(predictor, Path(list_path))
     image_list = read_list(list_path, len(predictor.classes))
     check_image_dir(image_dir)
     common = dict(batch_size=batch_size, device=predictor.device, image_size=predictor.image_size,
@@ -78,6 +80,16 @@ def predict_list(predictor, list_path, image_dir, batch_size=256, data_path="fas
     out = evaluate(predictor.model, batches, predictor.amp, progress=progress, desc="predicting")
     return Predictions([image_list.files[i] for i in keep], [image_list.labels[i] for i in keep],
                        out["logits"].softmax(1), report["left_out"])
+
+
+def check_classes(predictor, list_path):
+    """The list's classes (its classes.txt, or the original four) must be the checkpoint's."""
+    list_classes = list(read_classes(list_path.parent))
+    if list_classes != predictor.classes:
+        raise Coco4Error(f"{predictor.checkpoint} predicts {len(predictor.classes)} classes "
+                         f"{predictor.classes}, but {list_path} is labelled for "
+                         f"{len(list_classes)} classes {list_classes}; use the checkpoint "
+                         "trained on these lists, or lists made with its --classes")
 
 
 @torch.no_grad()

@@ -36,7 +36,7 @@ def pil_resize(image, size):
 
 
 def normalize_uint8(batch, dtype=torch.float32):
-    """uint8 NCHW -> normalised float, as ToTensor + Normalize would give."""
+    """uint8 (or 0..255 float) NCHW -> normalised float, as ToTensor + Normalize would give."""
     mean = torch.tensor(IMAGENET_MEAN, device=batch.device).view(1, 3, 1, 1) * 255
     std = torch.tensor(IMAGENET_STD, device=batch.device).view(1, 3, 1, 1) * 255
     return ((batch.float() - mean) / std).to(dtype)
@@ -82,8 +82,10 @@ def _fallback_size(height, width):
 def augment_batch(images_u8, image_size, generator, dtype=torch.float32):
     """Random-resized-crop, flip and normalise a uint8 NCHW batch in one go on its device.
 
-    roi_align with an adaptive sampling grid averages ceil(crop/out) bilinear samples per output
-    pixel, so a downscaled crop is antialiased as PIL's resize would do, in one batched kernel.
+    roi_align with one sample per output pixel is bilinear resampling of every crop in a single
+    batched kernel. Crops come from the pre-crop square (256 px for 224), so they are shrunk by
+    at most 256/224 and PIL's antialiasing would change next to nothing. Normalising after the
+    crop is exact (bilinear weights sum to 1) and touches fewer pixels.
     """
     from torchvision.ops import roi_align
 
@@ -92,8 +94,8 @@ def augment_batch(images_u8, image_size, generator, dtype=torch.float32):
     flip = torch.rand(n, generator=generator) < 0.5
     top, left, h, w = boxes.unbind(1)
     rois = torch.stack([torch.arange(n).float(), left, top, left + w, top + h], 1)
-    x = normalize_uint8(images_u8)
+    x = images_u8.float()
     out = roi_align(x, rois.to(x.device), (image_size, image_size), spatial_scale=1.0,
-                    sampling_ratio=-1, aligned=True)
+                    sampling_ratio=1, aligned=True)
     out = torch.where(flip.to(x.device).view(n, 1, 1, 1), out.flip(3), out)
-    return out.to(dtype)
+    return normalize_uint8(out, dtype)

@@ -1,0 +1,180 @@
+"""evaluate.py and visualize.py on both checkpoint formats, against a direct computation."""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from torch import nn
+
+import evaluate
+import visualize
+from conftest import REPO, train_args
+from coco4.data import read_rgb
+from coco4.errors import Coco4Error
+from coco4.lists import read_list
+from coco4.trainer import fit
+from coco4.transforms import pil_eval_transform
+
+
+@pytest.fixture(scope="module")
+def trained(demo_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    fit(train_args(demo_data, out, epochs=2), progress=False)
+    return out / "best.pt"
+
+
+def eval_argv(demo_data, checkpoint, out, *extra):
+    return ["--checkpoint", str(checkpoint), "--data-dir", str(demo_data / "data"),
+            "--coco-root", str(demo_data / "coco"), "--device", "cpu", "--workers", "0",
+            "--out-dir", str(out), *map(str, extra)]
+
+
+def run_evaluate(*argv):
+    return evaluate.main(evaluate.get_args_parser().parse_args(argv))
+
+
+def direct_predictions(model, demo_data, image_size):
+    """Predictions computed by hand: PIL decode, the original eval transform, one forward each."""
+    image_list = read_list(demo_data / "data" / "annotation_val.txt")
+    transform = pil_eval_transform(image_size)
+    model.eval()
+    with torch.no_grad():
+        x = torch.stack([transform(read_rgb(demo_data / "coco" / "images" / "val2017" / f))
+                         for f in image_list.files])
+        probs = model(x).softmax(1)
+    return image_list, probs
+
+
+def check_against_direct(out, image_list, probs, classes):
+    metrics = json.loads((out / "metrics.json").read_text())
+    labels, preds = np.array(image_list.labels), probs.argmax(1).numpy()
+    assert metrics["num_images"] == len(labels)
+    assert metrics["accuracy"] == pytest.approx((labels == preds).mean())
+    cm = np.zeros((len(classes), len(classes)), int)
+    np.add.at(cm, (labels, preds), 1)
+    assert metrics["confusion_matrix"] == cm.tolist()
+    for i, c in enumerate(classes):
+        assert metrics["per_class_accuracy"][c] == pytest.approx((preds[labels == i] == i).mean())
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert [r["file"] for r in rows] == list(image_list.files)
+    got = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows])
+    assert np.abs(got - probs.numpy()).max() < 1e-4
+    assert Image.open(out / "confusion_matrix.png").format == "PNG"
+    return metrics
+
+
+def test_evaluate_a_coco4_checkpoint_matches_direct_computation(demo_data, trained, tmp_path):
+    from coco4.evaluation import load_predictor
+
+    run_evaluate(*eval_argv(demo_data, trained, tmp_path))
+    predictor = load_predictor(trained, "cpu")
+    assert predictor.image_size == 32  # taken from the checkpoint, not repeated by the user
+    image_list, probs = direct_predictions(predictor.model, demo_data, 32)
+    metrics = check_against_direct(tmp_path, image_list, probs, predictor.classes)
+    assert metrics["classes"] == ["bird", "airplane", "train", "boat"]
+    assert metrics["checkpoint"] == str(trained)
+
+
+def original_model():
+    """The original project's model, built as its code did: torchvision resnet50 + its head."""
+    model = torchvision.models.resnet50(weights=None)
+    model.fc = nn.Sequential(nn.Linear(2048, 256), nn.ReLU(), nn.Dropout(0.5), nn.Linear(256, 4))
+    return model
+
+
+def test_evaluate_the_original_checkpoint_format(demo_data, tmp_path):
+    torch.manual_seed(0)
+    model = original_model()
+    optimizer = torch.optim.Adam(model.fc.parameters(), lr=1e-4)
+    path = tmp_path / "checkpoint" / "original.pth"
+    path.parent.mkdir()
+    torch.save({"model_state_dict": model.state_dict(),
+                "optimizer_state_dict": optimizer.state_dict(), "epoch": 69}, path)
+    run_evaluate(*eval_argv(demo_data, path, tmp_path / "eval", "--batch-size", "8"))
+    # the original eval transform at its 224 px protocol: resize to 256x256, normalise
+    image_list, probs = direct_predictions(model, demo_data, 224)
+    check_against_direct(tmp_path / "eval", image_list, probs,
+                         ["bird", "airplane", "train", "boat"])
+
+
+class CreatesFile:
+    """Unpickling this calls a function with side effects: what a malicious checkpoint does."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_checkpoint_carrying_a_pickled_callable_is_refused(demo_data, trained, tmp_path):
+    marker = tmp_path / "pwned"
+    payload = torch.load(trained, weights_only=True)
+    payload["extra"] = CreatesFile(marker)
+    bad = tmp_path / "bad.pt"
+    torch.save(payload, bad)
+    proc = subprocess.run([sys.executable, str(REPO / "evaluate.py"),
+                           *eval_argv(demo_data, bad, tmp_path / "eval")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: refusing")
+    assert "Traceback" not in proc.stderr
+    assert not marker.exists(), "loading ran code from the checkpoint"
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+def test_checkpoint_for_other_classes_is_a_clear_error(demo_data, trained, tmp_path):
+    payload = torch.load(trained, weights_only=True)
+    payload["model"]["fc.3.weight"] = torch.zeros(5, 256)
+    payload["model"]["fc.3.bias"] = torch.zeros(5)
+    payload["classes"] = ["bird", "airplane", "train", "boat", "cat"]
+    torch.save(payload, tmp_path / "five.pt")
+    with pytest.raises(Coco4Error, match=r"predicts 5 classes.*4 classes"):
+        run_evaluate(*eval_argv(demo_data, tmp_path / "five.pt", tmp_path / "eval"))
+    payload["classes"] = payload["classes"][:4]  # weights for 5, names for 4
+    torch.save(payload, tmp_path / "mixed.pt")
+    with pytest.raises(Coco4Error, match=r"has 5 classes \(fc.3.weight is \[5, 256\]\), expected 4"):
+        run_evaluate(*eval_argv(demo_data, tmp_path / "mixed.pt", tmp_path / "eval"))
+
+
+def test_min_class_acc_sets_the_exit_status(demo_data, trained, tmp_path):
+    metrics = run_evaluate(*eval_argv(demo_data, trained, tmp_path))
+    lowest = min(a for a in metrics["per_class_accuracy"].values())
+    script = [sys.executable, str(REPO / "evaluate.py"), *eval_argv(demo_data, trained, tmp_path)]
+    ok = subprocess.run(script + ["--min-class-acc", str(lowest)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    fail = subprocess.run(script + ["--min-class-acc", str(lowest + 1e-3)], capture_output=True,
+                          text=True)
+    assert fail.returncode == 1
+    assert "below --min-class-acc" in fail.stderr.strip().splitlines()[-1]
+
+
+def assert_png(path):
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.width > 200 and im.height > 100
+        im.verify()
+
+
+def test_visualize_writes_each_picture(demo_data, trained, tmp_path):
+    argv = eval_argv(demo_data, trained, tmp_path / "vis", "--num", "4")
+    written = visualize.main(visualize.get_args_parser().parse_args(argv))
+    names = {Path(p).name for p in written}
+    assert names == {"samples.png", "predictions.png", "errors.png", "training_curves.png"}
+    for name in names:
+        assert_png(tmp_path / "vis" / name)
+
+
+def test_visualize_predicts_the_users_own_images(demo_data, trained, tmp_path):
+    own = tmp_path / "mine.png"
+    Image.new("RGB", (50, 40), (230, 85, 30)).save(own)
+    argv = eval_argv(demo_data, trained, tmp_path / "vis", "--image", own,
+                     "--metrics", tmp_path / "absent.csv")
+    written = visualize.main(visualize.get_args_parser().parse_args(argv))
+    assert {Path(p).name for p in written} == {"samples.png", "predictions.png", "errors.png"}
+    assert_png(tmp_path / "vis" / "predictions.png")

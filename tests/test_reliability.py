@@ -1,0 +1,242 @@
+"""Bad files, bad lists, interrupted runs, full disks and untrusted checkpoints."""
+import errno
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO, train_args, train_cli
+from coco4.checkpoint import read_file, save_checkpoint
+from coco4.errors import Coco4Error
+from coco4.lists import read_list, write_list
+from coco4.trainer import fit
+
+
+def bad_image_data(demo_data, tmp_path):
+    """The demo train list plus one image of every awkward kind, good and bad."""
+    images = tmp_path / "images"
+    shutil.copytree(demo_data / "coco" / "images" / "train2017", images)
+    good = read_list(demo_data / "data" / "annotation_train.txt")
+    Image.new("CMYK", (40, 30), (0, 200, 200, 0)).save(images / "cmyk.jpg")
+    Image.new("P", (40, 30)).save(images / "palette.png")
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(images / "png_named.jpg", format="PNG")
+    jpeg = (images / good.files[0]).read_bytes()
+    (images / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 3])
+    (images / "empty.jpg").write_bytes(b"")
+    (images / "garbage.jpg").write_bytes(b"this is not an image\n" * 20)
+    extra = ["cmyk.jpg", "palette.png", "png_named.jpg", "truncated.jpg", "empty.jpg",
+             "garbage.jpg", "missing.jpg"]
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(demo_data / "data" / "classes.txt", data)
+    write_list(data / "annotation_train.txt", list(good.files) + extra,
+               list(good.labels) + [0] * len(extra))
+    return images, data
+
+
+BAD = {"truncated.jpg", "empty.jpg", "garbage.jpg", "missing.jpg"}
+
+
+@pytest.mark.parametrize("data_path", ["fast", "pil"])
+def test_unreadable_images_are_left_out_and_reported(demo_data, tmp_path, data_path, capsys):
+    images, data = bad_image_data(demo_data, tmp_path)
+    cfg = train_args(demo_data, tmp_path / "out", data_dir=str(data), train_images=str(images),
+                     data_path=data_path, cache_dir=str(tmp_path / "cache"))
+    fit(cfg, progress=False)
+    report = read_file(tmp_path / "out" / "last.pt")["data"]
+    assert set(report["left_out"]) == BAD
+    assert report["left_out"]["missing.jpg"] == "missing"
+    assert all(why.startswith("unreadable") for n, why in report["left_out"].items()
+               if n != "missing.jpg")
+    assert report["train_images"] + report["val_images"] == report["listed_images"] - len(BAD)
+    assert "4 of" in capsys.readouterr().out  # reported once, with the count
+
+
+def test_strict_makes_an_unreadable_image_an_error(demo_data, tmp_path):
+    images, data = bad_image_data(demo_data, tmp_path)
+    with pytest.raises(Coco4Error, match=r"4 of \d+ images.*(truncated|empty|garbage|missing)"):
+        fit(train_args(demo_data, tmp_path / "out", data_dir=str(data), strict=True,
+                       train_images=str(images), cache_dir=str(tmp_path / "cache")),
+            progress=False)
+    assert not (tmp_path / "out" / "last.pt").exists()
+
+
+def one_line_error(proc):
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return proc.stderr.strip().splitlines()[-1]
+
+
+def write_data(tmp_path, demo_data, lines):
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    shutil.copy(demo_data / "data" / "classes.txt", data)
+    (data / "annotation_train.txt").write_text(lines)
+    return data
+
+
+@pytest.mark.parametrize("lines,fragment", [
+    ("a.jpg 0\nb.jpg\n", "annotation_train.txt:2"),
+    ("a.jpg zero\n", "annotation_train.txt:1"),
+    ("a.jpg 0\na.jpg 7\n", "out of range for 4 classes"),
+    ("a.jpg 0 extra\n", "3 fields"),
+    ("", "is empty"),
+])
+def test_bad_list_lines_are_one_line_errors_and_write_nothing(demo_data, tmp_path, lines,
+                                                               fragment):
+    data = write_data(tmp_path, demo_data, lines)
+    proc = subprocess.run(train_cli(demo_data, tmp_path / "out", "--data-dir", str(data)),
+                          capture_output=True, text=True)
+    assert fragment in one_line_error(proc)
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_class_and_a_val_fraction_too_small(demo_data, tmp_path):
+    good = read_list(demo_data / "data" / "annotation_train.txt")
+    no_boat = "".join(f"{f} {y}\n" for f, y in zip(good.files, good.labels) if y != 3)
+    data = write_data(tmp_path, demo_data, no_boat)
+    with pytest.raises(Coco4Error, match="class 'boat' .* has no training image"):
+        fit(train_args(demo_data, tmp_path / "o", data_dir=str(data)), progress=False)
+    with pytest.raises(Coco4Error, match="--val-fraction 0.01 leaves class"):
+        fit(train_args(demo_data, tmp_path / "o", val_fraction=0.01), progress=False)
+
+
+def test_an_output_folder_that_cannot_be_written_fails_before_training(demo_data, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(Coco4Error, match="cannot write to"):
+        fit(train_args(demo_data, tmp_path / "file" / "out"), progress=False)
+
+
+def test_full_disk_while_saving_keeps_the_previous_checkpoint(demo_data, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    fit(train_args(demo_data, out, epochs=1), progress=False)
+    before = (out / "last.pt").read_bytes()
+
+    def no_space(obj, f, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", no_space)
+    with pytest.raises(Coco4Error, match="No space left on device.*previous file.*untouched"):
+        fit(train_args(demo_data, out, epochs=2, resume=str(out / "last.pt")), progress=False)
+    assert (out / "last.pt").read_bytes() == before
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_crash_between_write_and_rename_leaves_last_pt_loadable(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path / "last.pt", {"epoch": 1, "w": torch.ones(3)})
+
+    def crash(src, dst):
+        raise KeyboardInterrupt  # the process dies after writing the temp file
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path / "last.pt", {"epoch": 2, "w": torch.zeros(3)})
+    assert read_file(tmp_path / "last.pt")["epoch"] == 1
+
+
+SAVER = """
+import sys, torch
+sys.path.insert(0, {repo!r})
+from coco4.checkpoint import save_checkpoint
+for i in range(10**6):
+    save_checkpoint({path!r}, {{"epoch": i, "w": torch.full((2_000_000,), float(i))}})
+    print(i, flush=True)
+"""
+
+
+def test_sigkill_at_any_moment_leaves_last_pt_loadable(tmp_path):
+    path = tmp_path / "last.pt"
+    for delay in (0.35, 0.6, 0.9, 1.3):
+        proc = subprocess.Popen([sys.executable, "-c", SAVER.format(repo=str(REPO),
+                                                                    path=str(path))],
+                                stdout=subprocess.PIPE, text=True)
+        proc.stdout.readline()  # at least one checkpoint is on disk
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        ckpt = read_file(path)
+        assert torch.all(ckpt["w"] == float(ckpt["epoch"]))
+
+
+def _send_sigterm_after_first_steps(proc, seen):
+    """Read the progress bar from stderr; SIGTERM once the first epoch is under way."""
+    buf = ""
+    while proc.poll() is None:
+        ch = proc.stderr.read(1)
+        if not ch:
+            break
+        buf += ch
+        if re.search(r"epoch 1/\d+:\s+\d+%.*\| [2-9]/", buf[-200:]):
+            proc.send_signal(signal.SIGTERM)
+            break
+    seen.append(buf + proc.stderr.read())
+
+
+def test_sigterm_saves_resumes_and_matches_an_uninterrupted_run(demo_data, tmp_path):
+    common = ("--epochs", "3", "--batch-size", "4", "--image-size", "48")
+    fit(train_args(demo_data, tmp_path / "straight", epochs=3, batch_size=4, image_size=48),
+        progress=False)
+    proc = subprocess.Popen(train_cli(demo_data, tmp_path / "cut", *common), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    reader = threading.Thread(target=_send_sigterm_after_first_steps, args=(proc, seen))
+    reader.start()
+    stdout = proc.stdout.read()
+    proc.wait(timeout=300)
+    reader.join()
+    assert proc.returncode == 128 + signal.SIGTERM, seen[0][-2000:]
+    message = seen[0].strip().splitlines()[-1]
+    assert message.startswith("error: stopped by SIGTERM") and "Traceback" not in seen[0]
+    ckpt = read_file(tmp_path / "cut" / "last.pt")
+    assert (ckpt["run"]["epoch"], ckpt["run"]["step"]) < (3, 0)  # stopped before the end
+    resume = shlex.split(message.split("Continue with: ", 1)[1])
+    assert resume[:4] == ["python", "train.py", "--resume", str(tmp_path / "cut" / "last.pt")]
+    rest = train_cli(demo_data, tmp_path / "cut", *common)[2:]
+    done = subprocess.run([sys.executable, str(REPO / "train.py"), *resume[2:], *rest],
+                          capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    a = read_file(tmp_path / "straight" / "last.pt")["model"]
+    b = read_file(tmp_path / "cut" / "last.pt")["model"]
+    assert max((a[k].double() - b[k].double()).abs().max().item() for k in a) <= 1e-6
+    del stdout
+
+
+class CreatesFile:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (Path(self.marker),))
+
+
+@pytest.mark.parametrize("flag", ["--weights", "--resume"])
+def test_untrusted_checkpoint_never_runs_code_in_train(demo_data, tmp_path, flag):
+    marker = tmp_path / "pwned"
+    torch.save({"model_state_dict": {}, "payload": CreatesFile(marker)}, tmp_path / "evil.pt")
+    proc = subprocess.run(train_cli(demo_data, tmp_path / "out", flag, str(tmp_path / "evil.pt")),
+                          capture_output=True, text=True)
+    assert "refusing" in one_line_error(proc)
+    assert not marker.exists()
+
+
+def test_not_a_checkpoint_and_not_a_resnet50(tmp_path):
+    from coco4.evaluation import load_predictor
+
+    (tmp_path / "noise.pt").write_bytes(os.urandom(1000))
+    with pytest.raises(Coco4Error, match="not a"):
+        load_predictor(tmp_path / "noise.pt", "cpu")
+    torch.save({"model_state_dict": {"conv1.weight": torch.zeros(64, 3, 3, 3)}},
+               tmp_path / "small.pt")
+    with pytest.raises(Coco4Error, match="does not fit a ResNet-50"):
+        load_predictor(tmp_path / "small.pt", "cpu")
