@@ -45,18 +45,16 @@ def read_file(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        text = str(e)
-        if "weights only load failed" in text.lower():
-            found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-            what = f" ({found.group(1)})" if found else ""
-            raise Coco4Error(f"refusing {path}: it holds a pickled Python object{what} beyond "
-                             "tensors and plain containers, and loading it could run code; if "
-                             "you trust its source, re-save just its state dicts") from None
-        first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
-        raise Coco4Error(f"{path} is not a PyTorch checkpoint ({first})") from None
-    except (RuntimeError, EOFError, ValueError, OSError) as e:
-        raise Coco4Error(f"{path} is not a readable PyTorch checkpoint "
-                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if found:
+            raise Coco4Error(f"refusing {path}: it holds a pickled Python object "
+                             f"({found.group(1)}) beyond tensors and plain containers, and "
+                             "loading it could run code; if you trust its source, re-save just "
+                             "its state dicts") from None
+        raise Coco4Error(f"{path} is not a readable PyTorch checkpoint (the unpickler rejected "
+                         "its bytes); was it truncated, or is it another kind of file?") from None
+    except (RuntimeError, EOFError, ValueError, KeyError, OSError) as e:
+        raise Coco4Error(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}); "
                          "was it truncated by an interrupted download?") from None
 
 

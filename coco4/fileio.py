@@ -23,6 +23,7 @@ def atomic_path(path, suffix=""):
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except OSError as e:
         _remove_quietly(tmp)
@@ -32,6 +33,12 @@ def atomic_path(path, suffix=""):
     except BaseException:
         _remove_quietly(tmp)
         raise
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path, text):
@@ -47,15 +54,26 @@ def _remove_quietly(path):
 
 
 def check_writable(folder):
-    """Fail before hours of work if ``folder`` cannot take the files we will write there."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        raise Coco4Error(f"cannot write to {folder}: {e.strerror or e}; "
-                         "choose another folder or fix its permissions") from e
+    """Fail before hours of work if ``folder`` cannot take the files we will write there.
+
+    Creates nothing: a run that fails later on bad input must not leave empty folders behind.
+    """
+    folder = Path(folder).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    problem = None
+    if not existing.is_dir():
+        problem = f"{existing} is not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"no write permission on {existing}"
+    elif existing == folder:
+        try:
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+                pass
+        except OSError as e:
+            problem = e.strerror or str(e)
+    if problem:
+        raise Coco4Error(f"cannot write to {folder}: {problem}; choose another folder or fix "
+                         "its permissions")
 
 
 def link_or_copy(src, dst):
