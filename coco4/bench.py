@@ -81,8 +81,6 @@ def _time_training(model, optimizer, amp, scaler, feed, steps, device):
     model.train()
     count, tic = 0, None
     for i, (x, y) in enumerate(feed()):
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
         train_step(model, optimizer, scaler, amp, x, y, 1)
         if i == 0:
             _sync(device)

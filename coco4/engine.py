@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from .errors import Coco4Error
 from .seeding import seed_everything
+from .transforms import model_input
 
 
 @dataclass
@@ -47,6 +48,7 @@ def train_step(model, optimizer, scaler, amp, x, y, accum_steps):
     (BatchNorm statistics aside, which see one micro-batch at a time).
     Returns the batch's summed loss and number correct, as device tensors.
     """
+    x = model_input(x)
     micro = math.ceil(len(x) / accum_steps)
     chunks = list(zip(x.split(micro), y.split(micro)))
     loss_sum = torch.zeros((), device=x.device)
@@ -157,7 +159,7 @@ def evaluate(model, batches, amp, epoch=0, progress=False, desc="eval"):
     for x, y in tqdm(batches.iterate(epoch), total=len(batches), desc=desc, leave=False,
                      disable=not progress, unit="step"):
         with amp.autocast():
-            logits = model(x).float()
+            logits = model(model_input(x)).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").cpu()
         correct += int((logits.argmax(1) == y).sum())
         count += len(y)

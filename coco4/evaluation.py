@@ -19,7 +19,7 @@ from .loaders import CachedBatches, PilBatches
 from .metrics import compute_metrics
 from .model import ResNet50Classifier
 from .train_data import unusable_report
-from .transforms import pil_eval_transform
+from .transforms import model_input, pil_eval_transform
 
 
 @dataclass
@@ -98,7 +98,7 @@ def predict_images(predictor, paths):
     transform = pil_eval_transform(predictor.image_size)
     x = torch.stack([transform(read_rgb(p)) for p in paths]).to(predictor.device)
     with predictor.amp.autocast():
-        return predictor.model(x).float().softmax(1).cpu()
+        return predictor.model(model_input(x)).float().softmax(1).cpu()
 
 
 def write_results(out_dir, predictor, predictions):

@@ -10,7 +10,8 @@ import torch
 
 from .data import ListDataset
 from .seeding import generator
-from .transforms import augment_batch, normalize_uint8, pil_eval_transform, pil_train_transform
+from .transforms import (pil_eval_transform, pil_train_transform, random_crops, resized_crops,
+                         resized_crops_each)
 
 
 def epoch_order(n, epoch, seed, shuffle, rank=0, world=1):
@@ -28,29 +29,34 @@ class CachedBatches:
     """Batches straight from the uint8 cache: no JPEG is decoded after the cache is built."""
 
     def __init__(self, images, labels, indices, batch_size, device, image_size, train, seed,
-                 rank=0, world=1, dtype=torch.float32):
+                 rank=0, world=1):
         self.images = images  # uint8 NCHW, on CPU (memory-mapped) or already on the device
         self.labels = torch.as_tensor(labels)[torch.as_tensor(indices)]
         self.indices = torch.as_tensor(indices)
         self.batch_size, self.device, self.image_size = batch_size, device, image_size
-        self.train, self.seed, self.rank, self.world, self.dtype = train, seed, rank, world, dtype
+        self.train, self.seed, self.rank, self.world = train, seed, rank, world
 
     def __len__(self):
         return math.ceil(len(epoch_order(len(self.indices), 0, 0, self.train, self.rank,
                                          self.world)) / self.batch_size)
 
     def iterate(self, epoch, start_step=0):
+        """uint8 batches (normalised by the engine on the device) and labels, on the device."""
         order = epoch_order(len(self.indices), epoch, self.seed, self.train, self.rank, self.world)
         for step in range(start_step, math.ceil(len(order) / self.batch_size)):
             pick = order[step * self.batch_size:(step + 1) * self.batch_size]
-            x = self._gather(self.indices[pick])
+            rows = self.indices[pick]
             y = self.labels[pick].to(self.device, non_blocking=True)
-            if self.train:
-                # one generator per step: a run resumed at step k draws exactly what step k drew
-                g = generator(self.seed, "augment", epoch, step, self.rank)
-                yield augment_batch(x, self.image_size, g, self.dtype), y
+            if not self.train:
+                yield self._gather(rows), y
+                continue
+            # one generator per step: a run resumed at step k draws exactly what step k drew
+            g = generator(self.seed, "augment", epoch, step, self.rank)
+            boxes, flips = random_crops(len(rows), *self.images.shape[2:], g)
+            if self.device.type == "cpu":
+                yield resized_crops_each(self.images, rows, boxes, flips, self.image_size), y
             else:
-                yield normalize_uint8(x, self.dtype), y
+                yield resized_crops(self._gather(rows), boxes, flips, self.image_size), y
 
     def _gather(self, rows):
         if self.images.device == self.device:
@@ -65,12 +71,12 @@ class PilBatches:
     """The original pipeline: every epoch decodes and transforms each JPEG in DataLoader workers."""
 
     def __init__(self, image_list, image_dir, indices, batch_size, device, image_size, train,
-                 seed, workers, rank=0, world=1, dtype=torch.float32):
+                 seed, workers, rank=0, world=1):
         transform = pil_train_transform(image_size) if train else pil_eval_transform(image_size)
         self.dataset = ListDataset(image_list, image_dir, transform)
         self.indices = torch.as_tensor(indices)
         self.batch_size, self.device, self.train, self.seed = batch_size, device, train, seed
-        self.workers, self.rank, self.world, self.dtype = workers, rank, world, dtype
+        self.workers, self.rank, self.world = workers, rank, world
 
     def __len__(self):
         n = len(epoch_order(len(self.indices), 0, 0, self.train, self.rank, self.world))
@@ -85,5 +91,4 @@ class PilBatches:
             generator=generator(self.seed, "workers", epoch, self.rank),
             persistent_workers=False)
         for x, y in loader:
-            yield (x.to(self.device, non_blocking=True).to(self.dtype),
-                   y.to(self.device, non_blocking=True))
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)

@@ -7,6 +7,7 @@ Eval:  Resize((256, 256)) -> normalisation (no centre crop: the original evaluat
 import math
 
 import torch
+import torch.nn.functional as F
 from torchvision import transforms as T
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -79,23 +80,52 @@ def _fallback_size(height, width):
     return height, width
 
 
-def augment_batch(images_u8, image_size, generator, dtype=torch.float32):
-    """Random-resized-crop, flip and normalise a uint8 NCHW batch in one go on its device.
+def random_crops(n, height, width, generator):
+    """Crop boxes (as ``random_resized_crop_boxes``) and horizontal-flip flags for ``n`` images."""
+    boxes = random_resized_crop_boxes(n, height, width, generator)
+    return boxes, torch.rand(n, generator=generator) < 0.5
 
-    roi_align with one sample per output pixel is bilinear resampling of every crop in a single
-    batched kernel. Crops come from the pre-crop square (256 px for 224), so they are shrunk by
-    at most 256/224 and PIL's antialiasing would change next to nothing. Normalising after the
-    crop is exact (bilinear weights sum to 1) and touches fewer pixels.
+
+def resized_crops(images_u8, boxes, flips, size):
+    """Crop, resize to ``size`` and flip a uint8 NCHW batch in one batched kernel (for GPUs).
+
+    roi_align with one sample per output pixel is bilinear resampling of every crop at once.
+    Crops come from the pre-crop square (256 px for 224), so they are shrunk by at most 256/224:
+    antialiasing would change next to nothing. Rounded back to uint8, as PIL's output is.
     """
     from torchvision.ops import roi_align
 
-    n, _, height, width = images_u8.shape
-    boxes = random_resized_crop_boxes(n, height, width, generator).float()
-    flip = torch.rand(n, generator=generator) < 0.5
-    top, left, h, w = boxes.unbind(1)
-    rois = torch.stack([torch.arange(n).float(), left, top, left + w, top + h], 1)
-    x = images_u8.float()
-    out = roi_align(x, rois.to(x.device), (image_size, image_size), spatial_scale=1.0,
-                    sampling_ratio=1, aligned=True)
-    out = torch.where(flip.to(x.device).view(n, 1, 1, 1), out.flip(3), out)
-    return normalize_uint8(out, dtype)
+    n = len(images_u8)
+    top, left, h, w = boxes.to(images_u8.device).float().unbind(1)
+    rois = torch.stack([torch.arange(n, device=images_u8.device).float(), left, top,
+                        left + w, top + h], 1)
+    out = roi_align(images_u8.float(), rois, (size, size), spatial_scale=1.0, sampling_ratio=1,
+                    aligned=True)
+    out = torch.where(flips.to(out.device).view(n, 1, 1, 1), out.flip(3), out)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def resized_crops_each(images_u8, rows, boxes, flips, size):
+    """The same crops, one image at a time straight from the (memory-mapped) cache (for CPUs).
+
+    On a CPU, torch's antialiased uint8 resize (what torchvision's tensor transforms use) is
+    several times faster than roi_align in float, and slicing the cache avoids gathering whole
+    pre-crop images first.
+    """
+    out = torch.empty(len(rows), 3, size, size, dtype=torch.uint8)
+    for i, (row, (top, left, h, w), flip) in enumerate(zip(rows.tolist(), boxes.tolist(),
+                                                           flips.tolist())):
+        crop = images_u8[row:row + 1, :, top:top + h, left:left + w]
+        resized = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True)[0]
+        out[i] = resized.flip(-1) if flip else resized
+    return out
+
+
+def model_input(x):
+    """What the model eats: uint8 pixel batches are normalised here, on their device (cheap
+    on a GPU, and a quarter of the bytes to move there); channels_last on CUDA."""
+    if x.dtype == torch.uint8:
+        x = normalize_uint8(x)
+    if x.is_cuda:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
