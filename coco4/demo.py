@@ -23,9 +23,9 @@ def get_args_parser():
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="everything goes here")
     p.add_argument("--num-train", type=int, default=500, help="generated train2017 images")
     p.add_argument("--num-val", type=int, default=120, help="generated val2017 images")
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--image-size", type=int, default=48, help="small: this runs on a CPU")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3,
                    help="higher than the recipe's 1e-4: the demo starts from random weights")
     p.add_argument("--val-fraction", type=float, default=0.2,

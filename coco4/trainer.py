@@ -7,6 +7,7 @@ validation accuracy (the original picked it on the test set).
 """
 import dataclasses
 import shlex
+import signal
 from pathlib import Path
 
 import torch
@@ -47,6 +48,17 @@ def fit(cfg, progress=True):
         close_distributed(env)
 
 
+@dataclasses.dataclass
+class Parts:
+    """What one training step needs, built once per run."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    amp: Amp
+    scaler: object
+
+
 def _fit(cfg, env, progress):
     device = pick_device(cfg.device, env)
     resumed = _load_resume(cfg) if cfg.resume else None
@@ -59,36 +71,44 @@ def _fit(cfg, env, progress):
     if env.is_main:
         check_writable(cfg.output_dir)
     data = prepare_train_data(cfg, env, device, progress and env.is_main, log)
-    model, optimizer, scheduler, amp, scaler = _build(cfg, len(data.classes), device, env, resumed)
+    parts = _build(cfg, len(data.classes), device, env, resumed)
     run = RunState(**resumed["run"]) if resumed else RunState()
-    with StopRequest() as stop:
-        for epoch in range(run.epoch, cfg.epochs):
-            state = _start_epoch(epoch, run, device)
-            try:
-                next_step = train_one_epoch(
-                    model, data.train, optimizer, scaler, amp, cfg.accum_steps, epoch, state,
-                    seed=(cfg.seed, env.rank), start_step=run.step if epoch == run.epoch else 0,
-                    should_stop=lambda: any_rank(stop.requested, env, device),
-                    desc=f"epoch {epoch + 1}/{cfg.epochs}", progress=progress and env.is_main)
-            except torch.cuda.OutOfMemoryError:
-                raise Coco4Error(out_of_memory_advice(cfg, model, amp, device, env)) from None
-            if next_step is not None:
-                run.epoch, run.step, run.partial = epoch, next_step, state.to_dict()
-                _save(cfg, run, data, model, optimizer, scheduler, scaler, env, best=False)
-                raise _interrupted(cfg, stop.signum, epoch, next_step)
-            row = _end_epoch(cfg, epoch, state, model, data, amp, scheduler, optimizer, env, device)
-            is_best = row["val_acc"] > run.best_acc
-            if is_best:
-                run.best_acc, run.best_epoch = row["val_acc"], epoch + 1
-            run.epoch, run.step, run.partial = epoch + 1, 0, None
-            run.history.append(row)
-            _save(cfg, run, data, model, optimizer, scheduler, scaler, env, best=is_best)
-            log.epoch(row, run)
-            if stop.requested and epoch + 1 < cfg.epochs:
-                raise _interrupted(cfg, stop.signum, epoch + 1, 0)
-    log.close()
+    try:
+        with StopRequest() as stop:
+            for epoch in range(run.epoch, cfg.epochs):
+                _one_epoch(cfg, epoch, run, data, parts, env, device, stop, log, progress)
+    finally:
+        log.close()
     return {"best_val_acc": run.best_acc, "best_epoch": run.best_epoch, "history": run.history,
             "output_dir": str(cfg.output_dir), "classes": list(data.classes)}
+
+
+def _one_epoch(cfg, epoch, run, data, parts, env, device, stop, log, progress):
+    """Train, validate, checkpoint and log one epoch; on a stop request, save and raise."""
+    state = _start_epoch(epoch, run, device)
+    try:
+        next_step = train_one_epoch(
+            parts.model, data.train, parts.optimizer, parts.scaler, parts.amp, cfg.accum_steps,
+            epoch, state, seed=(cfg.seed, env.rank),
+            start_step=run.step if epoch == run.epoch else 0,
+            should_stop=lambda: any_rank(stop.requested, env, device),
+            desc=f"epoch {epoch + 1}/{cfg.epochs}", progress=progress and env.is_main)
+    except torch.cuda.OutOfMemoryError:
+        raise Coco4Error(out_of_memory_advice(cfg, parts.model, parts.amp, device, env)) from None
+    if next_step is not None:
+        run.epoch, run.step, run.partial = epoch, next_step, state.to_dict()
+        _save(cfg, run, data, parts, env, best=False)
+        raise _interrupted(cfg, stop.signum, epoch, next_step)
+    row = _end_epoch(epoch, state, data, parts, env, device)
+    is_best = row["val_acc"] > run.best_acc
+    if is_best:
+        run.best_acc, run.best_epoch = row["val_acc"], epoch + 1
+    run.epoch, run.step, run.partial = epoch + 1, 0, None
+    run.history.append(row)
+    _save(cfg, run, data, parts, env, best=is_best)
+    log.epoch(row, run)
+    if any_rank(stop.requested, env, device) and epoch + 1 < cfg.epochs:
+        raise _interrupted(cfg, stop.signum, epoch + 1, 0)
 
 
 def _load_resume(cfg):
@@ -122,7 +142,7 @@ def _build(cfg, num_classes, device, env, resumed):
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         model = torch.compile(model)
-    return model, optimizer, scheduler, amp, scaler
+    return Parts(model, optimizer, scheduler, amp, scaler)
 
 
 def _start_epoch(epoch, run, device):
@@ -132,26 +152,27 @@ def _start_epoch(epoch, run, device):
     return EpochState.zeros(device)
 
 
-def _end_epoch(cfg, epoch, state, model, data, amp, scheduler, optimizer, env, device):
+def _end_epoch(epoch, state, data, parts, env, device):
     """Reduce the epoch's figures over ranks, validate, step the LR schedule; return the row."""
-    lr = optimizer.param_groups[0]["lr"]
+    lr = parts.optimizer.param_groups[0]["lr"]
     loss_sum, correct, count = all_reduce_sum(
         [float(state.loss_sum), float(state.correct), float(state.count)], env, device)
-    val = evaluate(model, data.val, amp, epoch)
+    val = evaluate(parts.model, data.val, parts.amp, epoch)
     v_loss, v_correct, v_count = all_reduce_sum(
         [val["loss_sum"], val["correct"], val["count"]], env, device)
-    scheduler.step(v_loss / v_count)
+    parts.scheduler.step(v_loss / v_count)
     seconds = state.seconds
     return {"epoch": epoch + 1, "train_loss": loss_sum / count, "train_acc": correct / count,
             "val_loss": v_loss / v_count, "val_acc": v_correct / v_count, "lr": lr,
             "seconds": seconds, "images_per_s": count / max(seconds, 1e-9)}
 
 
-def _save(cfg, run, data, model, optimizer, scheduler, scaler, env, best):
+def _save(cfg, run, data, parts, env, best):
     if not env.is_main:
         return
-    payload = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-               "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+    payload = {"model": unwrap(parts.model).state_dict(),
+               "optimizer": parts.optimizer.state_dict(),
+               "scheduler": parts.scheduler.state_dict(), "scaler": parts.scaler.state_dict(),
                "epoch": run.epoch, "run": dataclasses.asdict(run),
                "best_metric": run.best_acc, "classes": list(data.classes),
                "config": cfg.to_dict(), "data": data.report}
@@ -162,8 +183,8 @@ def _save(cfg, run, data, model, optimizer, scheduler, scaler, env, best):
 
 
 def _interrupted(cfg, signum, epoch, step):
-    import signal
-
+    # under torchrun a rank may stop because another rank was signalled: call it SIGTERM
+    signum = signum or signal.SIGTERM
     name = signal.Signals(signum).name
     command = ["python", "train.py", "--resume", str(Path(cfg.output_dir) / "last.pt")]
     defaults = TrainConfig()
