@@ -10,7 +10,6 @@ Writes last.pt (every epoch), best.pt (best held-out validation accuracy), metri
 TensorBoard events into --output-dir.
 """
 import argparse
-import os
 
 from coco4 import cli
 from coco4.config import TrainConfig
@@ -35,8 +34,7 @@ def get_args_parser():
     p.add_argument("--image-size", type=int, default=D.image_size, help="training crop size")
     p.add_argument("--weights", default=D.weights, help="imagenet, none, or a local .pth file")
     p.add_argument("--device", default=D.device, help="auto, cpu or cuda")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                   help="image-decoding processes")
+    p.add_argument("--workers", type=int, default=D.workers, help="image-decoding processes")
     p.add_argument("--seed", type=int, default=D.seed, help="split, order and augmentation seed")
     p.add_argument("--val-fraction", type=float, default=D.val_fraction,
                    help="share of each class held out from the train list for validation")

@@ -25,7 +25,8 @@ def get_args_parser():
     p.add_argument("--out-dir", type=Path, default=None, help="default: CHECKPOINT_DIR/vis")
     p.add_argument("--num", type=int, default=8, help="images per figure")
     p.add_argument("--image", type=Path, nargs="+", default=None,
-                   help="your own image files to predict instead of list images")
+                   help="your own image files for predictions.png (the other pictures still "
+                        "come from the list)")
     p.add_argument("--metrics", type=Path, default=None,
                    help="metrics.csv for the curves (default: beside the checkpoint)")
     p.add_argument("--seed", type=int, default=0, help="which list images are shown")
@@ -37,10 +38,11 @@ def main(args):
     list_path, images, cache_dir = resolve_sources(args)
     out = default_out_dir(args, "vis")
     predictor = load_predictor(args.checkpoint, args.device)
-    written = [vis.samples_png(list_path, images, predictor.classes, out / "samples.png",
-                               args.num, args.seed)]
+    # predicting first checks the list, its classes and its images before anything is drawn
     predictions = predict_list(predictor, list_path, images, args.batch_size, args.data_path,
                                cache_dir, args.workers, args.strict)
+    written = [vis.samples_png(predictions, images, predictor.classes, out / "samples.png",
+                               args.num, args.seed)]
     if args.image:
         paths, probs, truth = args.image, predict_images(predictor, args.image), None
     else:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from . import cache, cli
-from .config import TrainConfig
+from .config import TrainConfig, default_workers
 from .distributed import DistEnv, pick_device
 from .engine import Amp, train_step
 from .lists import read_list, write_list
@@ -32,7 +32,7 @@ def get_args_parser():
     p = argparse.ArgumentParser(description="Benchmark the input pipelines and training speed.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", default="auto")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    p.add_argument("--workers", type=int, default=default_workers())
     p.add_argument("--epochs", type=int, default=2, help="pipeline epochs timed (after one warm-up)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--image-size", type=int, default=224)

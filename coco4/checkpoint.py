@@ -4,6 +4,7 @@ Formats read: this project's (``format == "coco4"``), the original project's
 (``model_state_dict`` / ``optimizer_state_dict`` / ``epoch``, no class names), and, for
 ``--weights``, torchvision's ImageNet resnet50 state dict.
 """
+import io
 import pickle
 import re
 import platform
@@ -14,7 +15,7 @@ import torch
 from .errors import Coco4Error
 from .fileio import atomic_path
 from .lists import DEFAULT_CLASSES
-from .model import _load_backbone, is_imagenet_state, num_classes_of
+from .model import is_imagenet_state, load_backbone, num_classes_of, state_mismatch
 
 FORMAT = "coco4"
 FORMAT_VERSION = 1
@@ -24,8 +25,12 @@ def save_checkpoint(path, payload):
     """Write ``payload`` (plain containers of tensors and numbers) to ``path`` atomically."""
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION,
                "versions": library_versions(), **payload}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    # serialise in memory, then write plain bytes: torch's zip writer reports a full disk as
+    # an opaque RuntimeError, a plain write as OSError naming the cause
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(buffer.getbuffer())
 
 
 def library_versions():
@@ -94,16 +99,9 @@ def load_state_into(model, state, source):
     if got is not None and want != got:
         raise Coco4Error(f"{source} has {got} classes (fc.3.weight is "
                          f"{list(state['fc.3.weight'].shape)}), expected {want}")
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} is {list(state[k].shape)}, expected {list(v.shape)}"
-             for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong:
-        raise Coco4Error(f"{source} does not fit a ResNet-50 classifier: "
-                         + "; ".join(filter(None, [
-                             missing and f"{len(missing)} missing keys ({missing[0]}, ...)",
-                             unexpected and f"{len(unexpected)} unexpected keys ({unexpected[0]}, ...)",
-                             wrong and wrong[0]])))
+    problem = state_mismatch(expected, state)
+    if problem:
+        raise Coco4Error(f"{source} does not fit a ResNet-50 classifier: {problem}")
     model.load_state_dict(state)
 
 
@@ -111,6 +109,6 @@ def load_model_weights(model, path):
     """``--weights PATH``: ImageNet backbone weights, or a whole checkpoint to fine-tune from."""
     state = read_file(path)
     if is_imagenet_state(state):
-        _load_backbone(model, state, str(path))
+        load_backbone(model, state, str(path))
         return
     load_state_into(model, _as_checkpoint(state, path)["model"], str(path))

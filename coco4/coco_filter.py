@@ -41,6 +41,8 @@ def class_ids(coco, class_names):
     if unknown:
         raise Coco4Error(f"unknown COCO categories {unknown}; valid names: "
                          + ", ".join(sorted(by_name)))
+    if len(class_names) < 2:
+        raise Coco4Error(f"--classes names {len(class_names)} class; a classifier needs at least 2")
     if len(set(class_names)) != len(class_names):
         raise Coco4Error(f"--classes lists a name twice: {list(class_names)}")
     return [by_name[n] for n in class_names]

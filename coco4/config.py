@@ -1,6 +1,8 @@
 """The training configuration: one frozen dataclass, validated on construction, stored in
 every checkpoint so evaluation and resume rebuild the run from the file alone."""
 import dataclasses
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +12,11 @@ from .errors import Coco4Error
 # come from the command line, everything else from the checkpoint being resumed.
 RUNTIME_FIELDS = ("coco_root", "data_dir", "train_list", "train_images", "cache_dir", "epochs",
                   "device", "workers", "output_dir", "resume", "compile", "strict")
+
+
+def default_workers():
+    """Image-decoding processes: one per core, at most 8 (JPEG decoding stops scaling there)."""
+    return min(8, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -26,7 +33,7 @@ class TrainConfig:
     image_size: int = 224
     weights: str = "imagenet"
     device: str = "auto"
-    workers: int = 4
+    workers: int = dataclasses.field(default_factory=default_workers)
     seed: int = 0
     val_fraction: float = 0.1
     output_dir: str = "checkpoint"
@@ -51,8 +58,8 @@ class TrainConfig:
             (0 < self.val_fraction < 1, f"--val-fraction must be between 0 and 1 (exclusive), "
              f"got {self.val_fraction}"),
             (self.workers >= 0, f"--workers must be 0 or more, got {self.workers}"),
-            (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-             f"--device must be auto, cpu or cuda, got {self.device!r}"),
+            (re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
+             f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}"),
             (self.data_path in ("fast", "pil"), f"--data-path must be fast or pil, got "
              f"{self.data_path!r}"),
         ]
@@ -82,8 +89,10 @@ class TrainConfig:
         return cls(**{k: v for k, v in values.items() if k in names})
 
     def resumed_from(self, stored):
-        """The stored run's settings with this command line's runtime settings on top."""
+        """The stored run's settings with this command line's runtime settings on top, and the
+        settings this command line changed from their defaults that resuming ignores."""
         merged = {**stored, **{k: getattr(self, k) for k in RUNTIME_FIELDS}}
-        ignored = {k: v for k, v in self.to_dict().items()
-                   if k not in RUNTIME_FIELDS and k in stored and stored[k] != v}
+        defaults = TrainConfig().to_dict()
+        ignored = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS
+                   and k in stored and stored[k] != v and v != defaults[k]}
         return TrainConfig.from_dict(merged), ignored

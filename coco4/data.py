@@ -25,7 +25,8 @@ def read_rgb(path):
             return im.convert("RGB")
     except FileNotFoundError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError,
+            SyntaxError) as e:
         raise UnreadableImage(f"{path}: {e}") from e
 
 

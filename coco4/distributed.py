@@ -1,5 +1,6 @@
 """torchrun support: one process per GPU (or CPU process with gloo), rank 0 writes files."""
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -62,6 +63,8 @@ def barrier(env):
 
 def pick_device(requested, env):
     """The device this process trains on: ``auto`` means CUDA when present, else CPU."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", requested):
+        raise Coco4Error(f"--device must be auto, cpu, cuda or cuda:N, got {requested!r}")
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda"):

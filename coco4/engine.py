@@ -48,7 +48,6 @@ def train_step(model, optimizer, scaler, amp, x, y, accum_steps):
     (BatchNorm statistics aside, which see one micro-batch at a time).
     Returns the batch's summed loss and number correct, as device tensors.
     """
-    x = model_input(x)
     micro = math.ceil(len(x) / accum_steps)
     chunks = list(zip(x.split(micro), y.split(micro)))
     loss_sum = torch.zeros((), device=x.device)
@@ -58,8 +57,8 @@ def train_step(model, optimizer, scaler, amp, x, y, accum_steps):
         sync = contextlib.nullcontext() if i == len(chunks) - 1 or not hasattr(model, "no_sync") \
             else model.no_sync()
         with sync:
-            with amp.autocast():
-                logits = model(xb)
+            with amp.autocast():  # normalised per micro-batch: a whole fp32 batch may not fit
+                logits = model(model_input(xb))
             loss = F.cross_entropy(logits.float(), yb, reduction="sum")
             scaler.scale(loss / len(x)).backward()
         loss_sum += loss.detach()
@@ -107,7 +106,8 @@ def train_one_epoch(model, batches, optimizer, scaler, amp, accum_steps, epoch, 
     step k draws what an uninterrupted run drew there, with no RNG state to save.
 
     Returns the index of the next step to run if ``should_stop()`` turned true between steps
-    (the caller saves a mid-epoch checkpoint), or None when the epoch completed.
+    (the caller saves a mid-epoch checkpoint), or None when the epoch completed. The first
+    step with a non-finite loss is noted in ``state.first_bad_step``, on the device.
     """
     model.train()
     steps = len(batches)
@@ -129,25 +129,23 @@ def train_one_epoch(model, batches, optimizer, scaler, amp, accum_steps, epoch, 
                                 img_s=f"{state.count / max(seconds, 1e-9):.0f}")
             if should_stop() and step + 1 < steps:
                 state.seconds += time.perf_counter() - tic
-                check_finite(state, epoch)
                 return step + 1
         state.seconds += time.perf_counter() - tic
-    check_finite(state, epoch)
     return None
 
 
 def _note_bad_loss(state, loss_sum, step):
     bad = ~torch.isfinite(loss_sum) & (state.first_bad_step < 0)
-    state.first_bad_step = torch.where(bad, torch.tensor(step, device=bad.device),
+    state.first_bad_step = torch.where(bad, torch.full_like(state.first_bad_step, step),
                                        state.first_bad_step)
 
 
-def check_finite(state, epoch):
-    step = int(state.first_bad_step)
-    if step >= 0:
-        raise Coco4Error(f"the training loss became non-finite at epoch {epoch + 1}, step "
-                         f"{step + 1}; stopped without saving it (last.pt holds the previous "
-                         "epoch): lower --lr, or try --no-amp")
+def check_finite(bad_step, epoch):
+    """Stop when a step's loss was NaN or inf (``bad_step`` None: on another process)."""
+    where = f"step {bad_step + 1}" if bad_step is not None else "on another process"
+    raise Coco4Error(f"the training loss became non-finite at epoch {epoch + 1}, {where}; "
+                     "stopped without saving it (last.pt holds the previous epoch): lower "
+                     "--lr, or try --no-amp")
 
 
 @torch.no_grad()

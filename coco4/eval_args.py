@@ -1,6 +1,8 @@
 """Arguments evaluate.py and visualize.py share: which checkpoint, which list, which images."""
-import os
 from pathlib import Path
+
+from .config import default_workers
+from .errors import Coco4Error
 
 
 def add_source_args(p, default_split="val"):
@@ -15,7 +17,7 @@ def add_source_args(p, default_split="val"):
                    help=f"image folder (default: COCO_ROOT/images/{default_split}2017)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    p.add_argument("--workers", type=int, default=default_workers())
     p.add_argument("--data-path", choices=("fast", "pil"), default="fast",
                    help="fast: decoded-image cache; pil: decode every image each time")
     p.add_argument("--cache-dir", type=Path, default=None, help="default: DATA_DIR/cache")
@@ -24,7 +26,13 @@ def add_source_args(p, default_split="val"):
 
 
 def resolve_sources(args, split="val"):
-    """(list path, image folder, cache folder, output folder) with the defaults filled in."""
+    """(list path, image folder, cache folder) with the defaults filled in; arguments checked."""
+    for name in ("batch_size", "num"):
+        if getattr(args, name, 1) < 1:
+            raise Coco4Error(f"--{name.replace('_', '-')} must be at least 1, got "
+                             f"{getattr(args, name)}")
+    if args.workers < 0:
+        raise Coco4Error(f"--workers must be 0 or more, got {args.workers}")
     list_path = args.list or args.data_dir / f"annotation_{split}.txt"
     images = args.images or args.coco_root / "images" / f"{split}2017"
     cache_dir = args.cache_dir or args.data_dir / "cache"

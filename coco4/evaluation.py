@@ -9,7 +9,7 @@ import torch
 
 from . import cache
 from .checkpoint import load_checkpoint, load_state_into
-from .data import check_image_dir, find_unusable, read_rgb
+from .data import UnreadableImage, check_image_dir, find_unusable, read_rgb
 from .distributed import DistEnv, pick_device
 from .engine import Amp, evaluate
 from .fileio import atomic_write_text
@@ -96,7 +96,12 @@ def check_classes(predictor, list_path):
 def predict_images(predictor, paths):
     """Probabilities for the user's own image files, through the original PIL eval transform."""
     transform = pil_eval_transform(predictor.image_size)
-    x = torch.stack([transform(read_rgb(p)) for p in paths]).to(predictor.device)
+    try:
+        x = torch.stack([transform(read_rgb(p)) for p in paths]).to(predictor.device)
+    except FileNotFoundError as e:
+        raise Coco4Error(f"image {e.filename} not found") from None
+    except UnreadableImage as e:
+        raise Coco4Error(f"cannot read image {e}") from None
     with predictor.amp.autocast():
         return predictor.model(model_input(x)).float().softmax(1).cpu()
 

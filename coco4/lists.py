@@ -24,10 +24,6 @@ class ImageList:
     def __len__(self):
         return len(self.files)
 
-    def subset(self, indices):
-        return ImageList(self.path, tuple(self.files[i] for i in indices),
-                         tuple(self.labels[i] for i in indices))
-
 
 def read_list(path, num_classes=None):
     """Parse a list file; any malformed line is an error naming the file and the line number."""

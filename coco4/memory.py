@@ -22,7 +22,8 @@ def _largest_micro_batch(model, amp, device, image_size, start):
     size = start
     while size >= 1:
         try:
-            torch.cuda.empty_cache()
+            with torch.cuda.device(device):
+                torch.cuda.empty_cache()
             x = torch.randn(size, 3, image_size, image_size, device=device)
             with amp.autocast():
                 model(x).float().sum().backward()

@@ -40,8 +40,13 @@ def build_model(weights, num_classes):
     """
     model = ResNet50Classifier(num_classes)
     if weights == "imagenet":
-        state = ResNet50_Weights.IMAGENET1K_V2.get_state_dict(progress=True)
-        _load_backbone(model, state, "torchvision ImageNet weights")
+        try:
+            state = ResNet50_Weights.IMAGENET1K_V2.get_state_dict(progress=True)
+        except (OSError, RuntimeError) as e:  # no network, proxy, or a corrupt download
+            raise Coco4Error(f"could not download torchvision's ImageNet weights ({e}); on an "
+                             "offline machine save them elsewhere and pass --weights "
+                             "resnet50.pth (see README)") from None
+        load_backbone(model, state, "torchvision ImageNet weights")
     elif weights not in (None, "none"):
         from .checkpoint import load_model_weights  # checkpoint imports model: import late
 
@@ -49,19 +54,25 @@ def build_model(weights, num_classes):
     return model
 
 
-def _load_backbone(model, state, source):
+def state_mismatch(expected, state):
+    """What of ``state`` does not fit the state dict ``expected`` (keys, shapes), or None."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} is {list(state[k].shape)}, expected {list(v.shape)}"
+             for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    problems = [missing and f"{len(missing)} missing keys ({missing[0]}, ...)",
+                unexpected and f"{len(unexpected)} unexpected keys ({unexpected[0]}, ...)",
+                wrong and wrong[0]]
+    return "; ".join(p for p in problems if p) or None
+
+
+def load_backbone(model, state, source):
     """Load every parameter but the classifier head, which the new task replaces."""
     backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
-    missing = [k for k in expected if k not in backbone]
-    unexpected = [k for k in backbone if k not in expected]
-    wrong = [f"{k} is {list(backbone[k].shape)}, expected {list(v.shape)}"
-             for k, v in expected.items() if k in backbone and backbone[k].shape != v.shape]
-    if missing or unexpected or wrong:
-        raise Coco4Error(f"{source} do not fit a ResNet-50: " + "; ".join(filter(None, [
-            missing and f"{len(missing)} missing keys ({missing[0]}, ...)",
-            unexpected and f"{len(unexpected)} unexpected keys ({unexpected[0]}, ...)",
-            wrong and wrong[0]])))
+    problem = state_mismatch(expected, backbone)
+    if problem:
+        raise Coco4Error(f"{source} do not fit a ResNet-50: {problem}")
     model.load_state_dict(backbone, strict=False)
 
 

@@ -45,13 +45,13 @@ def image_grid_figure(images, titles, cols=6, colors=None, suptitle=None):
     return fig
 
 
-def prediction_figure(images, probs, classes, titles):
+def prediction_figure(images, probs, classes, titles, colors=None):
     """Each image beside a bar chart of its class probabilities (the original's prediction view)."""
     fig = Figure(figsize=(8, 2.4 * len(images)))
     for k, (image, p, title) in enumerate(zip(images, probs, titles)):
         ax = fig.add_subplot(len(images), 2, 2 * k + 1)
         ax.imshow(image)
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=9, color=colors[k] if colors else "black")
         ax.axis("off")
         bars = fig.add_subplot(len(images), 2, 2 * k + 2)
         p = np.asarray(p)
@@ -78,7 +78,7 @@ def training_curves_figure(rows):
             ax.plot(epochs, [r[key] for r in rows], marker=".", label=key.replace("_", " "))
         ax.set_title(title)
         ax.set_xlabel("epoch")
-        if key == "lr":
+        if keys == ("lr",):
             ax.set_yscale("log")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)

@@ -9,7 +9,6 @@ distractors only, no annotations at all, grayscale JPEGs.
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -282,8 +281,6 @@ def main(args):
 
 
 if __name__ == "__main__":
-    try:
-        main(get_args_parser().parse_args())
-    except Coco4Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
+    from .cli import run
+
+    run(main, get_args_parser())

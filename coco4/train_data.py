@@ -41,16 +41,20 @@ def prepare_train_data(cfg, env, device, progress, log):
     log.info(f"data: {len(train_idx)} train / {len(val_idx)} validation images held out "
              f"from {cfg.train_list_path} ({len(classes)} classes: {', '.join(classes)})")
     local_batch = math.ceil(cfg.batch_size / env.world)
-    common = dict(batch_size=local_batch, device=device, image_size=cfg.image_size,
-                  seed=cfg.seed, rank=env.rank, world=env.world)
+    common = dict(device=device, image_size=cfg.image_size, seed=cfg.seed, rank=env.rank,
+                  world=env.world)
     if cfg.data_path == "fast":
         images = _place(images, device)
-        make = lambda idx, train: CachedBatches(images, image_list.labels, idx, train=train,
-                                                **common)
+        make = lambda idx, train, batch: CachedBatches(images, image_list.labels, idx, batch,
+                                                       train=train, **common)
     else:
-        make = lambda idx, train: PilBatches(image_list, cfg.train_images_path, idx,
-                                             train=train, workers=cfg.workers, **common)
-    return TrainData(make(train_idx, True), make(val_idx, False), classes, report)
+        make = lambda idx, train, batch: PilBatches(image_list, cfg.train_images_path, idx,
+                                                    batch, train=train, workers=cfg.workers,
+                                                    **common)
+    # validation in micro-batches: what fits for a training step fits there
+    return TrainData(make(train_idx, True, local_batch),
+                     make(val_idx, False, math.ceil(local_batch / cfg.accum_steps)),
+                     classes, report)
 
 
 def _decode_check(cfg, image_list, env, progress):
@@ -58,13 +62,12 @@ def _decode_check(cfg, image_list, env, progress):
     if cfg.data_path == "pil":
         return None, find_unusable(image_list, cfg.train_images_path, cfg.workers, progress)
     # rank 0 builds the cache while the others wait, then everyone maps the same file
-    if env.is_main:
-        built = cache.load_or_build(image_list, cfg.train_images_path, cfg.image_size,
-                                    cfg.cache_path, cfg.workers, progress)
-    barrier(env)
     if not env.is_main:
-        built = cache.load_or_build(image_list, cfg.train_images_path, cfg.image_size,
-                                    cfg.cache_path, 0, False)
+        barrier(env)
+    built = cache.load_or_build(image_list, cfg.train_images_path, cfg.image_size,
+                                cfg.cache_path, cfg.workers, progress)
+    if env.is_main:
+        barrier(env)
     return built.tensor(), built.bad
 
 

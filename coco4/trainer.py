@@ -6,6 +6,7 @@ CrossEntropy, ReduceLROnPlateau on the held-out validation loss, best checkpoint
 validation accuracy (the original picked it on the test set).
 """
 import dataclasses
+import os
 import shlex
 import signal
 from pathlib import Path
@@ -15,9 +16,10 @@ from tqdm import tqdm
 
 from . import run_log
 from .checkpoint import load_checkpoint, load_state_into, save_checkpoint
-from .config import TrainConfig
-from .distributed import all_reduce_sum, any_rank, close_distributed, init_distributed, pick_device
-from .engine import Amp, EpochState, evaluate, train_one_epoch
+from .config import RUNTIME_FIELDS, TrainConfig
+from .distributed import (all_reduce_sum, any_rank, barrier, close_distributed, init_distributed,
+                          pick_device)
+from .engine import Amp, EpochState, check_finite, evaluate, train_one_epoch
 from .errors import Coco4Error
 from .fileio import check_writable, link_or_copy
 from .interrupt import Interrupted, StopRequest
@@ -86,6 +88,7 @@ def _fit(cfg, env, progress):
 def _one_epoch(cfg, epoch, run, data, parts, env, device, stop, log, progress):
     """Train, validate, checkpoint and log one epoch; on a stop request, save and raise."""
     state = _start_epoch(epoch, run, device)
+    out_of_memory = False
     try:
         next_step = train_one_epoch(
             parts.model, data.train, parts.optimizer, parts.scaler, parts.amp, cfg.accum_steps,
@@ -94,7 +97,13 @@ def _one_epoch(cfg, epoch, run, data, parts, env, device, stop, log, progress):
             should_stop=lambda: any_rank(stop.requested, env, device),
             desc=f"epoch {epoch + 1}/{cfg.epochs}", progress=progress and env.is_main)
     except torch.cuda.OutOfMemoryError:
-        raise Coco4Error(out_of_memory_advice(cfg, parts.model, parts.amp, device, env)) from None
+        out_of_memory = True  # probe below, once the failed step's tensors are released
+    if out_of_memory:
+        parts.optimizer.zero_grad(set_to_none=True)
+        raise Coco4Error(out_of_memory_advice(cfg, unwrap(parts.model), parts.amp, device, env))
+    bad_step = int(state.first_bad_step)
+    if any_rank(bad_step >= 0, env, device):  # every rank stops, not just the one that saw it
+        check_finite(bad_step if bad_step >= 0 else None, epoch)
     if next_step is not None:
         run.epoch, run.step, run.partial = epoch, next_step, state.to_dict()
         _save(cfg, run, data, parts, env, best=False)
@@ -121,7 +130,11 @@ def _load_resume(cfg):
 
 def _build(cfg, num_classes, device, env, resumed):
     seed_everything(cfg.seed, "init")  # the new head's (and a --weights none model's) init
+    if not env.is_main:
+        barrier(env)  # rank 0 downloads the ImageNet weights first, once
     model = build_model("none" if resumed else cfg.weights, num_classes)
+    if env.is_main:
+        barrier(env)
     if resumed:
         load_state_into(model, resumed["model"], cfg.resume)
     model.to(device)
@@ -136,7 +149,8 @@ def _build(cfg, num_classes, device, env, resumed):
     if resumed:
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
-        scaler.load_state_dict(resumed["scaler"])
+        if resumed["scaler"]:  # empty when the run had no fp16 scaler (CPU, bf16)
+            scaler.load_state_dict(resumed["scaler"])
     if env.enabled:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -157,7 +171,9 @@ def _end_epoch(epoch, state, data, parts, env, device):
     lr = parts.optimizer.param_groups[0]["lr"]
     loss_sum, correct, count = all_reduce_sum(
         [float(state.loss_sum), float(state.correct), float(state.count)], env, device)
-    val = evaluate(parts.model, data.val, parts.amp, epoch)
+    # the bare model: evaluation needs no gradient sync, and DDP's forward would broadcast
+    # buffers, a collective that a rank with no validation images would never join
+    val = evaluate(unwrap(parts.model), data.val, parts.amp, epoch)
     v_loss, v_correct, v_count = all_reduce_sum(
         [val["loss_sum"], val["correct"], val["count"]], env, device)
     parts.scheduler.step(v_loss / v_count)
@@ -185,14 +201,20 @@ def _save(cfg, run, data, parts, env, best):
 def _interrupted(cfg, signum, epoch, step):
     # under torchrun a rank may stop because another rank was signalled: call it SIGTERM
     signum = signum or signal.SIGTERM
-    name = signal.Signals(signum).name
-    command = ["python", "train.py", "--resume", str(Path(cfg.output_dir) / "last.pt")]
+    last = Path(cfg.output_dir) / "last.pt"
+    command = ["python", "train.py", "--resume", str(last)]
     defaults = TrainConfig()
-    for field in ("coco_root", "data_dir", "train_list", "train_images", "cache_dir", "epochs",
-                  "device", "workers", "output_dir"):
+    for field in RUNTIME_FIELDS:
         value = getattr(cfg, field)
-        if value != getattr(defaults, field):
-            command += [f"--{field.replace('_', '-')}", str(value)]
+        if field == "resume" or value == getattr(defaults, field):
+            continue
+        flag = "--" + field.replace("_", "-")
+        if isinstance(value, bool):
+            command.append(flag if value else "--no-" + flag[2:])
+        else:
+            command += [flag, str(value)]
     where = f"epoch {epoch + 1}, step {step}" if step else f"the end of epoch {epoch}"
-    return Interrupted(f"stopped by {name} at {where}; saved {Path(cfg.output_dir) / 'last.pt'}. "
-                       f"Continue with: {shlex.join(command)}", signum)
+    return Interrupted(f"stopped by {signal.Signals(signum).name} at {where}; saved {last}. "
+                       f"Continue with: {shlex.join(command)}"
+                       + (" (under torchrun, with the same torchrun options)"
+                          if "WORLD_SIZE" in os.environ else ""), signum)

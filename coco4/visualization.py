@@ -5,7 +5,6 @@ import numpy as np
 import torch
 
 from .data import read_rgb
-from .lists import read_list
 from .plots import image_grid_figure, prediction_figure, save, training_curves_figure
 from .run_log import read_metrics_csv
 
@@ -16,21 +15,25 @@ def _thumb(path, size=160):
     return image
 
 
-def samples_png(list_path, image_dir, classes, out, num, seed=0):
+def samples_png(predictions, image_dir, classes, out, num, seed=0):
     """A grid of list images with their labels: what the model is asked to learn."""
-    image_list = read_list(list_path, len(classes))
-    pick = np.random.default_rng(seed).choice(len(image_list), min(num, len(image_list)),
-                                              replace=False)
-    images = [_thumb(Path(image_dir) / image_list.files[i]) for i in pick]
-    titles = [f"{classes[image_list.labels[i]]}\n{image_list.files[i]}" for i in pick]
-    return save(image_grid_figure(images, titles, suptitle=f"samples from {list_path.name}"), out)
+    n = len(predictions.files)
+    pick = np.random.default_rng(seed).choice(n, min(num, n), replace=False)
+    images = [_thumb(Path(image_dir) / predictions.files[i]) for i in pick]
+    titles = [f"{classes[predictions.labels[i]]}\n{predictions.files[i]}" for i in pick]
+    return save(image_grid_figure(images, titles, suptitle=f"samples from {image_dir}"), out)
 
 
 def predictions_png(paths, probs, classes, out, true_labels=None):
-    titles = [Path(p).name + ("" if true_labels is None else f"\ntrue: {classes[y]}")
-              for p, y in zip(paths, true_labels or [None] * len(paths))]
+    """Images beside their class probabilities; with known labels, wrong ones titled in red."""
+    preds = probs.argmax(1).tolist()
+    titles = [f"{Path(p).name}\npredicted: {classes[k]}" for p, k in zip(paths, preds)]
+    colors = None
+    if true_labels is not None:
+        titles = [f"{t} (true: {classes[y]})" for t, y in zip(titles, true_labels)]
+        colors = ["tab:green" if k == y else "tab:red" for k, y in zip(preds, true_labels)]
     images = [_thumb(p, 224) for p in paths]
-    return save(prediction_figure(images, probs.tolist(), classes, titles), out)
+    return save(prediction_figure(images, probs.tolist(), classes, titles, colors), out)
 
 
 def errors_png(predictions, image_dir, classes, out, num):

@@ -25,14 +25,6 @@ def test_reads_the_original_projects_list():
     assert lst.path == ORIGINAL_VAL
 
 
-def test_subset_keeps_files_and_labels_paired():
-    lst = read_list(ORIGINAL_VAL)
-    sub = lst.subset([59, 0, 45])
-    assert isinstance(sub, ImageList) and len(sub) == 3
-    assert sub.files == (lst.files[59], lst.files[0], lst.files[45])
-    assert sub.labels == (lst.labels[59], lst.labels[0], lst.labels[45])
-
-
 def test_write_list_reproduces_the_original_format_byte_for_byte(tmp_path):
     lst = read_list(ORIGINAL_VAL)
     out = tmp_path / "sub" / "annotation_val.txt"

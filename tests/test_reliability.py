@@ -1,5 +1,4 @@
 """Bad files, bad lists, interrupted runs, full disks and untrusted checkpoints."""
-import errno
 import os
 import re
 import shlex
@@ -116,17 +115,29 @@ def test_an_output_folder_that_cannot_be_written_fails_before_training(demo_data
         fit(train_args(demo_data, tmp_path / "file" / "out"), progress=False)
 
 
-def test_full_disk_while_saving_keeps_the_previous_checkpoint(demo_data, tmp_path, monkeypatch):
+FULL_DISK = """
+import resource, signal, sys
+sys.path.insert(0, {repo!r})
+# a real write failure: files may not grow past 5 MB, and a checkpoint is ~200 MB
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (5 * 2**20, 5 * 2**20))
+import train
+from coco4 import cli
+cli.run(train.main, train.get_args_parser(), {argv!r})
+"""
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(demo_data, tmp_path):
     out = tmp_path / "out"
     fit(train_args(demo_data, out, epochs=1), progress=False)
     before = (out / "last.pt").read_bytes()
-
-    def no_space(obj, f, *args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(torch, "save", no_space)
-    with pytest.raises(Coco4Error, match="No space left on device.*previous file.*untouched"):
-        fit(train_args(demo_data, out, epochs=2, resume=str(out / "last.pt")), progress=False)
+    argv = train_cli(demo_data, out, "--epochs", "2", "--resume", str(out / "last.pt"))[2:]
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK.format(repo=str(REPO), argv=argv)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    message = proc.stderr.strip().splitlines()[-1]
+    assert message.startswith("error: could not write") and "File too large" in message
+    assert "untouched" in message and "Traceback" not in proc.stderr
     assert (out / "last.pt").read_bytes() == before
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 

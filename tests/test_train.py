@@ -12,7 +12,7 @@ import torchvision
 from conftest import REPO, train_args, train_cli
 from coco4.checkpoint import read_file
 from coco4.config import TrainConfig
-from coco4.engine import Amp, EpochState, train_one_epoch, train_step
+from coco4.engine import Amp, EpochState, check_finite, train_one_epoch, train_step
 from coco4.errors import Coco4Error
 from coco4.model import FROZEN, build_model
 from coco4.trainer import fit
@@ -188,9 +188,27 @@ def test_non_finite_loss_stops_naming_epoch_and_step():
     opt = torch.optim.Adam(model.parameters())
     amp = Amp.for_device(torch.device("cpu"), False)
     batches = ListBatches([(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))] * 3)
-    with pytest.raises(Coco4Error, match=r"non-finite at epoch 4, step 1"):
-        train_one_epoch(model, batches, opt, amp.scaler(), amp, 1, 3,
-                        EpochState.zeros(torch.device("cpu")), seed=(0, 0), progress=False)
+    state = EpochState.zeros(torch.device("cpu"))
+    train_one_epoch(model, batches, opt, amp.scaler(), amp, 1, 3, state, seed=(0, 0),
+                    progress=False)
+    assert int(state.first_bad_step) == 0  # noted on the device, read once per epoch
+    with pytest.raises(Coco4Error, match=r"non-finite at epoch 4, step 1;"):
+        check_finite(int(state.first_bad_step), 3)
+
+
+def test_non_finite_loss_stops_a_run_before_saving(demo_data, tmp_path, monkeypatch):
+    import coco4.engine
+
+    real = coco4.engine.train_step
+
+    def diverging(*args, **kwargs):
+        loss, correct = real(*args, **kwargs)
+        return loss * float("nan"), correct
+
+    monkeypatch.setattr(coco4.engine, "train_step", diverging)
+    with pytest.raises(Coco4Error, match=r"non-finite at epoch 1, step 1;"):
+        fit(train_args(demo_data, tmp_path), progress=False)
+    assert not (tmp_path / "last.pt").exists()
 
 
 def test_cuda_out_of_memory_names_the_accum_steps_to_use(demo_data, tmp_path, monkeypatch):
