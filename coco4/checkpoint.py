@@ -7,6 +7,7 @@ Formats read: this project's (``format == "coco4"``), the original project's
 import io
 import pickle
 import re
+import threading
 import platform
 from pathlib import Path
 
@@ -31,6 +32,50 @@ def save_checkpoint(path, payload):
     torch.save(payload, buffer)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(buffer.getbuffer())
+
+
+class CheckpointWriter:
+    """Writes checkpoints on a background thread, so an epoch of a second or two on a GPU does
+    not wait for hundreds of megabytes to reach the disk. At most one write is in flight; a
+    failed write is raised at the next ``save`` or ``wait``.
+    """
+
+    def __init__(self):
+        self._thread, self._error = None, None
+
+    def save(self, path, payload, then=None):
+        """Snapshot ``payload`` (CPU copies of every tensor) now; write it, then call ``then``."""
+        self.wait()
+        snapshot = _cpu_copy(payload)
+        self._thread = threading.Thread(target=self._write, args=(path, snapshot, then))
+        self._thread.start()
+
+    def _write(self, path, payload, then):
+        try:
+            save_checkpoint(path, payload)
+            if then:
+                then()
+        except BaseException as e:  # handed to the training thread by wait()
+            self._error = e
+
+    def wait(self):
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
+def _cpu_copy(value):
+    """Training goes on mutating parameters and optimizer state in place: copy them now."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return type(value)((k, _cpu_copy(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cpu_copy(v) for v in value)
+    return value
 
 
 def library_versions():
@@ -58,7 +103,7 @@ def read_file(path):
                              "its state dicts") from None
         raise Coco4Error(f"{path} is not a readable PyTorch checkpoint (the unpickler rejected "
                          "its bytes); was it truncated, or is it another kind of file?") from None
-    except (RuntimeError, EOFError, ValueError, KeyError, OSError) as e:
+    except Exception as e:  # arbitrary bytes fail in arbitrary ways inside the unpickler
         raise Coco4Error(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}); "
                          "was it truncated by an interrupted download?") from None
 

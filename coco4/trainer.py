@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from . import run_log
-from .checkpoint import load_checkpoint, load_state_into, save_checkpoint
+from .checkpoint import CheckpointWriter, load_checkpoint, load_state_into
 from .config import RUNTIME_FIELDS, TrainConfig
 from .distributed import (all_reduce_sum, any_rank, barrier, close_distributed, init_distributed,
                           pick_device)
@@ -75,17 +75,20 @@ def _fit(cfg, env, progress):
     data = prepare_train_data(cfg, env, device, progress and env.is_main, log)
     parts = _build(cfg, len(data.classes), device, env, resumed)
     run = RunState(**resumed["run"]) if resumed else RunState()
+    writer = CheckpointWriter()
     try:
         with StopRequest() as stop:
             for epoch in range(run.epoch, cfg.epochs):
-                _one_epoch(cfg, epoch, run, data, parts, env, device, stop, log, progress)
+                _one_epoch(cfg, epoch, run, data, parts, env, device, stop, log, progress,
+                           writer)
     finally:
         log.close()
+        writer.wait()  # the last checkpoint is on disk before fit returns or raises
     return {"best_val_acc": run.best_acc, "best_epoch": run.best_epoch, "history": run.history,
             "output_dir": str(cfg.output_dir), "classes": list(data.classes)}
 
 
-def _one_epoch(cfg, epoch, run, data, parts, env, device, stop, log, progress):
+def _one_epoch(cfg, epoch, run, data, parts, env, device, stop, log, progress, writer):
     """Train, validate, checkpoint and log one epoch; on a stop request, save and raise."""
     state = _start_epoch(epoch, run, device)
     out_of_memory = False
@@ -106,7 +109,8 @@ def _one_epoch(cfg, epoch, run, data, parts, env, device, stop, log, progress):
         check_finite(bad_step if bad_step >= 0 else None, epoch)
     if next_step is not None:
         run.epoch, run.step, run.partial = epoch, next_step, state.to_dict()
-        _save(cfg, run, data, parts, env, best=False)
+        _save(cfg, run, data, parts, env, writer, best=False)
+        writer.wait()
         raise _interrupted(cfg, stop.signum, epoch, next_step)
     row = _end_epoch(epoch, state, data, parts, env, device)
     is_best = row["val_acc"] > run.best_acc
@@ -114,9 +118,10 @@ def _one_epoch(cfg, epoch, run, data, parts, env, device, stop, log, progress):
         run.best_acc, run.best_epoch = row["val_acc"], epoch + 1
     run.epoch, run.step, run.partial = epoch + 1, 0, None
     run.history.append(row)
-    _save(cfg, run, data, parts, env, best=is_best)
+    _save(cfg, run, data, parts, env, writer, best=is_best)
     log.epoch(row, run)
     if any_rank(stop.requested, env, device) and epoch + 1 < cfg.epochs:
+        writer.wait()
         raise _interrupted(cfg, stop.signum, epoch + 1, 0)
 
 
@@ -183,7 +188,7 @@ def _end_epoch(epoch, state, data, parts, env, device):
             "seconds": seconds, "images_per_s": count / max(seconds, 1e-9)}
 
 
-def _save(cfg, run, data, parts, env, best):
+def _save(cfg, run, data, parts, env, writer, best):
     if not env.is_main:
         return
     payload = {"model": unwrap(parts.model).state_dict(),
@@ -193,9 +198,8 @@ def _save(cfg, run, data, parts, env, best):
                "best_metric": run.best_acc, "classes": list(data.classes),
                "config": cfg.to_dict(), "data": data.report}
     out = Path(cfg.output_dir)
-    save_checkpoint(out / "last.pt", payload)
-    if best:
-        link_or_copy(out / "last.pt", out / "best.pt")
+    writer.save(out / "last.pt", payload,
+                then=(lambda: link_or_copy(out / "last.pt", out / "best.pt")) if best else None)
 
 
 def _interrupted(cfg, signum, epoch, step):

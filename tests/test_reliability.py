@@ -1,5 +1,6 @@
 """Bad files, bad lists, interrupted runs, full disks and untrusted checkpoints."""
 import os
+import random
 import re
 import shlex
 import shutil
@@ -244,7 +245,7 @@ def test_untrusted_checkpoint_never_runs_code_in_train(demo_data, tmp_path, flag
 def test_not_a_checkpoint_and_not_a_resnet50(tmp_path):
     from coco4.evaluation import load_predictor
 
-    (tmp_path / "noise.pt").write_bytes(os.urandom(1000))
+    (tmp_path / "noise.pt").write_bytes(random.Random(0).randbytes(1000))
     with pytest.raises(Coco4Error, match="not a"):
         load_predictor(tmp_path / "noise.pt", "cpu")
     torch.save({"model_state_dict": {"conv1.weight": torch.zeros(64, 3, 3, 3)}},
