@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from .data import image_paths, probe
+from .loaders import ignore_sigint
 from .fileio import atomic_path, atomic_write_text
 from .transforms import pil_resize, precrop_size
 
@@ -74,14 +75,17 @@ class _DecodeDataset(torch.utils.data.Dataset):
         image, why = probe(self.paths[i])
         if image is None:
             return i, why
-        return i, np.asarray(pil_resize(image, self.size)).transpose(2, 0, 1)
+        # a tensor, not a numpy array: DataLoader hands tensors over in shared memory
+        return i, torch.from_numpy(np.asarray(pil_resize(image, self.size)).transpose(2, 0, 1)
+                                   .copy())
 
 
 def _build(path, paths, size, workers, progress):
     path.parent.mkdir(parents=True, exist_ok=True)
     bad = {}
     loader = torch.utils.data.DataLoader(_DecodeDataset(paths, size), batch_size=32,
-                                         num_workers=workers, collate_fn=list)
+                                         num_workers=workers, collate_fn=list,
+                                         worker_init_fn=ignore_sigint)
     with atomic_path(path) as tmp:
         images = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(len(paths), 3, size, size))
         with tqdm(total=len(paths), desc=f"caching {path.name}", unit="img",
@@ -91,7 +95,7 @@ def _build(path, paths, size, workers, progress):
                     if isinstance(array, str):
                         bad[i] = array
                     else:
-                        images[i] = array
+                        images[i] = array.numpy()
                 bar.update(len(batch))
         images.flush()
         del images

@@ -5,6 +5,7 @@
 Both draw the epoch's order from (seed, epoch), so a resumed run sees the same batches.
 """
 import math
+import signal
 
 import torch
 
@@ -89,6 +90,12 @@ class PilBatches:
             self.dataset, batch_size=self.batch_size, sampler=sampler,
             num_workers=self.workers, pin_memory=self.device.type == "cuda",
             generator=generator(self.seed, "workers", epoch, self.rank),
-            persistent_workers=False)
+            worker_init_fn=ignore_sigint)
         for x, y in loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+def ignore_sigint(worker_id):
+    """Ctrl-C reaches every process of the terminal's group: workers leave it to the main
+    process, which finishes its step and saves instead of losing its workers mid-epoch."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
