@@ -31,7 +31,7 @@ class CachedBatches:
 
     def __init__(self, images, labels, indices, batch_size, device, image_size, train, seed,
                  rank=0, world=1):
-        self.images = images  # uint8 NCHW, on CPU (memory-mapped) or already on the device
+        self.images = images  # uint8, NCHW-shaped view of the NHWC cache, on CPU or the device
         self.labels = torch.as_tensor(labels)[torch.as_tensor(indices)]
         self.indices = torch.as_tensor(indices)
         self.batch_size, self.device, self.image_size = batch_size, device, image_size
