@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from coco4.errors import Coco4Error
-from coco4.lists import (DEFAULT_CLASSES, ImageList, read_classes, read_list, write_classes,
+from coco4.lists import (DEFAULT_CLASSES, read_classes, read_list, write_classes,
                          write_list)
 
 # The first 40 and last 20 lines of the val list the original project published.

@@ -9,9 +9,8 @@ import pytest
 import torch
 import torchvision
 
-from conftest import REPO, train_args, train_cli
+from conftest import train_args, train_cli
 from coco4.checkpoint import read_file
-from coco4.config import TrainConfig
 from coco4.engine import Amp, EpochState, check_finite, train_one_epoch, train_step
 from coco4.errors import Coco4Error
 from coco4.model import FROZEN, build_model
