@@ -141,10 +141,10 @@ def _note_bad_loss(state, loss_sum, step):
                                        state.first_bad_step)
 
 
-def check_finite(bad_step, epoch):
-    """Stop when a step's loss was NaN or inf (``bad_step`` None: on another process)."""
+def non_finite_loss(bad_step, epoch):
+    """The error for a NaN or inf loss at ``bad_step`` (None: on another process)."""
     where = f"step {bad_step + 1}" if bad_step is not None else "on another process"
-    raise Coco4Error(f"the training loss became non-finite at epoch {epoch + 1}, {where}; "
+    return Coco4Error(f"the training loss became non-finite at epoch {epoch + 1}, {where}; "
                      "stopped without saving it (last.pt holds the previous epoch): lower "
                      "--lr, or try --no-amp")
 

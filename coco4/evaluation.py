@@ -7,18 +7,16 @@ from pathlib import Path
 
 import torch
 
-from . import cache
 from .checkpoint import load_checkpoint, load_state_into
-from .data import UnreadableImage, check_image_dir, find_unusable, read_rgb
+from .data import UnreadableImage, check_image_dir, read_rgb
 from .distributed import DistEnv, pick_device
 from .engine import Amp, evaluate
 from .fileio import atomic_write_text
 from .errors import Coco4Error
 from .lists import read_classes, read_list
-from .loaders import CachedBatches, PilBatches
 from .metrics import compute_metrics
 from .model import ResNet50Classifier
-from .train_data import unusable_report
+from .train_data import decode_check, make_batches, unusable_report
 from .transforms import model_input, pil_eval_transform
 
 
@@ -63,20 +61,12 @@ def predict_list(predictor, list_path, image_dir, batch_size=256, data_path="fas
     check_classes(predictor, Path(list_path))
     image_list = read_list(list_path, len(predictor.classes))
     check_image_dir(image_dir)
-    common = dict(batch_size=batch_size, device=predictor.device, image_size=predictor.image_size,
-                  train=False, seed=0)
-    if data_path == "fast":
-        built = cache.load_or_build(image_list, image_dir, predictor.image_size,
-                                    cache_dir or Path(list_path).parent / "cache", workers, progress)
-        bad = built.bad
-    else:
-        bad = find_unusable(image_list, image_dir, workers, progress)
+    images, bad = decode_check(image_list, image_dir, predictor.image_size, data_path,
+                               cache_dir or Path(list_path).parent / "cache", workers, progress)
     report = unusable_report(image_list, bad, strict, log)
     keep = [i for i in range(len(image_list)) if i not in bad]
-    if data_path == "fast":
-        batches = CachedBatches(built.tensor(), image_list.labels, keep, **common)
-    else:
-        batches = PilBatches(image_list, image_dir, keep, workers=workers, **common)
+    batches = make_batches(images, image_list, image_dir, keep, batch_size, predictor.device,
+                           predictor.image_size, train=False, seed=0, workers=workers)
     out = evaluate(predictor.model, batches, predictor.amp, progress=progress, desc="predicting")
     return Predictions([image_list.files[i] for i in keep], [image_list.labels[i] for i in keep],
                        out["logits"].softmax(1), report["left_out"])

@@ -41,16 +41,11 @@ def prepare_train_data(cfg, env, device, progress, log):
     log.info(f"data: {len(train_idx)} train / {len(val_idx)} validation images held out "
              f"from {cfg.train_list_path} ({len(classes)} classes: {', '.join(classes)})")
     local_batch = math.ceil(cfg.batch_size / env.world)
-    common = dict(device=device, image_size=cfg.image_size, seed=cfg.seed, rank=env.rank,
-                  world=env.world)
     if cfg.data_path == "fast":
         images = _place(images, device)
-        make = lambda idx, train, batch: CachedBatches(images, image_list.labels, idx, batch,
-                                                       train=train, **common)
-    else:
-        make = lambda idx, train, batch: PilBatches(image_list, cfg.train_images_path, idx,
-                                                    batch, train=train, workers=cfg.workers,
-                                                    **common)
+    make = lambda idx, train, batch: make_batches(
+        images, image_list, cfg.train_images_path, idx, batch, device, cfg.image_size, train,
+        cfg.seed, cfg.workers, env.rank, env.world)
     # validation in micro-batches: what fits for a training step fits there
     return TrainData(make(train_idx, True, local_batch),
                      make(val_idx, False, math.ceil(local_batch / cfg.accum_steps)),
@@ -58,17 +53,35 @@ def prepare_train_data(cfg, env, device, progress, log):
 
 
 def _decode_check(cfg, image_list, env, progress):
-    """Decode every image once: into the cache (fast path) or just to test it (pil path)."""
-    if cfg.data_path == "pil":
-        return None, find_unusable(image_list, cfg.train_images_path, cfg.workers, progress)
     # rank 0 builds the cache while the others wait, then everyone maps the same file
     if not env.is_main:
         barrier(env)
-    built = cache.load_or_build(image_list, cfg.train_images_path, cfg.image_size,
-                                cfg.cache_path, cfg.workers, progress)
+    result = decode_check(image_list, cfg.train_images_path, cfg.image_size, cfg.data_path,
+                          cfg.cache_path, cfg.workers, progress)
     if env.is_main:
         barrier(env)
+    return result
+
+
+def decode_check(image_list, image_dir, image_size, data_path, cache_dir, workers, progress):
+    """Decode every image once: into the cache (fast path) or just to test it (pil path).
+
+    Returns (the cache's uint8 tensor, or None on the pil path; {index: why unusable}).
+    """
+    if data_path == "pil":
+        return None, find_unusable(image_list, image_dir, workers, progress)
+    built = cache.load_or_build(image_list, image_dir, image_size, cache_dir, workers, progress)
     return built.tensor(), built.bad
+
+
+def make_batches(images, image_list, image_dir, indices, batch_size, device, image_size, train,
+                 seed, workers, rank=0, world=1):
+    """Batches of ``indices`` from the cache tensor ``images``, or (None) the PIL pipeline."""
+    common = dict(device=device, image_size=image_size, train=train, seed=seed, rank=rank,
+                  world=world)
+    if images is not None:
+        return CachedBatches(images, image_list.labels, indices, batch_size, **common)
+    return PilBatches(image_list, image_dir, indices, batch_size, workers=workers, **common)
 
 
 def unusable_report(image_list, bad, strict, warn):

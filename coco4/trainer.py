@@ -19,7 +19,7 @@ from .checkpoint import CheckpointWriter, load_checkpoint, load_state_into
 from .config import RUNTIME_FIELDS, TrainConfig
 from .distributed import (all_reduce_sum, any_rank, barrier, close_distributed, init_distributed,
                           pick_device)
-from .engine import Amp, EpochState, check_finite, evaluate, train_one_epoch
+from .engine import Amp, EpochState, evaluate, non_finite_loss, train_one_epoch
 from .errors import Coco4Error
 from .fileio import check_writable, link_or_copy
 from .interrupt import Interrupted, StopRequest
@@ -106,7 +106,7 @@ def _one_epoch(cfg, epoch, run, data, parts, env, device, stop, log, progress, w
         raise Coco4Error(out_of_memory_advice(cfg, unwrap(parts.model), parts.amp, device, env))
     bad_step = int(state.first_bad_step)
     if any_rank(bad_step >= 0, env, device):  # every rank stops, not just the one that saw it
-        check_finite(bad_step if bad_step >= 0 else None, epoch)
+        raise non_finite_loss(bad_step if bad_step >= 0 else None, epoch)
     if next_step is not None:
         run.epoch, run.step, run.partial = epoch, next_step, state.to_dict()
         _save(cfg, run, data, parts, env, writer, best=False)

@@ -11,7 +11,7 @@ import torchvision
 
 from conftest import train_args, train_cli
 from coco4.checkpoint import read_file
-from coco4.engine import Amp, EpochState, check_finite, train_one_epoch, train_step
+from coco4.engine import Amp, EpochState, non_finite_loss, train_one_epoch, train_step
 from coco4.errors import Coco4Error
 from coco4.model import FROZEN, build_model
 from coco4.trainer import fit
@@ -192,7 +192,7 @@ def test_non_finite_loss_stops_naming_epoch_and_step():
                     progress=False)
     assert int(state.first_bad_step) == 0  # noted on the device, read once per epoch
     with pytest.raises(Coco4Error, match=r"non-finite at epoch 4, step 1;"):
-        check_finite(int(state.first_bad_step), 3)
+        raise non_finite_loss(int(state.first_bad_step), 3)
 
 
 def test_non_finite_loss_stops_a_run_before_saving(demo_data, tmp_path, monkeypatch):
