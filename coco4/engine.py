@@ -1,7 +1,7 @@
 """One training epoch, one evaluation pass: explicit arguments, no hidden state.
 
-Per-step figures stay on the device and are read once per epoch (or when the progress bar
-refreshes, about 20 times an epoch), so on one GPU the host never waits for a step to finish.
+Per-step figures stay on the device and are read at the epoch's end and when the progress bar
+refreshes (at most once a second), so on one GPU the host runs ahead of the queued steps.
 Under torchrun the ranks agree on a stop request after every step, one small all-reduce.
 """
 import contextlib
@@ -112,10 +112,9 @@ def train_one_epoch(model, batches, optimizer, scaler, amp, accum_steps, epoch, 
     """
     model.train()
     steps = len(batches)
-    refresh = max(1, steps // 20)  # reading the loss syncs with the GPU: only ~20 times an epoch
     with tqdm(total=steps, initial=start_step, desc=desc, unit="step", leave=False,
               disable=not progress, dynamic_ncols=True) as bar:
-        tic = time.perf_counter()
+        tic = shown = time.perf_counter()
         for step, (x, y) in enumerate(batches.iterate(epoch, start_step), start=start_step):
             seed_everything(*seed, epoch, step)
             loss_sum, correct = train_step(model, optimizer, scaler, amp, x, y, accum_steps)
@@ -124,10 +123,13 @@ def train_one_epoch(model, batches, optimizer, scaler, amp, accum_steps, epoch, 
             state.correct += correct
             state.count += len(y)
             bar.update(1)
-            if step % refresh == 0 or step == steps - 1:
-                seconds = state.seconds + time.perf_counter() - tic
-                bar.set_postfix(loss=f"{float(state.loss_sum) / state.count:.4f}",
-                                img_s=f"{state.count / max(seconds, 1e-9):.0f}")
+            # reading the loss waits for the GPU to finish every queued step: at most once a
+            # second, and at the epoch's end, so that its seconds count finished work
+            if step == steps - 1 or time.perf_counter() - shown >= 1.0:
+                loss = float(state.loss_sum) / state.count
+                shown = time.perf_counter()
+                bar.set_postfix(loss=f"{loss:.4f}",
+                                img_s=f"{state.count / max(shown - tic + state.seconds, 1e-9):.0f}")
             if should_stop() and step + 1 < steps:
                 state.seconds += time.perf_counter() - tic
                 return step + 1

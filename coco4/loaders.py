@@ -47,7 +47,7 @@ class CachedBatches:
         for step in range(start_step, math.ceil(len(order) / self.batch_size)):
             pick = order[step * self.batch_size:(step + 1) * self.batch_size]
             rows = self.indices[pick]
-            y = self.labels[pick].to(self.device, non_blocking=True)
+            y = to_device(self.labels[pick], self.device)
             if not self.train:
                 yield self._gather(rows), y
                 continue
@@ -57,15 +57,22 @@ class CachedBatches:
             if self.device.type == "cpu":
                 yield resized_crops_each(self.images, rows, boxes, flips, self.image_size), y
             else:
-                yield resized_crops(self._gather(rows), boxes, flips, self.image_size), y
+                yield resized_crops(self._gather(rows), to_device(boxes, self.device),
+                                    to_device(flips, self.device), self.image_size), y
 
     def _gather(self, rows):
         if self.images.device == self.device:
-            return self.images[rows.to(self.device)]
-        x = self.images[rows]
-        if self.device.type == "cuda":
-            x = x.pin_memory()
-        return x.to(self.device, non_blocking=True)
+            return self.images[to_device(rows, self.device)]
+        return to_device(self.images[rows], self.device)
+
+
+def to_device(tensor, device):
+    """``tensor.to(device)`` that never makes the host wait for the GPU: a copy from ordinary
+    (pageable) memory waits for every kernel already queued, one from pinned memory does not.
+    The pinned staging buffer is kept alive by torch's caching host allocator until the copy ends."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 class PilBatches:

@@ -4,6 +4,7 @@ Train: Resize((256, 256)) -> RandomResizedCrop(224) -> horizontal flip -> ImageN
 Eval:  Resize((256, 256)) -> normalisation (no centre crop: the original evaluated at 256 px).
 ``image_size`` scales the whole protocol (the pre-crop size stays 256/224 of it) for CPU runs.
 """
+import functools
 import math
 
 import torch
@@ -38,9 +39,17 @@ def pil_resize(image, size):
 
 def normalize_uint8(batch, dtype=torch.float32):
     """uint8 (or 0..255 float) NCHW -> normalised float, as ToTensor + Normalize would give."""
-    mean = torch.tensor(IMAGENET_MEAN, device=batch.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=batch.device).view(1, 3, 1, 1) * 255
+    mean, std = _mean_std_255(batch.device)
     return ((batch.float() - mean) / std).to(dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _mean_std_255(device):
+    # made once per device: building them from Python lists on every batch would be a blocking
+    # host-to-GPU copy, a full stream synchronisation each training step
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
+    return mean.to(device), std.to(device)
 
 
 def random_resized_crop_boxes(n, height, width, generator):
@@ -95,13 +104,12 @@ def resized_crops(images_u8, boxes, flips, size):
     """
     from torchvision.ops import roi_align
 
-    n = len(images_u8)
-    top, left, h, w = boxes.to(images_u8.device).float().unbind(1)
-    rois = torch.stack([torch.arange(n, device=images_u8.device).float(), left, top,
-                        left + w, top + h], 1)
+    n, device = len(images_u8), images_u8.device
+    top, left, h, w = boxes.to(device).float().unbind(1)  # no-ops when the caller moved them
+    rois = torch.stack([torch.arange(n, device=device).float(), left, top, left + w, top + h], 1)
     out = roi_align(images_u8.float().contiguous(), rois, (size, size), spatial_scale=1.0,
                     sampling_ratio=1, aligned=True)
-    out = torch.where(flips.to(out.device).view(n, 1, 1, 1), out.flip(3), out)
+    out = torch.where(flips.to(device).view(n, 1, 1, 1), out.flip(3), out)
     return out.round_().clamp_(0, 255).to(torch.uint8)
 
 

@@ -1,0 +1,155 @@
+"""The CUDA path: GPU crops, the GPU-resident cache, sync-free steps, AMP, --compile and the
+out-of-memory advice. Skipped without a GPU (CI has none); `scripts/gpu_check.sh` runs this
+file first on a GPU machine."""
+import json
+import math
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, train_cli
+from coco4.checkpoint import read_file
+from coco4.coco_filter import prepare_lists
+from coco4.engine import Amp, EpochState, _note_bad_loss, train_step
+from coco4.loaders import CachedBatches
+from coco4.model import build_model, trainable_parameters
+from coco4.synthetic import make_synthetic_coco
+from coco4.transforms import random_crops, resized_crops
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+CUDA, CPU = torch.device("cuda"), torch.device("cpu")
+
+
+def smooth_cache(n, side=37):
+    """An NCHW-shaped view of an NHWC uint8 array, as cache.ImageCache.tensor() gives."""
+    yy, xx = torch.meshgrid(torch.arange(float(side)), torch.arange(float(side)), indexing="ij")
+    images = torch.stack([torch.stack([xx * 6, yy * 6, (xx + yy) * 3]) + 5 * k for k in range(n)])
+    return images.clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+
+
+def test_gpu_crops_equal_the_same_kernel_on_the_cpu():
+    images = smooth_cache(8)
+    boxes, flips = random_crops(8, 37, 37, torch.Generator().manual_seed(0))
+    gpu = resized_crops(images.to(CUDA), boxes, flips, 32)
+    assert gpu.is_cuda and gpu.dtype == torch.uint8
+    # the same roi_align on both devices: only float rounding before the uint8 rounding differs
+    assert (gpu.cpu().int() - resized_crops(images, boxes, flips, 32).int()).abs().max() <= 1
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_batches_are_the_same_with_the_cache_on_the_gpu_or_on_the_host(train):
+    images, labels = smooth_cache(10), [i % 4 for i in range(10)]
+    make = lambda cache, device: list(CachedBatches(
+        cache, labels, range(10), 4, device, 32, train=train, seed=7).iterate(1))
+    on_cpu, from_host, resident = make(images, CPU), make(images, CUDA), make(images.to(CUDA), CUDA)
+    assert len(on_cpu) == len(from_host) == len(resident) == 3
+    for (xc, yc), (xh, yh), (xr, yr) in zip(on_cpu, from_host, resident):
+        assert xh.is_cuda and xr.is_cuda and yh.is_cuda
+        assert torch.equal(xh, xr) and torch.equal(yh, yr) and torch.equal(yh.cpu(), yc)
+        # GPU and CPU resamplers on the same boxes: within a few grey levels (test_data.py)
+        diff = (xh.cpu().float() - xc.float()).abs()
+        assert diff.mean() < 1.5 and diff.max() <= 12
+
+
+@pytest.mark.parametrize("resident", [True, False], ids=["cache-on-gpu", "cache-on-host"])
+def test_training_steps_never_make_the_host_wait_for_the_gpu(resident):
+    """A step that waits for the GPU leaves it idle while Python prepares the next one. Under
+    sync debug mode "error", any synchronising call in a step (a blocking copy, .item()) raises."""
+    torch.manual_seed(0)
+    model = build_model("none", 4).to(CUDA).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(trainable_parameters(model), lr=1e-4)
+    amp = Amp.for_device(CUDA, True)
+    scaler = amp.scaler()
+    images = torch.randint(0, 256, (48, 73, 73, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
+    batches = CachedBatches(images.to(CUDA) if resident else images, [i % 4 for i in range(48)],
+                            range(48), 16, CUDA, 64, train=True, seed=0)
+    for x, y in batches.iterate(0):  # warm-up: cudnn's algorithm search, first allocations
+        train_step(model, optimizer, scaler, amp, x, y, 1)
+    state = EpochState.zeros(CUDA)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step, (x, y) in enumerate(batches.iterate(1)):
+            loss_sum, correct = train_step(model, optimizer, scaler, amp, x, y, 2)
+            _note_bad_loss(state, loss_sum, step)
+            state.loss_sum += loss_sum
+            state.correct += correct
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert int(state.first_bad_step) == -1 and math.isfinite(float(state.loss_sum))
+    assert 0 <= int(state.correct) <= 48
+
+
+def run(argv, cwd):
+    return subprocess.run(argv, capture_output=True, text=True, cwd=cwd)
+
+
+def evaluate_argv(demo_data, checkpoint, out, device):
+    return [sys.executable, str(REPO / "evaluate.py"), "--checkpoint", str(checkpoint),
+            "--data-dir", str(demo_data / "data"), "--coco-root", str(demo_data / "coco"),
+            "--device", device, "--workers", "0", "--out-dir", str(out)]
+
+
+def test_train_on_cuda_with_amp_then_evaluate_on_either_device(demo_data, tmp_path):
+    out = tmp_path / "run"
+    proc = run(train_cli(demo_data, out, "--device", "cuda", "--epochs", "2"), tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert read_file(out / "last.pt")["epoch"] == 2
+    metrics = {}
+    for device in ("cuda", "cpu"):
+        ev = run(evaluate_argv(demo_data, out / "best.pt", tmp_path / device, device), tmp_path)
+        assert ev.returncode == 0, ev.stderr
+        metrics[device] = json.loads((tmp_path / device / "metrics.json").read_text())
+        rows = (tmp_path / device / "predictions.csv").read_text().splitlines()[1:]
+        metrics[device]["probs"] = [[float(v) for v in r.split(",")[3:]] for r in rows]
+    # bf16 autocast on the GPU, fp32 on the CPU: probabilities agree to a few hundredths
+    worst = max(abs(a - b) for ra, rb in zip(metrics["cuda"]["probs"], metrics["cpu"]["probs"])
+                for a, b in zip(ra, rb))
+    assert worst < 0.05, worst
+
+
+def test_compiled_training_writes_a_plain_portable_checkpoint(demo_data, tmp_path):
+    out = tmp_path / "run"
+    proc = run(train_cli(demo_data, out, "--device", "cuda", "--compile"), tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    ev = run(evaluate_argv(demo_data, out / "best.pt", tmp_path / "eval", "cpu"), tmp_path)
+    assert ev.returncode == 0, ev.stderr  # no "_orig_mod." keys: a plain model loads it
+
+
+@pytest.fixture(scope="module")
+def many_images(tmp_path_factory):
+    """About 740 train-list images, so a batch of 512 is a real batch."""
+    root = tmp_path_factory.mktemp("many")
+    make_synthetic_coco(root / "coco", num_train=1000, num_val=20, seed=3,
+                        image_sizes=((64, 48),), progress=False)
+    prepare_lists(root / "coco/annotations/instances_train2017.json",
+                  root / "coco/annotations/instances_val2017.json", root / "data",
+                  ["bird", "airplane", "train", "boat"])
+    return root
+
+
+def capped_train(data, out, cwd, *extra):
+    """train.py at 224 px with this process's GPU memory capped at 2 GiB: batch 512 cannot fit."""
+    cap = 2 * 2**30 / torch.cuda.get_device_properties(0).total_memory
+    prelude = (f"import runpy, sys, torch; sys.path.insert(0, {str(REPO)!r}); "
+               f"torch.cuda.set_per_process_memory_fraction({cap}); "
+               f"runpy.run_path({str(REPO / 'train.py')!r}, run_name='__main__')")
+    argv = train_cli(data, out, "--device", "cuda", "--image-size", "224", "--batch-size", "512",
+                     "--epochs", "1", *extra)
+    return run([sys.executable, "-c", prelude, *argv[2:]], cwd)
+
+
+def test_out_of_memory_names_an_accum_steps_that_then_fits(many_images, tmp_path):
+    failed = capped_train(many_images, tmp_path / "oom", tmp_path)
+    assert failed.returncode != 0 and "Traceback" not in failed.stderr, failed.stderr
+    last = failed.stderr.strip().splitlines()[-1]
+    found = re.fullmatch(r"error: CUDA out of memory with micro-batches of 512 images at 224px; "
+                         r"rerun with --accum-steps (\d+) .*", last)
+    assert found, last
+    accum = found.group(1)
+    assert int(accum) > 1
+    ok = capped_train(many_images, tmp_path / "fits", tmp_path, "--accum-steps", accum)
+    assert ok.returncode == 0, ok.stderr
