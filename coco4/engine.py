@@ -84,7 +84,7 @@ class EpochState:
     def zeros(cls, device):
         return cls(torch.zeros((), device=device, dtype=torch.float64),
                    torch.zeros((), device=device, dtype=torch.long), 0, 0.0,
-                   torch.tensor(-1, device=device))
+                   torch.full((), -1, device=device))
 
     def to_dict(self):
         return {"loss_sum": float(self.loss_sum), "correct": int(self.correct),
@@ -155,15 +155,15 @@ def non_finite_loss(bad_step, epoch):
 def evaluate(model, batches, amp, epoch=0, progress=False, desc="eval"):
     """Summed loss, number correct, count and the logits (on the CPU, in order) over ``batches``."""
     model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64)
-    correct, count, all_logits = 0, 0, []
+    loss_sum, correct, count, all_logits = 0.0, 0, 0, []
     for x, y in tqdm(batches.iterate(epoch), total=len(batches), desc=desc, leave=False,
                      disable=not progress, unit="step"):
         with amp.autocast():
             logits = model(model_input(x)).float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").cpu()
-        correct += int((logits.argmax(1) == y).sum())
+        # kept on the device and read once at the end: the GPU never waits for the host
+        loss_sum = loss_sum + F.cross_entropy(logits, y, reduction="sum").double()
+        correct = correct + (logits.argmax(1) == y).sum()
         count += len(y)
-        all_logits.append(logits.cpu())
-    return {"loss_sum": float(loss_sum), "correct": correct, "count": count,
-            "logits": torch.cat(all_logits) if all_logits else torch.zeros(0)}
+        all_logits.append(logits)
+    return {"loss_sum": float(loss_sum), "correct": int(correct), "count": count,
+            "logits": torch.cat(all_logits).cpu() if all_logits else torch.zeros(0)}

@@ -38,6 +38,8 @@ def load_predictor(checkpoint, device="auto", amp=True):
     load_state_into(model, ckpt["model"], str(checkpoint))
     device = pick_device(device, DistEnv())
     model.to(device).eval()
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)  # as model_input lays out the batches
     image_size = int(ckpt.get("config", {}).get("image_size", 224))
     return Predictor(model, classes, image_size, device, Amp.for_device(device, amp),
                      str(checkpoint))

@@ -34,6 +34,8 @@ class CachedBatches:
         self.images = images  # uint8, NCHW-shaped view of the NHWC cache, on CPU or the device
         self.labels = torch.as_tensor(labels)[torch.as_tensor(indices)]
         self.indices = torch.as_tensor(indices)
+        if device.type == "cuda" and device.index is None:  # tensors' devices carry an index
+            device = torch.device("cuda", torch.cuda.current_device())
         self.batch_size, self.device, self.image_size = batch_size, device, image_size
         self.train, self.seed, self.rank, self.world = train, seed, rank, world
 
@@ -69,8 +71,8 @@ class CachedBatches:
 def to_device(tensor, device):
     """``tensor.to(device)`` that never makes the host wait for the GPU: a copy from ordinary
     (pageable) memory waits for every kernel already queued, one from pinned memory does not.
-    The pinned staging buffer is kept alive by torch's caching host allocator until the copy ends."""
-    if device.type != "cuda":
+    torch's caching host allocator keeps the pinned staging buffer alive until the copy ends."""
+    if device.type != "cuda" or not tensor.is_cpu:
         return tensor.to(device)
     return tensor.pin_memory().to(device, non_blocking=True)
 

@@ -6,10 +6,13 @@ import torch
 
 def out_of_memory_advice(cfg, model, amp, device, env):
     """A one-line message naming an --accum-steps that fits, found by trying smaller
-    micro-batches on the GPU (halving from the one that failed); on other devices, double it."""
+    micro-batches on the GPU (halving from the one that failed); under torchrun, or on other
+    devices, double it."""
     local = math.ceil(cfg.batch_size / env.world)
     micro = math.ceil(local / cfg.accum_steps)
-    fits = _largest_micro_batch(model, amp, device, cfg.image_size, micro // 2)
+    # under torchrun the bare model's backward would still fire DDP's gradient hooks: no probe
+    fits = None if env.enabled else _largest_micro_batch(model, amp, device, cfg.image_size,
+                                                          micro // 2)
     accum = math.ceil(local / fits) if fits else cfg.accum_steps * 2
     return (f"CUDA out of memory with micro-batches of {micro} images at {cfg.image_size}px; "
             f"rerun with --accum-steps {accum} (micro-batches of {math.ceil(local / accum)}, "

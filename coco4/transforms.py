@@ -95,22 +95,30 @@ def random_crops(n, height, width, generator):
     return boxes, torch.rand(n, generator=generator) < 0.5
 
 
-def resized_crops(images_u8, boxes, flips, size):
-    """Crop, resize to ``size`` and flip a uint8 NCHW batch in one batched kernel (for GPUs).
+def resized_crops(images_u8, boxes, flips, size, chunk=128):
+    """Crop, resize to ``size`` and flip a uint8 NCHW batch with batched kernels (for GPUs).
 
     roi_align with one sample per output pixel is bilinear resampling of every crop at once.
     Crops come from the pre-crop square (256 px for 224), so they are shrunk by at most 256/224:
     antialiasing would change next to nothing. Rounded back to uint8, as PIL's output is.
+    ``chunk`` images at a time: the float copies of a whole batch of 2048 would take about
+    7 GB, more than a micro-batch's training step on a GPU small enough to need --accum-steps.
     """
     from torchvision.ops import roi_align
 
     n, device = len(images_u8), images_u8.device
     top, left, h, w = boxes.to(device).float().unbind(1)  # no-ops when the caller moved them
-    rois = torch.stack([torch.arange(n, device=device).float(), left, top, left + w, top + h], 1)
-    out = roi_align(images_u8.float().contiguous(), rois, (size, size), spatial_scale=1.0,
-                    sampling_ratio=1, aligned=True)
-    out = torch.where(flips.to(device).view(n, 1, 1, 1), out.flip(3), out)
-    return out.round_().clamp_(0, 255).to(torch.uint8)
+    flips = flips.to(device).view(n, 1, 1, 1)
+    out = torch.empty(n, 3, size, size, dtype=torch.uint8, device=device)
+    for s in range(0, n, chunk):
+        e = min(s + chunk, n)
+        rois = torch.stack([torch.arange(e - s, device=device).float(), left[s:e], top[s:e],
+                            left[s:e] + w[s:e], top[s:e] + h[s:e]], 1)
+        crops = roi_align(images_u8[s:e].contiguous().float(), rois, (size, size),
+                          spatial_scale=1.0, sampling_ratio=1, aligned=True)
+        crops = torch.where(flips[s:e], crops.flip(3), crops)
+        out[s:e] = crops.round_().clamp_(0, 255)
+    return out
 
 
 def resized_crops_each(images_u8, rows, boxes, flips, size):

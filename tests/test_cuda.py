@@ -66,8 +66,9 @@ def test_training_steps_never_make_the_host_wait_for_the_gpu(resident):
     images = torch.randint(0, 256, (48, 73, 73, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
     batches = CachedBatches(images.to(CUDA) if resident else images, [i % 4 for i in range(48)],
                             range(48), 16, CUDA, 64, train=True, seed=0)
-    for x, y in batches.iterate(0):  # warm-up: cudnn's algorithm search, first allocations
-        train_step(model, optimizer, scaler, amp, x, y, 1)
+    # warm-up with the same shapes: cudnn's algorithm search and first allocations may sync
+    for x, y in batches.iterate(0):
+        train_step(model, optimizer, scaler, amp, x, y, 2)
     state = EpochState.zeros(CUDA)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
@@ -105,10 +106,13 @@ def test_train_on_cuda_with_amp_then_evaluate_on_either_device(demo_data, tmp_pa
         metrics[device] = json.loads((tmp_path / device / "metrics.json").read_text())
         rows = (tmp_path / device / "predictions.csv").read_text().splitlines()[1:]
         metrics[device]["probs"] = [[float(v) for v in r.split(",")[3:]] for r in rows]
-    # bf16 autocast on the GPU, fp32 on the CPU: probabilities agree to a few hundredths
-    worst = max(abs(a - b) for ra, rb in zip(metrics["cuda"]["probs"], metrics["cpu"]["probs"])
-                for a, b in zip(ra, rb))
-    assert worst < 0.05, worst
+    # bf16 autocast on the GPU, fp32 on the CPU: close, where a wrong input pipeline (channel
+    # order, normalisation, layout) would move probabilities by tenths
+    diffs = [abs(a - b) for ra, rb in zip(metrics["cuda"]["probs"], metrics["cpu"]["probs"])
+             for a, b in zip(ra, rb)]
+    assert len(diffs) == 4 * metrics["cpu"]["num_images"] > 0
+    mean = sum(diffs) / len(diffs)
+    assert mean < 0.02 and max(diffs) < 0.15, (mean, max(diffs))
 
 
 def test_compiled_training_writes_a_plain_portable_checkpoint(demo_data, tmp_path):

@@ -289,6 +289,18 @@ def test_batched_and_per_image_crops_agree():
     assert diff.mean() < 1.5 and diff.max() <= 12
 
 
+def test_crops_in_chunks_equal_the_whole_batch_at_once():
+    """The GPU resampler works ``chunk`` images at a time to bound its float copies; where the
+    chunks fall must not change a pixel (each chunk's boxes index its own images)."""
+    images = torch.randint(0, 256, (23, 3, 37, 37), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(1))
+    boxes, flips = random_crops(23, 37, 37, _gen(2))
+    whole = resized_crops(images, boxes, flips, 32, chunk=64)
+    for chunk in (1, 5, 22):
+        assert torch.equal(resized_crops(images, boxes, flips, 32, chunk=chunk), whole)
+    assert not torch.equal(whole[:5], whole[5:10])
+
+
 def test_crops_of_a_constant_image_stay_constant():
     colours = torch.tensor([[10, 128, 250], [0, 0, 0], [255, 255, 255], [77, 3, 190]],
                            dtype=torch.uint8)
