@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The prepared device check for issue #5, to run on a lent GPU machine (writes under ${OUT:-runs/gpu}):
 #   bash scripts/gpu_check.sh tests     # tests/test_cuda.py: the CUDA path itself (about 3 min)
-#   bash scripts/gpu_check.sh measure   # the figures for the README (about 7 min):
+#   bash scripts/gpu_check.sh measure   # the figures for the README (estimated 7 min):
 #     1. ~4,600 generated COCO-size (640x480) train-list images, as on real COCO;
 #     2. the benchmark on them at batch 2048, 224 px (pipeline, training vs model-only ceiling, memory);
 #     3. the full default 70-epoch run on them (random init: no download there), timed,
 #        cache build included.
-#   bash scripts/gpu_check.sh           # both, in one call (about 10 min: near a call's limit)
+#   bash scripts/gpu_check.sh           # both in one call (estimated 10 min: near a device call's limit)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu}
