@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The prepared device check for issue #5, to run on a lent GPU machine (writes under ${OUT:-runs/gpu}):
-#   bash scripts/gpu_check.sh tests     # tests/test_cuda.py: the CUDA path itself (about 3 min)
+#   bash scripts/gpu_check.sh tests     # tests/test_cuda.py: the CUDA path itself (estimated 3 min)
 #   bash scripts/gpu_check.sh measure   # the figures for the README (estimated 7 min):
 #     1. ~4,600 generated COCO-size (640x480) train-list images, as on real COCO;
 #     2. the benchmark on them at batch 2048, 224 px (pipeline, training vs model-only ceiling, memory);
