@@ -26,6 +26,11 @@ def epoch_order(n, epoch, seed, shuffle, rank=0, world=1):
     return order[rank::world]
 
 
+def steps_per_epoch(n, batch_size, shuffle, rank=0, world=1):
+    """How many batches ``epoch_order`` makes of ``n`` images on this rank."""
+    return math.ceil(len(epoch_order(n, 0, 0, shuffle, rank, world)) / batch_size)
+
+
 class CachedBatches:
     """Batches straight from the uint8 cache: no JPEG is decoded after the cache is built."""
 
@@ -40,13 +45,13 @@ class CachedBatches:
         self.train, self.seed, self.rank, self.world = train, seed, rank, world
 
     def __len__(self):
-        return math.ceil(len(epoch_order(len(self.indices), 0, 0, self.train, self.rank,
-                                         self.world)) / self.batch_size)
+        return steps_per_epoch(len(self.indices), self.batch_size, self.train, self.rank,
+                               self.world)
 
     def iterate(self, epoch, start_step=0):
         """uint8 batches (normalised by the engine on the device) and labels, on the device."""
         order = epoch_order(len(self.indices), epoch, self.seed, self.train, self.rank, self.world)
-        for step in range(start_step, math.ceil(len(order) / self.batch_size)):
+        for step in range(start_step, len(self)):
             pick = order[step * self.batch_size:(step + 1) * self.batch_size]
             rows = self.indices[pick]
             y = to_device(self.labels[pick], self.device)
@@ -89,8 +94,8 @@ class PilBatches:
         self.workers, self.rank, self.world = workers, rank, world
 
     def __len__(self):
-        n = len(epoch_order(len(self.indices), 0, 0, self.train, self.rank, self.world))
-        return math.ceil(n / self.batch_size)
+        return steps_per_epoch(len(self.indices), self.batch_size, self.train, self.rank,
+                               self.world)
 
     def iterate(self, epoch, start_step=0):
         order = epoch_order(len(self.indices), epoch, self.seed, self.train, self.rank, self.world)

@@ -35,6 +35,22 @@ def train_args(data_root, out, **overrides):
     return TrainConfig(**values)
 
 
+def eval_argv(data_root, checkpoint, out, *extra):
+    """evaluate.py's (and visualize.py's) arguments over ``demo_data``, on the CPU by default."""
+    return ["--checkpoint", str(checkpoint), "--data-dir", str(data_root / "data"),
+            "--coco-root", str(data_root / "coco"), "--device", "cpu", "--workers", "0",
+            "--out-dir", str(out), *map(str, extra)]
+
+
+def smooth_images(n, side=37):
+    """``n`` uint8 NCHW gradient images: smooth, so the GPU and CPU resamplers agree on them."""
+    import torch
+
+    yy, xx = torch.meshgrid(torch.arange(float(side)), torch.arange(float(side)), indexing="ij")
+    images = torch.stack([torch.stack([xx * 6, yy * 6, (xx + yy) * 3]) + k for k in range(n)])
+    return images.clamp(0, 255).to(torch.uint8)
+
+
 def train_cli(data_root, out, *extra):
     """train.py's command line for the same tiny configuration."""
     return [sys.executable, str(REPO / "train.py"), "--coco-root", str(data_root / "coco"),

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, train_cli
+from conftest import REPO, eval_argv, smooth_images, train_cli
 from coco4.checkpoint import read_file
 from coco4.coco_filter import prepare_lists
 from coco4.engine import Amp, EpochState, _note_bad_loss, train_step
@@ -23,11 +23,9 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
 
 
-def smooth_cache(n, side=37):
+def smooth_cache(n):
     """An NCHW-shaped view of an NHWC uint8 array, as cache.ImageCache.tensor() gives."""
-    yy, xx = torch.meshgrid(torch.arange(float(side)), torch.arange(float(side)), indexing="ij")
-    images = torch.stack([torch.stack([xx * 6, yy * 6, (xx + yy) * 3]) + 5 * k for k in range(n)])
-    return images.clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    return smooth_images(n).permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
 
 
 def test_gpu_crops_equal_the_same_kernel_on_the_cpu():
@@ -89,9 +87,8 @@ def run(argv, cwd):
 
 
 def evaluate_argv(demo_data, checkpoint, out, device):
-    return [sys.executable, str(REPO / "evaluate.py"), "--checkpoint", str(checkpoint),
-            "--data-dir", str(demo_data / "data"), "--coco-root", str(demo_data / "coco"),
-            "--device", device, "--workers", "0", "--out-dir", str(out)]
+    return [sys.executable, str(REPO / "evaluate.py"),
+            *eval_argv(demo_data, checkpoint, out, "--device", device)]  # the later --device wins
 
 
 def test_train_on_cuda_with_amp_then_evaluate_on_either_device(demo_data, tmp_path):

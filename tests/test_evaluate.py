@@ -14,7 +14,7 @@ from torch import nn
 
 import evaluate
 import visualize
-from conftest import REPO, train_args
+from conftest import REPO, eval_argv, train_args
 from coco4.data import read_rgb
 from coco4.errors import Coco4Error
 from coco4.lists import read_list
@@ -27,12 +27,6 @@ def trained(demo_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     fit(train_args(demo_data, out, epochs=2), progress=False)
     return out / "best.pt"
-
-
-def eval_argv(demo_data, checkpoint, out, *extra):
-    return ["--checkpoint", str(checkpoint), "--data-dir", str(demo_data / "data"),
-            "--coco-root", str(demo_data / "coco"), "--device", "cpu", "--workers", "0",
-            "--out-dir", str(out), *map(str, extra)]
 
 
 def run_evaluate(*argv):
