@@ -11,8 +11,8 @@ import argparse
 from pathlib import Path
 
 from coco4 import cli
-from coco4.coco_filter import prepare_lists
-from coco4.lists import DEFAULT_CLASSES
+from coco4.data.coco_filter import prepare_lists
+from coco4.data.lists import DEFAULT_CLASSES
 
 
 def get_args_parser():
@@ -21,7 +21,8 @@ def get_args_parser():
     p.add_argument("--coco-root", type=Path, default=Path("coco"),
                    help="COCO folder holding annotations/instances_{train,val}2017.json")
     p.add_argument("--train-json", type=Path, default=None,
-                   help="train annotations (default: COCO_ROOT/annotations/instances_train2017.json)")
+                   help="train annotations "
+                        "(default: COCO_ROOT/annotations/instances_train2017.json)")
     p.add_argument("--val-json", type=Path, default=None,
                    help="val annotations (default: COCO_ROOT/annotations/instances_val2017.json)")
     p.add_argument("--out-dir", type=Path, default=Path("data"), help="where the lists go")

@@ -1,6 +1,6 @@
 """Evaluate a checkpoint on the val2017 list: accuracy, per-class accuracy, confusion matrix.
 
-    python evaluate.py                                      # checkpoint/best.pt on data/annotation_val.txt
+    python evaluate.py                          # checkpoint/best.pt on data/annotation_val.txt
     python evaluate.py --checkpoint checkpoint/model.pth    # the original project's checkpoint
     python evaluate.py --min-class-acc 0.95                 # exit 1 if any class is below 95%
 
@@ -11,9 +11,9 @@ import argparse
 from pathlib import Path
 
 from coco4 import cli
-from coco4.eval_args import add_source_args, default_out_dir, resolve_sources
+from coco4.cli import GateFailed, add_source_args, default_out_dir, resolve_sources
+from coco4.data.prepare import DataOptions
 from coco4.evaluation import load_predictor, predict_list, write_results
-from coco4.errors import GateFailed
 from coco4.metrics import classes_below, confusion_text, report_text
 from coco4.plots import confusion_matrix_figure, save
 
@@ -32,14 +32,14 @@ def main(args):
     list_path, images, cache_dir = resolve_sources(args)
     out_dir = default_out_dir(args, "eval")
     predictor = load_predictor(args.checkpoint, args.device)
-    predictions = predict_list(predictor, list_path, images, args.batch_size, args.data_path,
-                               cache_dir, args.workers, args.strict)
+    predictions = predict_list(predictor, list_path, images, args.batch_size, DataOptions(
+        args.data_path, cache_dir, args.workers, args.strict))
     metrics = write_results(out_dir, predictor, predictions)
     save(confusion_matrix_figure(metrics["confusion_matrix"], predictor.classes,
                                  f"{Path(args.checkpoint).name} on {list_path.name}"),
          out_dir / "confusion_matrix.png")
     print(confusion_text(metrics["confusion_matrix"], predictor.classes))
-    print(report_text(predictions.labels, predictions.preds, predictor.classes))
+    print(report_text(metrics["confusion_matrix"], predictor.classes))
     for c, acc in metrics["per_class_accuracy"].items():
         print(f"{c:>12s}: {'n/a' if acc is None else f'{acc:.2%}'}")
     print(f"accuracy {metrics['accuracy']:.2%} on {metrics['num_images']} images; "
@@ -47,8 +47,8 @@ def main(args):
     if args.min_class_acc is not None:
         below = classes_below(metrics, args.min_class_acc)
         if below:
-            raise GateFailed("below --min-class-acc {:.2%}: {}".format(args.min_class_acc, ", ".join(
-                f"{c} {a:.2%}" for c, a in below.items())))
+            raise GateFailed(f"below --min-class-acc {args.min_class_acc:.2%}: "
+                             + ", ".join(f"{c} {a:.2%}" for c, a in below.items()))
     return metrics
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from coco4 import cli
-from coco4 import visualization as vis
-from coco4.eval_args import add_source_args, default_out_dir, resolve_sources
+from coco4 import plots as vis
+from coco4.cli import add_source_args, default_out_dir, resolve_sources
+from coco4.data.prepare import DataOptions
 from coco4.evaluation import load_predictor, predict_images, predict_list
 
 
@@ -39,8 +40,8 @@ def main(args):
     out = default_out_dir(args, "vis")
     predictor = load_predictor(args.checkpoint, args.device)
     # predicting first checks the list, its classes and its images before anything is drawn
-    predictions = predict_list(predictor, list_path, images, args.batch_size, args.data_path,
-                               cache_dir, args.workers, args.strict)
+    predictions = predict_list(predictor, list_path, images, args.batch_size, DataOptions(
+        args.data_path, cache_dir, args.workers, args.strict))
     written = [vis.samples_png(predictions, images, predictor.classes, out / "samples.png",
                                args.num, args.seed)]
     if args.image:

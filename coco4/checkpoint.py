@@ -1,28 +1,35 @@
-"""The one way checkpoints are written (atomically) and read (tensors only, shapes checked).
+"""All weights I/O: checkpoints written atomically and read as tensors only, starting weights
+for training, and every older layout upgraded on reading.
 
-Formats read: this project's (``format == "coco4"``), the original project's
-(``model_state_dict`` / ``optimizer_state_dict`` / ``epoch``, no class names), and, for
-``--weights``, torchvision's ImageNet resnet50 state dict.
+Files hold the torchvision network's state dict (``Classifier.net``), so the original project's
+checkpoints and torchvision's own state dicts share one key layout. Layouts read:
+- coco4 format version 2 (this one): the architecture in ``config["arch"]``, the run state's
+  best score in ``run["best_metric"]``;
+- coco4 format version 1 (before the architecture registry): always a ResNet-50;
+- the original project's ``model_state_dict`` / ``optimizer_state_dict`` / ``epoch`` (ResNet-50,
+  the four default classes, 224 px);
+- for ``--weights``, a torchvision ImageNet state dict of the chosen architecture.
 """
 import io
 import pickle
+import platform
 import re
 import threading
-import platform
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .errors import Coco4Error
+from .cli import Coco4Error
+from .data.lists import DEFAULT_CLASSES
 from .fileio import atomic_path
-from .lists import DEFAULT_CLASSES
-from .model import is_imagenet_state, load_backbone, num_classes_of, state_mismatch
+from .model import DEFAULT_ARCH, Classifier, build_model, unwrap
 
 FORMAT = "coco4"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
-def save_checkpoint(path, payload):
+def save_checkpoint(path, payload: dict) -> None:
     """Write ``payload`` (plain containers of tensors and numbers) to ``path`` atomically."""
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION,
                "versions": library_versions(), **payload}
@@ -34,6 +41,11 @@ def save_checkpoint(path, payload):
         f.write(buffer.getbuffer())
 
 
+def model_state(model: torch.nn.Module) -> dict:
+    """What a checkpoint file holds of a model: the torchvision network's state dict."""
+    return unwrap(model).net.state_dict()
+
+
 class CheckpointWriter:
     """Writes checkpoints on a background thread, so an epoch of a second or two on a GPU does
     not wait for hundreds of megabytes to reach the disk. At most one write is in flight; a
@@ -43,7 +55,7 @@ class CheckpointWriter:
     def __init__(self):
         self._thread, self._error = None, None
 
-    def save(self, path, payload, then=None):
+    def save(self, path, payload: dict, then=None) -> None:
         """Snapshot ``payload`` (CPU copies of every tensor) now; write it, then call ``then``."""
         self.wait()
         snapshot = _cpu_copy(payload)
@@ -58,7 +70,7 @@ class CheckpointWriter:
         except BaseException as e:  # handed to the training thread by wait()
             self._error = e
 
-    def wait(self):
+    def wait(self) -> None:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
@@ -78,7 +90,7 @@ def _cpu_copy(value):
     return value
 
 
-def library_versions():
+def library_versions() -> dict:
     import torchvision
 
     # str(): torch.__version__ is a TorchVersion object, which weights_only loading refuses
@@ -86,12 +98,12 @@ def library_versions():
             "python": platform.python_version()}
 
 
-def read_file(path):
+def read_file(path) -> object:
     """torch.load with ``weights_only=True``: nothing in the file can run code here."""
     path = Path(path)
     if not path.is_file():
-        raise Coco4Error(f"checkpoint {path} not found; train one with `python train.py` or "
-                         "place the file there (see README)")
+        raise Coco4Error(f"checkpoint {path} not found; train one with train.py or place the "
+                         "file there (see README)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -108,52 +120,144 @@ def read_file(path):
                          "was it truncated by an interrupted download?") from None
 
 
-def load_checkpoint(path):
-    """Read a coco4 or original checkpoint as a dict with at least ``model`` and ``classes``."""
-    return _as_checkpoint(read_file(path), path)
+def load_checkpoint(path) -> dict:
+    """Read any coco4 or original checkpoint, upgraded to the current layout: at least
+    ``model``, ``classes`` and ``config`` (with ``arch`` and ``image_size``)."""
+    return _upgrade(_as_checkpoint(read_file(path), path), path)
 
 
-def _as_checkpoint(ckpt, path):
+def _is_state_dict(value) -> bool:
+    return isinstance(value, dict) and bool(value) and all(
+        isinstance(v, torch.Tensor) for v in value.values())
+
+
+def _as_checkpoint(ckpt, path) -> dict:
     if not isinstance(ckpt, dict):
         raise Coco4Error(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
     if ckpt.get("format") == FORMAT:
         return ckpt
-    if "model_state_dict" in ckpt:
-        # the original project's layout: no class names, the default four in its order
-        n = num_classes_of(ckpt["model_state_dict"])
-        if n is not None and n != len(DEFAULT_CLASSES):
-            raise Coco4Error(f"{path} is an original-format checkpoint for {n} classes "
-                             f"(fc.3.weight is {list(ckpt['model_state_dict']['fc.3.weight'].shape)})"
-                             f"; without class names only the original {len(DEFAULT_CLASSES)} "
-                             "classes can be assumed")
-        return {"format": "original", "model": ckpt["model_state_dict"],
-                "classes": list(DEFAULT_CLASSES), "epoch": ckpt.get("epoch"), "config": {}}
-    if is_imagenet_state(ckpt):
-        raise Coco4Error(f"{path} is an ImageNet classifier state dict, not a fine-tuned "
-                         "checkpoint; use it with `train.py --weights PATH`")
+    if "model_state_dict" in ckpt:  # the original project's layout
+        return {"format": FORMAT, "format_version": 0, "model": ckpt["model_state_dict"],
+                "epoch": ckpt.get("epoch")}
+    if _is_state_dict(ckpt):
+        raise Coco4Error(f"{path} is a bare state dict (an ImageNet classifier?), not a "
+                         "fine-tuned checkpoint; use it with `train.py --weights PATH`")
     raise Coco4Error(f"{path} is not a coco4 or original checkpoint (top-level keys: "
                      f"{sorted(map(str, ckpt))[:6]})")
 
 
-def load_state_into(model, state, source):
+def _upgrade(ckpt: dict, path) -> dict:
+    """Bring an older layout up to FORMAT_VERSION, one version at a time."""
+    version = ckpt.get("format_version", 1)
+    if version > FORMAT_VERSION:
+        raise Coco4Error(f"{path} is coco4 checkpoint format {version}, newer than this "
+                         f"coco4 reads ({FORMAT_VERSION}); update coco4")
+    ckpt = dict(ckpt)
+    if version == 0:  # original: no class names, no config; its four classes, 224 px
+        out = ckpt["model"].get("fc.3.weight") if isinstance(ckpt["model"], dict) else None
+        if out is not None and out.shape[0] != len(DEFAULT_CLASSES):
+            raise Coco4Error(f"{path} is an original-format checkpoint for {out.shape[0]} "
+                             f"classes (fc.3.weight is {list(out.shape)}); without class names "
+                             f"only the original {len(DEFAULT_CLASSES)} classes can be assumed")
+        ckpt.update(classes=list(DEFAULT_CLASSES), config={"image_size": 224})
+        version = 1
+    if version == 1:  # before the registry every model was a ResNet-50
+        ckpt["config"] = {"arch": DEFAULT_ARCH, **ckpt.get("config", {})}
+        if "run" in ckpt:
+            run = dict(ckpt["run"])
+            run["best_metric"] = run.pop("best_acc", -1.0)
+            ckpt["run"] = run
+    ckpt["format_version"] = FORMAT_VERSION
+    return ckpt
+
+
+@dataclass
+class LoadedModel:
+    """A model rebuilt from a checkpoint file alone, with what its consumers need to know."""
+
+    model: Classifier
+    classes: list
+    image_size: int
+    arch: str
+    source: str
+    checkpoint: dict  # the upgraded file: optimizer, scheduler, run state, config, ...
+
+
+def load_model(path, device: str | torch.device = "cpu") -> LoadedModel:
+    """The one way to get a trained model back: evaluation, pictures, resume, anything later."""
+    ckpt = load_checkpoint(path)
+    config = ckpt["config"]
+    classes = list(ckpt["classes"])
+    model = build_model(config["arch"], len(classes))
+    load_state_into(model, ckpt["model"], str(path))
+    return LoadedModel(model.to(device), classes, int(config["image_size"]), config["arch"],
+                       str(path), ckpt)
+
+
+def starting_model(arch: str, num_classes: int, weights: str) -> Classifier:
+    """The model a new run starts from: ``weights`` is "imagenet", "none" or a local file
+    holding torchvision's ImageNet state dict (for offline machines; its 1000-class head is
+    dropped) or any coco4 or original checkpoint of the same architecture to fine-tune."""
+    model = build_model(arch, num_classes)
+    if weights == "imagenet":
+        try:
+            state = model.spec.weights.get_state_dict(progress=True)
+        except (OSError, RuntimeError) as e:  # no network, proxy, or a corrupt download
+            raise Coco4Error(f"could not download torchvision's ImageNet weights ({e}); on an "
+                             "offline machine save them elsewhere and pass --weights "
+                             f"{arch}.pth (see README)") from None
+        _load_backbone(model, state, "torchvision ImageNet weights")
+    elif weights not in (None, "none"):
+        _load_weights_file(model, weights)
+    return model
+
+
+def _load_weights_file(model: Classifier, path) -> None:
+    state = read_file(path)
+    if _is_state_dict(state):  # torchvision's layout: a backbone to start from
+        _load_backbone(model, state, str(path))
+        return
+    ckpt = load_checkpoint(path)
+    if ckpt["config"]["arch"] != model.spec.name:
+        raise Coco4Error(f"{path} holds a {ckpt['config']['arch']} model, but this run trains "
+                         f"{model.spec.name}; pass --arch {ckpt['config']['arch']} or other "
+                         "weights")
+    load_state_into(model, ckpt["model"], str(path))
+
+
+def _load_backbone(model: Classifier, state: dict, source: str) -> None:
+    """Load every parameter but the classifier head, which the new task replaces."""
+    head = model.spec.head + "."
+    backbone = {k: v for k, v in state.items() if not k.startswith(head)}
+    expected = {k: v for k, v in model.net.state_dict().items() if not k.startswith(head)}
+    problem = _state_mismatch(expected, backbone)
+    if problem:
+        raise Coco4Error(f"{source} do not fit a {model.spec.name} backbone: {problem}")
+    model.net.load_state_dict(backbone, strict=False)
+
+
+def load_state_into(model: Classifier, state, source: str) -> None:
     """``load_state_dict`` with a one-line message saying which key or shape does not fit."""
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise Coco4Error(f"{source} holds no model state dict")
-    expected = model.state_dict()
-    want, got = num_classes_of(expected), num_classes_of(state)
-    if got is not None and want != got:
-        raise Coco4Error(f"{source} has {got} classes (fc.3.weight is "
-                         f"{list(state['fc.3.weight'].shape)}), expected {want}")
-    problem = state_mismatch(expected, state)
+    expected = model.net.state_dict()
+    out = f"{model.spec.head}.3.weight"  # the head's last Linear: [classes, 256]
+    if out in state and state[out].shape != expected[out].shape:
+        raise Coco4Error(f"{source} has {state[out].shape[0]} classes ({out} is "
+                         f"{list(state[out].shape)}), expected {model.num_classes}")
+    problem = _state_mismatch(expected, state)
     if problem:
-        raise Coco4Error(f"{source} does not fit a ResNet-50 classifier: {problem}")
-    model.load_state_dict(state)
+        raise Coco4Error(f"{source} does not fit a {model.spec.name} classifier: {problem}")
+    model.net.load_state_dict(state)
 
 
-def load_model_weights(model, path):
-    """``--weights PATH``: ImageNet backbone weights, or a whole checkpoint to fine-tune from."""
-    state = read_file(path)
-    if is_imagenet_state(state):
-        load_backbone(model, state, str(path))
-        return
-    load_state_into(model, _as_checkpoint(state, path)["model"], str(path))
+def _state_mismatch(expected: dict, state: dict) -> str | None:
+    """What of ``state`` does not fit the state dict ``expected`` (keys, shapes), or None."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} is {list(state[k].shape)}, expected {list(v.shape)}"
+             for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    problems = [missing and f"{len(missing)} missing keys ({missing[0]}, ...)",
+                unexpected and f"{len(unexpected)} unexpected keys ({unexpected[0]}, ...)",
+                wrong and wrong[0]]
+    return "; ".join(p for p in problems if p) or None

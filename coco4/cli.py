@@ -1,10 +1,30 @@
-"""What every entry script shares: turn a Coco4Error into one line on stderr and an exit code."""
+"""What a user meets at the command line: the one error type, shown as one line with an exit
+status instead of a traceback, the runner every entry script uses, and the arguments that
+evaluate.py and visualize.py share (which checkpoint, which list, which images)."""
+import argparse
+import os
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
-from .errors import Coco4Error
+
+class Coco4Error(Exception):
+    """A problem with the user's input or environment, phrased as what was wrong and what to do.
+
+    The entry scripts print it as ``error: <message>`` and exit with ``exit_code``; library code
+    raises it and never prints, so tests and the notebook can catch it.
+    """
+
+    exit_code = 2
 
 
-def run(main, parser, argv=None):
+class GateFailed(Coco4Error):
+    """A quality gate (``evaluate.py --min-class-acc``) was not met: exit 1, like a failing test."""
+
+    exit_code = 1
+
+
+def run(main: Callable, parser: argparse.ArgumentParser, argv: list | None = None) -> None:
     """Parse ``argv``, call ``main(args)``, and exit with its status (an int return, or 0)."""
     args = parser.parse_args(argv)
     try:
@@ -13,3 +33,49 @@ def run(main, parser, argv=None):
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     sys.exit(status if isinstance(status, int) else 0)
+
+
+def default_workers() -> int:
+    """Image-decoding processes: one per core, at most 8 (JPEG decoding stops scaling there)."""
+    return min(8, os.cpu_count() or 1)
+
+
+DEVICE_HELP = "auto (CUDA when present), cpu, cuda or cuda:N"
+
+
+def add_source_args(p: argparse.ArgumentParser, default_split: str = "val") -> None:
+    p.add_argument("--checkpoint", type=Path, default=Path("checkpoint/best.pt"),
+                   help="a train.py checkpoint, or the original project's")
+    p.add_argument("--data-dir", type=Path, default=Path("data"),
+                   help="lists from annotation_prepare.py")
+    p.add_argument("--coco-root", type=Path, default=Path("coco"), help="COCO folder")
+    p.add_argument("--list", type=Path, default=None,
+                   help=f"image list (default: DATA_DIR/annotation_{default_split}.txt)")
+    p.add_argument("--images", type=Path, default=None,
+                   help=f"image folder (default: COCO_ROOT/images/{default_split}2017)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--workers", type=int, default=default_workers())
+    p.add_argument("--data-path", choices=("fast", "pil"), default="fast",
+                   help="fast: decoded-image cache; pil: decode every image each time")
+    p.add_argument("--cache-dir", type=Path, default=None, help="default: DATA_DIR/cache")
+    p.add_argument("--strict", action="store_true",
+                   help="stop on a missing or unreadable image instead of leaving it out")
+
+
+def resolve_sources(args: argparse.Namespace, split: str = "val") -> tuple[Path, Path, Path]:
+    """(list path, image folder, cache folder) with the defaults filled in; arguments checked."""
+    for name in ("batch_size", "num"):
+        if getattr(args, name, 1) < 1:
+            raise Coco4Error(f"--{name.replace('_', '-')} must be at least 1, got "
+                             f"{getattr(args, name)}")
+    if args.workers < 0:
+        raise Coco4Error(f"--workers must be 0 or more, got {args.workers}")
+    list_path = args.list or args.data_dir / f"annotation_{split}.txt"
+    images = args.images or args.coco_root / "images" / f"{split}2017"
+    cache_dir = args.cache_dir or args.data_dir / "cache"
+    return list_path, images, cache_dir
+
+
+def default_out_dir(args: argparse.Namespace, name: str) -> Path:
+    return args.out_dir or Path(args.checkpoint).parent / name

@@ -1,22 +1,19 @@
 """The training configuration: one frozen dataclass, validated on construction, stored in
 every checkpoint so evaluation and resume rebuild the run from the file alone."""
 import dataclasses
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import Coco4Error
+from .cli import Coco4Error, default_workers
+from .data.prepare import DataOptions
+from .metrics import SELECTABLE
+from .model import ARCHITECTURES, DEFAULT_ARCH
 
 # Settings that say where and how fast a run executes, not what it computes: on --resume these
 # come from the command line, everything else from the checkpoint being resumed.
 RUNTIME_FIELDS = ("coco_root", "data_dir", "train_list", "train_images", "cache_dir", "epochs",
                   "device", "workers", "output_dir", "resume", "compile", "strict")
-
-
-def default_workers():
-    """Image-decoding processes: one per core, at most 8 (JPEG decoding stops scaling there)."""
-    return min(8, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -44,6 +41,8 @@ class TrainConfig:
     strict: bool = False
     plateau_factor: float = 0.1
     plateau_patience: int = 5
+    arch: str = DEFAULT_ARCH
+    select_by: str = "accuracy"
 
     def __post_init__(self):
         checks = [
@@ -62,6 +61,10 @@ class TrainConfig:
              f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}"),
             (self.data_path in ("fast", "pil"), f"--data-path must be fast or pil, got "
              f"{self.data_path!r}"),
+            (self.arch in ARCHITECTURES, f"--arch must be one of {', '.join(ARCHITECTURES)}, "
+             f"got {self.arch!r}"),
+            (self.select_by in SELECTABLE, f"--select-by must be one of "
+             f"{', '.join(SELECTABLE)}, got {self.select_by!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -79,7 +82,11 @@ class TrainConfig:
     def cache_path(self):
         return Path(self.cache_dir or Path(self.data_dir) / "cache")
 
-    def to_dict(self):
+    @property
+    def data_options(self) -> DataOptions:
+        return DataOptions(self.data_path, self.cache_path, self.workers, self.strict)
+
+    def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .errors import Coco4Error
+from .cli import Coco4Error
 
 
 @dataclass(frozen=True)
@@ -42,13 +42,18 @@ def close_distributed(env):
         dist.destroy_process_group()
 
 
-def all_reduce_sum(values, env, device):
+def all_reduce_tensor(t: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Sum ``t`` over all ranks, in place (a no-op for one process); returns it."""
+    if env.enabled:
+        dist.all_reduce(t)
+    return t
+
+
+def all_reduce_sum(values: list, env: DistEnv, device: torch.device) -> list:
     """Sum a list of numbers over all ranks (a no-op for one process)."""
     if not env.enabled:
         return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
+    return all_reduce_tensor(torch.tensor(values, dtype=torch.float64, device=device), env).tolist()
 
 
 def any_rank(flag, env, device):

@@ -1,4 +1,4 @@
-"""Rebuild a classifier from a checkpoint alone and predict a list or the user's own images."""
+"""Predict a labelled list or the user's own images with a model rebuilt from its checkpoint."""
 import csv
 import io
 import json
@@ -7,21 +7,23 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_checkpoint, load_state_into
-from .data import UnreadableImage, check_image_dir, read_rgb
+from .checkpoint import load_model
+from .cli import Coco4Error
+from .data.images import UnreadableImage, read_rgb
+from .data.lists import read_classes, read_list
+from .data.loaders import BatchPlan
+from .data.prepare import DataOptions, make_batches, open_images, unusable_report
+from .data.transforms import pil_eval_transform
 from .distributed import DistEnv, pick_device
-from .engine import Amp, evaluate
 from .fileio import atomic_write_text
-from .errors import Coco4Error
-from .lists import read_classes, read_list
-from .metrics import compute_metrics
-from .model import ResNet50Classifier
-from .train_data import decode_check, make_batches, unusable_report
-from .transforms import model_input, pil_eval_transform
+from .loop import Amp, evaluate
+from .metrics import MetricAccumulator
 
 
 @dataclass
 class Predictor:
+    """A checkpoint's model, in eval mode on its device, with what predicting needs."""
+
     model: torch.nn.Module
     classes: list
     image_size: int
@@ -30,19 +32,15 @@ class Predictor:
     checkpoint: str
 
 
-def load_predictor(checkpoint, device="auto", amp=True):
-    """The model, classes and image size stored in ``checkpoint`` (original format: defaults)."""
-    ckpt = load_checkpoint(checkpoint)
-    classes = list(ckpt["classes"])
-    model = ResNet50Classifier(len(classes))
-    load_state_into(model, ckpt["model"], str(checkpoint))
+def load_predictor(checkpoint, device: str = "auto", amp: bool = True) -> Predictor:
+    """The model, classes and image size stored in ``checkpoint`` (any layout), ready to use."""
     device = pick_device(device, DistEnv())
-    model.to(device).eval()
+    loaded = load_model(checkpoint, device)
+    loaded.model.eval()
     if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)  # as model_input lays out the batches
-    image_size = int(ckpt.get("config", {}).get("image_size", 224))
-    return Predictor(model, classes, image_size, device, Amp.for_device(device, amp),
-                     str(checkpoint))
+        loaded.model.to(memory_format=torch.channels_last)  # as the model lays out its input
+    return Predictor(loaded.model, loaded.classes, loaded.image_size, device,
+                     Amp.for_device(device, amp), loaded.source)
 
 
 @dataclass
@@ -50,31 +48,37 @@ class Predictions:
     files: list
     labels: list
     probs: torch.Tensor  # [N, classes], softmax
+    metrics: MetricAccumulator  # the same sums that validation during training keeps
     left_out: dict
 
     @property
-    def preds(self):
+    def preds(self) -> list:
         return self.probs.argmax(1).tolist()
 
 
-def predict_list(predictor, list_path, image_dir, batch_size=256, data_path="fast",
-                 cache_dir=None, workers=0, strict=False, progress=True, log=print):
-    """Probabilities for every usable image of a list (unusable ones reported and left out)."""
-    check_classes(predictor, Path(list_path))
+def predict_list(predictor: Predictor, list_path, image_dir, batch_size: int = 256,
+                 options: DataOptions | None = None, progress: bool = True,
+                 log=print) -> Predictions:
+    """Probabilities for every usable image of a list (unusable ones reported and left out).
+    ``options.cache_dir`` defaults to a ``cache`` folder beside the list."""
+    list_path = Path(list_path)
+    options = options or DataOptions()
+    if options.cache_dir is None:
+        options = DataOptions(options.data_path, list_path.parent / "cache", options.workers,
+                              options.strict)
+    check_classes(predictor, list_path)
     image_list = read_list(list_path, len(predictor.classes))
-    check_image_dir(image_dir)
-    images, bad = decode_check(image_list, image_dir, predictor.image_size, data_path,
-                               cache_dir or Path(list_path).parent / "cache", workers, progress)
-    report = unusable_report(image_list, bad, strict, log)
-    keep = [i for i in range(len(image_list)) if i not in bad]
-    batches = make_batches(images, image_list, image_dir, keep, batch_size, predictor.device,
-                           predictor.image_size, train=False, seed=0, workers=workers)
-    out = evaluate(predictor.model, batches, predictor.amp, progress=progress, desc="predicting")
+    source = open_images(image_list, image_dir, predictor.image_size, options, progress)
+    report = unusable_report(source, options.strict, log)
+    keep = source.usable()
+    plan = BatchPlan(batch_size, predictor.device, predictor.image_size, train=False)
+    metrics, logits = evaluate(predictor.model, make_batches(source, keep, plan), predictor.amp,
+                               len(predictor.classes), desc="predicting" if progress else None)
     return Predictions([image_list.files[i] for i in keep], [image_list.labels[i] for i in keep],
-                       out["logits"].softmax(1), report["left_out"])
+                       logits.softmax(1), metrics, report["left_out"])
 
 
-def check_classes(predictor, list_path):
+def check_classes(predictor: Predictor, list_path: Path) -> None:
     """The list's classes (its classes.txt, or the original four) must be the checkpoint's."""
     list_classes = list(read_classes(list_path.parent))
     if list_classes != predictor.classes:
@@ -85,7 +89,7 @@ def check_classes(predictor, list_path):
 
 
 @torch.no_grad()
-def predict_images(predictor, paths):
+def predict_images(predictor: Predictor, paths) -> torch.Tensor:
     """Probabilities for the user's own image files, through the original PIL eval transform."""
     transform = pil_eval_transform(predictor.image_size)
     try:
@@ -95,13 +99,13 @@ def predict_images(predictor, paths):
     except UnreadableImage as e:
         raise Coco4Error(f"cannot read image {e}") from None
     with predictor.amp.autocast():
-        return predictor.model(model_input(x)).float().softmax(1).cpu()
+        return predictor.model(x).float().softmax(1).cpu()
 
 
-def write_results(out_dir, predictor, predictions):
+def write_results(out_dir, predictor: Predictor, predictions: Predictions) -> dict:
     """metrics.json and predictions.csv (atomically); returns the metrics dict."""
     out_dir = Path(out_dir)
-    metrics = compute_metrics(predictions.labels, predictions.preds, predictor.classes)
+    metrics = predictions.metrics.summary(predictor.classes)
     metrics.update(checkpoint=predictor.checkpoint, left_out=predictions.left_out)
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     buf = io.StringIO()

@@ -1,14 +1,15 @@
 """Atomic writes: a crash or a full disk never leaves a half-written file under the final name."""
+import contextlib
 import os
+import secrets
 import shutil
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import Coco4Error
+from .cli import Coco4Error
 
 
-@contextmanager
+@contextlib.contextmanager
 def atomic_path(path, suffix=""):
     """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``.
 
@@ -17,13 +18,11 @@ def atomic_path(path, suffix=""):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _new_file(path.parent, f".{path.name}.", suffix + ".tmp")
     try:
-        yield Path(tmp)
+        yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except OSError as e:
         _remove_quietly(tmp)
@@ -35,10 +34,17 @@ def atomic_path(path, suffix=""):
         raise
 
 
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _new_file(folder, prefix, suffix):
+    """Create a new, empty file with the permissions any new file gets (0666 less the umask):
+    the kernel applies the umask, so nothing reads or changes the process-wide umask, which a
+    background checkpoint write would otherwise race with the main thread's writes."""
+    while True:
+        tmp = Path(folder) / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
 
 
 def atomic_write_text(path, text):
@@ -47,10 +53,8 @@ def atomic_write_text(path, text):
 
 
 def _remove_quietly(path):
-    try:
+    with contextlib.suppress(OSError):
         os.unlink(path)
-    except OSError:
-        pass
 
 
 def check_writable(folder):

@@ -1,7 +1,8 @@
 """Ctrl-C and SIGTERM end a training run cleanly: finish the step, save, say how to resume."""
+import contextlib
 import signal
 
-from .errors import Coco4Error
+from .cli import Coco4Error
 
 
 class Interrupted(Coco4Error):
@@ -27,10 +28,9 @@ class StopRequest:
 
     def __enter__(self):
         for s in self.SIGNALS:
-            try:
+            # not the main thread (e.g. a notebook worker): ValueError, and no handler
+            with contextlib.suppress(ValueError):
                 self._previous[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread (e.g. a notebook worker): no handler
-                pass
         return self
 
     def __exit__(self, *exc):

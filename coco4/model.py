@@ -1,96 +1,123 @@
-"""ResNet-50 with the original project's head; stem, layer1 and layer2 frozen."""
+"""The classifier: a registry of torchvision backbones, each given the original project's head,
+a frozen stem and first stages, and its input normalisation inside the network.
+
+The model is the whole function from pixels to logits: it takes uint8 (or float) NCHW images in
+[0, 255] and normalises them itself, so an exported model, a notebook or a user's script needs no
+preprocessing constants. Building a model does no I/O; weights are loaded by coco4.checkpoint.
+
+Adding an architecture is one ``ArchSpec`` entry in ``ARCHITECTURES`` (and a line in its test).
+"""
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import nn
-from torchvision.models import ResNet, ResNet50_Weights
-from torchvision.models.resnet import Bottleneck
+from torchvision import models as tv
 
-from .errors import Coco4Error
+from .cli import Coco4Error
 
-FROZEN = ("conv1", "bn1", "layer1", "layer2")
-TRAINED = ("layer3", "layer4", "fc")
+# ImageNet statistics, which every registered torchvision weight set was trained with
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RESNET_FROZEN = ("conv1", "bn1", "layer1", "layer2")
 
 
-class ResNet50Classifier(ResNet):
-    """torchvision's ResNet-50 (same parameter names, so its weights load) with frozen low layers.
+@dataclass(frozen=True)
+class ArchSpec:
+    """What coco4 needs to know about one torchvision architecture."""
 
-    ``train()`` keeps the frozen part in eval mode: their BatchNorm running statistics are part of
-    the pre-trained features and must not drift towards a 4-class dataset.
+    name: str
+    constructor: Callable[..., nn.Module]  # torchvision's builder, called with weights=None
+    weights: tv.WeightsEnum  # the ImageNet weights that ``--weights imagenet`` downloads
+    features: int  # width of the pooled features the head reads
+    head: str  # the submodule the original head replaces (torchvision's classifier)
+    frozen: tuple[str, ...]  # stem and first stages: no gradient, BatchNorm kept in eval mode
+    cam_layer: str  # the last feature map, which a class-activation map reads
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # what the weights expect, in [0, 1] units
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+ARCHITECTURES = {spec.name: spec for spec in (
+    # the original recipe: stem, layer1 and layer2 frozen; layer3, layer4 and the head trained
+    ArchSpec("resnet50", tv.resnet50, tv.ResNet50_Weights.IMAGENET1K_V2, 2048, "fc",
+             RESNET_FROZEN, "layer4"),
+    ArchSpec("resnet18", tv.resnet18, tv.ResNet18_Weights.IMAGENET1K_V1, 512, "fc",
+             RESNET_FROZEN, "layer4"),
+    ArchSpec("resnet101", tv.resnet101, tv.ResNet101_Weights.IMAGENET1K_V2, 2048, "fc",
+             RESNET_FROZEN, "layer4"),
+    # features[0] is the stem, [1] [3] [5] [7] the four stages, [2] [4] [6] the downsampling
+    # between them: the stem and the first two stages frozen, as ResNet's stem, layer1, layer2
+    ArchSpec("convnext_tiny", tv.convnext_tiny, tv.ConvNeXt_Tiny_Weights.IMAGENET1K_V1, 768,
+             "classifier.2", ("features.0", "features.1", "features.2", "features.3"),
+             "features.7"),
+)}
+DEFAULT_ARCH = "resnet50"
+
+
+def arch_spec(name: str) -> ArchSpec:
+    if name not in ARCHITECTURES:
+        raise Coco4Error(f"unknown architecture {name!r}; choose one of "
+                         f"{', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[name]
+
+
+def original_head(features: int, num_classes: int) -> nn.Sequential:
+    """The original project's head, layer for layer, so its checkpoints load (fc.0.*, fc.3.*)."""
+    return nn.Sequential(nn.Linear(features, 256), nn.ReLU(), nn.Dropout(0.5),
+                         nn.Linear(256, num_classes))
+
+
+class Classifier(nn.Module):
+    """Normalisation, a torchvision backbone and the original head: pixels in, logits out.
+
+    ``net`` is the torchvision network with its own parameter names; its state dict is what
+    checkpoint files hold. ``train()`` keeps the frozen part in eval mode: its BatchNorm
+    statistics belong to the pre-trained features and must not drift towards a 4-class set.
     """
 
-    def __init__(self, num_classes):
-        super().__init__(Bottleneck, [3, 4, 6, 3])
-        # the original head, layer for layer, so its published checkpoints load (fc.0.*, fc.3.*)
-        self.fc = nn.Sequential(nn.Linear(2048, 256), nn.ReLU(), nn.Dropout(0.5),
-                                nn.Linear(256, num_classes))
-        for name in FROZEN:
-            getattr(self, name).requires_grad_(False)
+    def __init__(self, spec: ArchSpec, num_classes: int):
+        super().__init__()
+        self.spec = spec
+        self.net = spec.constructor(weights=None)
+        self.net.set_submodule(spec.head, original_head(spec.features, num_classes))
+        # not persistent: they come from the spec, and files keep torchvision's keys
+        self.register_buffer("mean", _pixel_scale(spec.mean), persistent=False)
+        self.register_buffer("std", _pixel_scale(spec.std), persistent=False)
+        for name in spec.frozen:
+            self.net.get_submodule(name).requires_grad_(False)
 
-    def train(self, mode=True):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x.float() - self.mean) / self.std
+        if x.is_cuda:  # cudnn's fastest convolutions, under AMP especially, are NHWC
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+    def train(self, mode: bool = True) -> "Classifier":
         super().train(mode)
-        for name in FROZEN:
-            getattr(self, name).eval()
+        for name in self.spec.frozen:
+            self.net.get_submodule(name).eval()
         return self
 
-
-def build_model(weights, num_classes):
-    """ResNet-50 for ``num_classes``; ``weights`` is "imagenet", "none" or a local .pth path.
-
-    A path holds torchvision's ImageNet resnet50 state dict as torchvision saves it (for offline
-    machines; its 1000-class fc is dropped), or any coco4 or original checkpoint to start from.
-    """
-    model = ResNet50Classifier(num_classes)
-    if weights == "imagenet":
-        try:
-            state = ResNet50_Weights.IMAGENET1K_V2.get_state_dict(progress=True)
-        except (OSError, RuntimeError) as e:  # no network, proxy, or a corrupt download
-            raise Coco4Error(f"could not download torchvision's ImageNet weights ({e}); on an "
-                             "offline machine save them elsewhere and pass --weights "
-                             "resnet50.pth (see README)") from None
-        load_backbone(model, state, "torchvision ImageNet weights")
-    elif weights not in (None, "none"):
-        from .checkpoint import load_model_weights  # checkpoint imports model: import late
-
-        load_model_weights(model, weights)
-    return model
+    @property
+    def num_classes(self) -> int:
+        return self.net.get_submodule(self.spec.head)[-1].out_features
 
 
-def state_mismatch(expected, state):
-    """What of ``state`` does not fit the state dict ``expected`` (keys, shapes), or None."""
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} is {list(state[k].shape)}, expected {list(v.shape)}"
-             for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    problems = [missing and f"{len(missing)} missing keys ({missing[0]}, ...)",
-                unexpected and f"{len(unexpected)} unexpected keys ({unexpected[0]}, ...)",
-                wrong and wrong[0]]
-    return "; ".join(p for p in problems if p) or None
+def _pixel_scale(values):
+    return torch.tensor(values, dtype=torch.float32).view(1, 3, 1, 1) * 255
 
 
-def load_backbone(model, state, source):
-    """Load every parameter but the classifier head, which the new task replaces."""
-    backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    expected = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
-    problem = state_mismatch(expected, backbone)
-    if problem:
-        raise Coco4Error(f"{source} do not fit a ResNet-50: {problem}")
-    model.load_state_dict(backbone, strict=False)
+def build_model(arch: str, num_classes: int) -> Classifier:
+    """A freshly initialised classifier (no I/O): ``coco4.checkpoint`` loads weights into it."""
+    return Classifier(arch_spec(arch), num_classes)
 
 
-def trainable_parameters(model):
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def unwrap(model):
+def unwrap(model: nn.Module) -> nn.Module:
     """The bare model under DistributedDataParallel or torch.compile wrappers."""
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):
         model = getattr(model, "module", None) or model._orig_mod
     return model
-
-
-def num_classes_of(state_dict):
-    weight = state_dict.get("fc.3.weight")
-    return None if weight is None else int(weight.shape[0])
-
-
-def is_imagenet_state(state):
-    return isinstance(state, dict) and isinstance(state.get("fc.weight"), torch.Tensor)

@@ -7,8 +7,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .fileio import atomic_write_text
+from .metrics import CSV_COLUMNS
 
-COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds",
+COLUMNS = ("epoch", "train_loss", "train_acc", *CSV_COLUMNS.values(), "lr", "seconds",
            "images_per_s")
 
 
@@ -47,7 +48,8 @@ class RunLog:
             self._tb = SummaryWriter(self.dir / "tensorboard",
                                      purge_step=first_epoch if self.resumed else None)
         for key in COLUMNS[1:]:
-            self._tb.add_scalar(key, row[key], row["epoch"])
+            if row.get(key) is not None:
+                self._tb.add_scalar(key, row[key], row["epoch"])
         self._tb.flush()
 
     def close(self):
@@ -56,14 +58,16 @@ class RunLog:
 
 
 def write_metrics_csv(path, rows):
-    """The whole history each time, atomically: a resumed run rewrites what it re-did."""
+    """The whole history each time, atomically: a resumed run rewrites what it re-did. A
+    column that an older coco4 did not write, in a run it started, stays empty."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=COLUMNS)
     writer.writeheader()
-    writer.writerows({k: row[k] for k in COLUMNS} for row in rows)
+    writer.writerows({k: row.get(k) for k in COLUMNS} for row in rows)
     atomic_write_text(path, out.getvalue())
 
 
 def read_metrics_csv(path):
     with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: float(v) if v else None for k, v in row.items()}
+                for row in csv.DictReader(f)]

@@ -1,4 +1,5 @@
-"""Seeds derived from (run seed, epoch, step, ...): a resumed run re-derives, not replays, its RNG."""
+"""Seeds derived from (run seed, epoch, step, ...): a resumed run re-derives its RNG instead of
+replaying it."""
 import hashlib
 import random
 

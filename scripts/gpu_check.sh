@@ -21,7 +21,7 @@ if [[ $STAGE == tests || $STAGE == all ]]; then
     timeout 300 python -m pytest -q -rs tests/test_cuda.py 2>&1 | tee "$OUT/cuda_tests.txt" || true
 fi
 if [[ $STAGE == measure || $STAGE == all ]]; then
-    python -m coco4.synthetic --root "$OUT/coco" --num-train 7000 --num-val 260 --coco-size
+    python -m coco4.devtools.synthetic --root "$OUT/coco" --num-train 7000 --num-val 260 --coco-size
     python annotation_prepare.py --coco-root "$OUT/coco" --out-dir "$OUT/data" | tee "$OUT/prepare.txt"
     python -m coco4.bench --device cuda --batch-size 2048 --epochs 2 --train-steps 5 --workers "$W" \
         --list "$OUT/data/annotation_train.txt" --images "$OUT/coco/images/train2017" \

@@ -1,15 +1,26 @@
 """Shared fixtures: one small synthetic COCO dataset with its lists, built once per session."""
 import argparse
+import csv
+import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+import torchvision
+from PIL import Image
+from torch import nn
+from torchvision import transforms as T
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the entry scripts live at the repository root
 
+from coco4.data.images import read_rgb  # noqa: E402
+from coco4.data.lists import read_list  # noqa: E402
+from coco4.devtools.synthetic import make_synthetic_coco  # noqa: E402
+
 import annotation_prepare  # noqa: E402
-from coco4.synthetic import make_synthetic_coco  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -24,13 +35,20 @@ def demo_data(tmp_path_factory):
     return root
 
 
+def read_csv(path):
+    """The rows of a CSV file as dicts of strings."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def train_args(data_root, out, **overrides):
     """A tiny CPU training configuration over ``demo_data``, as train.py would build it."""
     from coco4.config import TrainConfig
 
-    values = dict(coco_root=str(data_root / "coco"), data_dir=str(data_root / "data"),
-                  output_dir=str(out), device="cpu", weights="none", image_size=32,
-                  epochs=1, batch_size=8, lr=1e-3, workers=0, seed=0, val_fraction=0.2)
+    values = {"coco_root": str(data_root / "coco"), "data_dir": str(data_root / "data"),
+              "output_dir": str(out), "device": "cpu", "weights": "none", "image_size": 32,
+              "epochs": 1, "batch_size": 8, "lr": 1e-3, "workers": 0, "seed": 0,
+              "val_fraction": 0.2}
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -57,3 +75,47 @@ def train_cli(data_root, out, *extra):
             "--data-dir", str(data_root / "data"), "--output-dir", str(out), "--device", "cpu",
             "--weights", "none", "--image-size", "32", "--batch-size", "8", "--lr", "1e-3",
             "--workers", "0", "--val-fraction", "0.2", *extra]
+
+
+# ---------------------------------------------------------------- references that do not
+# come from the code under test: torchvision's own network and transforms, published constants
+
+
+def direct_predictions(model, demo_data, image_size):
+    """Predictions computed by hand: PIL decode, the original eval transform written out with
+    torchvision and ImageNet's published constants, and the bare torchvision network."""
+    image_list = read_list(demo_data / "data" / "annotation_val.txt")
+    side = round(image_size * 256 / 224)
+    transform = T.Compose([T.Resize((side, side)), T.ToTensor(),
+                           T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    model.eval()
+    with torch.no_grad():
+        x = torch.stack([transform(read_rgb(demo_data / "coco" / "images" / "val2017" / f))
+                         for f in image_list.files])
+        probs = model(x).softmax(1)
+    return image_list, probs
+
+
+def check_against_direct(out, image_list, probs, classes):
+    metrics = json.loads((out / "metrics.json").read_text())
+    labels, preds = np.array(image_list.labels), probs.argmax(1).numpy()
+    assert metrics["num_images"] == len(labels)
+    assert metrics["accuracy"] == pytest.approx((labels == preds).mean())
+    cm = np.zeros((len(classes), len(classes)), int)
+    np.add.at(cm, (labels, preds), 1)
+    assert metrics["confusion_matrix"] == cm.tolist()
+    for i, c in enumerate(classes):
+        assert metrics["per_class_accuracy"][c] == pytest.approx((preds[labels == i] == i).mean())
+    rows = read_csv(out / "predictions.csv")
+    assert [r["file"] for r in rows] == list(image_list.files)
+    got = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows])
+    assert np.abs(got - probs.numpy()).max() < 1e-4
+    assert Image.open(out / "confusion_matrix.png").format == "PNG"
+    return metrics
+
+
+def original_model():
+    """The original project's model, built as its code did: torchvision resnet50 + its head."""
+    model = torchvision.models.resnet50(weights=None)
+    model.fc = nn.Sequential(nn.Linear(2048, 256), nn.ReLU(), nn.Dropout(0.5), nn.Linear(256, 4))
+    return model

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from coco4.cli import Coco4Error
+from coco4.data.coco_categories import COCO_CATEGORIES
+from coco4.data.coco_filter import load_coco, prepare_lists, select_images
+from coco4.data.lists import read_classes, read_list
+from coco4.devtools.synthetic import make_synthetic_coco
+
 import annotation_prepare
-from coco4.coco_categories import COCO_CATEGORIES
-from coco4.coco_filter import load_coco, prepare_lists, select_images
-from coco4.errors import Coco4Error
-from coco4.lists import read_classes, read_list
-from coco4.synthetic import make_synthetic_coco
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT = ("bird", "airplane", "train", "boat")

@@ -10,14 +10,15 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, eval_argv, smooth_images, train_cli
 from coco4.checkpoint import read_file
-from coco4.coco_filter import prepare_lists
-from coco4.engine import Amp, EpochState, _note_bad_loss, train_step
-from coco4.loaders import CachedBatches
+from coco4.data.coco_filter import prepare_lists
+from coco4.data.loaders import BatchPlan, CachedBatches
+from coco4.data.transforms import random_crops, resized_crops
+from coco4.devtools.synthetic import make_synthetic_coco
+from coco4.loop import Amp, EpochState, Learner, _note_bad_loss, train_step
 from coco4.model import build_model, trainable_parameters
-from coco4.synthetic import make_synthetic_coco
-from coco4.transforms import random_crops, resized_crops
+
+from conftest import REPO, eval_argv, smooth_images, train_cli
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
@@ -41,7 +42,7 @@ def test_gpu_crops_equal_the_same_kernel_on_the_cpu():
 def test_batches_are_the_same_with_the_cache_on_the_gpu_or_on_the_host(train):
     images, labels = smooth_cache(10), [i % 4 for i in range(10)]
     make = lambda cache, device: list(CachedBatches(
-        cache, labels, range(10), 4, device, 32, train=train, seed=7).iterate(1))
+        cache, labels, range(10), BatchPlan(4, device, 32, train=train, seed=7)).iterate(1))
     on_cpu, from_host, resident = make(images, CPU), make(images, CUDA), make(images.to(CUDA), CUDA)
     assert len(on_cpu) == len(from_host) == len(resident) == 3
     for (xc, yc), (xh, yh), (xr, yr) in zip(on_cpu, from_host, resident):
@@ -57,22 +58,22 @@ def test_training_steps_never_make_the_host_wait_for_the_gpu(resident):
     """A step that waits for the GPU leaves it idle while Python prepares the next one. Under
     sync debug mode "error", any synchronising call in a step (a blocking copy, .item()) raises."""
     torch.manual_seed(0)
-    model = build_model("none", 4).to(CUDA).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(trainable_parameters(model), lr=1e-4)
+    model = build_model("resnet50", 4).to(CUDA).to(memory_format=torch.channels_last)
     amp = Amp.for_device(CUDA, True)
-    scaler = amp.scaler()
+    learner = Learner(model, torch.optim.Adam(trainable_parameters(model), lr=1e-4), None,
+                      torch.nn.CrossEntropyLoss(reduction="sum"), amp, amp.scaler(), 2)
     images = torch.randint(0, 256, (48, 73, 73, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
     batches = CachedBatches(images.to(CUDA) if resident else images, [i % 4 for i in range(48)],
-                            range(48), 16, CUDA, 64, train=True, seed=0)
+                            range(48), BatchPlan(16, CUDA, 64, train=True))
     # warm-up with the same shapes: cudnn's algorithm search and first allocations may sync
     for x, y in batches.iterate(0):
-        train_step(model, optimizer, scaler, amp, x, y, 2)
-    state = EpochState.zeros(CUDA)
+        train_step(learner, x, y)
+    state = EpochState.start(1, CUDA)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for step, (x, y) in enumerate(batches.iterate(1)):
-            loss_sum, correct = train_step(model, optimizer, scaler, amp, x, y, 2)
+            loss_sum, correct = train_step(learner, x, y)
             _note_bad_loss(state, loss_sum, step)
             state.loss_sum += loss_sum
             state.correct += correct

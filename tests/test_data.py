@@ -7,12 +7,19 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
+from coco4.data.images import ListDataset, UnreadableImage, find_unusable, read_rgb
+from coco4.data.lists import ImageList
+from coco4.data.transforms import (
+    pil_eval_transform,
+    pil_resize,
+    precrop_size,
+    random_crops,
+    random_resized_crop_boxes,
+    resized_crops,
+    resized_crops_each,
+)
+
 from conftest import smooth_images
-from coco4.data import ListDataset, UnreadableImage, find_unusable, read_rgb
-from coco4.lists import ImageList
-from coco4.transforms import (IMAGENET_MEAN, IMAGENET_STD, model_input, normalize_uint8,
-                              pil_eval_transform, pil_resize, precrop_size, random_crops,
-                              random_resized_crop_boxes, resized_crops, resized_crops_each)
 
 W, H = 30, 18  # a non-square size, so a width/height swap shows
 
@@ -124,14 +131,12 @@ def test_list_dataset_gray_images(tmp_path):
     lst = ImageList(tmp_path / "l.txt", tuple(f"{i}.jpg" for i in range(3)), tuple(labels))
     ds = ListDataset(lst, tmp_path, pil_eval_transform(32))
     assert len(ds) == 3
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     for i, value in enumerate((30, 128, 220)):
         x, y = ds[i]
         assert y == labels[i]
-        assert x.shape == (3, 37, 37) and x.dtype == torch.float32
-        pixels = x * std + mean  # back to [0, 1]: the gray value in all three channels
-        assert (pixels - value / 255).abs().max() < 3 / 255
+        # uint8 pixels, as the cache holds them: the model normalises (test_model.py)
+        assert x.shape == (3, 37, 37) and x.dtype == torch.uint8
+        assert (x.int() - value).abs().max() <= 3  # the gray value in all three channels
 
 
 def test_find_unusable_reports_index_and_reason(tmp_path):
@@ -170,15 +175,18 @@ def test_precrop_size():
 
 
 def test_eval_transform_equals_cache_path():
-    """The cache stores pil_resize's uint8 pixels and normalises later; this must be the same
-    tensor the PIL eval pipeline gives, or cached and uncached evaluation disagree."""
+    """The cache stores pil_resize's uint8 pixels; they must be exactly the pixels the PIL eval
+    pipeline gives, or cached and uncached evaluation disagree."""
     for seed, (w, h) in enumerate([(50, 40), (37, 37), (23, 61)]):
         img = noisy_rgb(w, h, seed)
         ref = pil_eval_transform(32)(img)
         u8 = torch.from_numpy(np.asarray(pil_resize(img, precrop_size(32))).copy())
-        got = normalize_uint8(u8.permute(2, 0, 1)[None])[0]
-        assert ref.shape == got.shape == (3, 37, 37)
-        assert (ref - got).abs().max() < 1e-5
+        got = u8.permute(2, 0, 1)
+        assert ref.shape == got.shape == (3, 37, 37) and ref.dtype == torch.uint8
+        assert torch.equal(ref, got)
+    # and they are the original protocol's first step: a 37 x 37 bilinear resize
+    reference = T.Resize((37, 37))(img)
+    assert torch.equal(ref, torch.from_numpy(np.asarray(reference).copy()).permute(2, 0, 1))
 
 
 def _gen(seed):
@@ -276,7 +284,8 @@ def test_crops_shapes_determinism_and_range():
         # bilinear sampling inside the image averages pixels: never outside their range
         for i in range(6):
             for ch in range(3):
-                assert images[i, ch].min() <= a[i, ch].min() <= a[i, ch].max() <= images[i, ch].max()
+                low, high = images[i, ch].min(), images[i, ch].max()
+                assert low <= a[i, ch].min() <= a[i, ch].max() <= high
 
 
 def test_batched_and_per_image_crops_agree():
@@ -308,11 +317,3 @@ def test_crops_of_a_constant_image_stay_constant():
         for out in _crops(images, seed):
             assert out.shape == (4, 3, 32, 32)
             assert torch.equal(out, colours.view(4, 3, 1, 1).expand(4, 3, 32, 32))
-
-
-def test_model_input_normalises_uint8_like_to_tensor_and_normalize():
-    x = torch.randint(0, 256, (2, 3, 5, 5), dtype=torch.uint8)
-    expected = (x.float() / 255 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(
-        IMAGENET_STD).view(1, 3, 1, 1)
-    assert torch.allclose(model_input(x), expected, atol=1e-5)
-    assert model_input(expected) is expected  # already normalised floats pass through

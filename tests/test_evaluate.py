@@ -1,25 +1,25 @@
 """evaluate.py and visualize.py on both checkpoint formats, against a direct computation."""
-import csv
-import json
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-import torchvision
 from PIL import Image
-from torch import nn
+
+from coco4.cli import Coco4Error
+from coco4.trainer import fit
 
 import evaluate
 import visualize
-from conftest import REPO, eval_argv, train_args
-from coco4.data import read_rgb
-from coco4.errors import Coco4Error
-from coco4.lists import read_list
-from coco4.trainer import fit
-from coco4.transforms import pil_eval_transform
+from conftest import (
+    REPO,
+    check_against_direct,
+    direct_predictions,
+    eval_argv,
+    original_model,
+    train_args,
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,53 +33,16 @@ def run_evaluate(*argv):
     return evaluate.main(evaluate.get_args_parser().parse_args(argv))
 
 
-def direct_predictions(model, demo_data, image_size):
-    """Predictions computed by hand: PIL decode, the original eval transform, one forward each."""
-    image_list = read_list(demo_data / "data" / "annotation_val.txt")
-    transform = pil_eval_transform(image_size)
-    model.eval()
-    with torch.no_grad():
-        x = torch.stack([transform(read_rgb(demo_data / "coco" / "images" / "val2017" / f))
-                         for f in image_list.files])
-        probs = model(x).softmax(1)
-    return image_list, probs
-
-
-def check_against_direct(out, image_list, probs, classes):
-    metrics = json.loads((out / "metrics.json").read_text())
-    labels, preds = np.array(image_list.labels), probs.argmax(1).numpy()
-    assert metrics["num_images"] == len(labels)
-    assert metrics["accuracy"] == pytest.approx((labels == preds).mean())
-    cm = np.zeros((len(classes), len(classes)), int)
-    np.add.at(cm, (labels, preds), 1)
-    assert metrics["confusion_matrix"] == cm.tolist()
-    for i, c in enumerate(classes):
-        assert metrics["per_class_accuracy"][c] == pytest.approx((preds[labels == i] == i).mean())
-    rows = list(csv.DictReader(open(out / "predictions.csv")))
-    assert [r["file"] for r in rows] == list(image_list.files)
-    got = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows])
-    assert np.abs(got - probs.numpy()).max() < 1e-4
-    assert Image.open(out / "confusion_matrix.png").format == "PNG"
-    return metrics
-
-
 def test_evaluate_a_coco4_checkpoint_matches_direct_computation(demo_data, trained, tmp_path):
     from coco4.evaluation import load_predictor
 
     run_evaluate(*eval_argv(demo_data, trained, tmp_path))
     predictor = load_predictor(trained, "cpu")
     assert predictor.image_size == 32  # taken from the checkpoint, not repeated by the user
-    image_list, probs = direct_predictions(predictor.model, demo_data, 32)
+    image_list, probs = direct_predictions(predictor.model.net, demo_data, 32)
     metrics = check_against_direct(tmp_path, image_list, probs, predictor.classes)
     assert metrics["classes"] == ["bird", "airplane", "train", "boat"]
     assert metrics["checkpoint"] == str(trained)
-
-
-def original_model():
-    """The original project's model, built as its code did: torchvision resnet50 + its head."""
-    model = torchvision.models.resnet50(weights=None)
-    model.fc = nn.Sequential(nn.Linear(2048, 256), nn.ReLU(), nn.Dropout(0.5), nn.Linear(256, 4))
-    return model
 
 
 def test_evaluate_the_original_checkpoint_format(demo_data, tmp_path):
@@ -133,7 +96,8 @@ def test_checkpoint_for_other_classes_is_a_clear_error(demo_data, trained, tmp_p
         run_evaluate(*eval_argv(demo_data, tmp_path / "five.pt", tmp_path / "eval"))
     payload["classes"] = payload["classes"][:4]  # weights for 5, names for 4
     torch.save(payload, tmp_path / "mixed.pt")
-    with pytest.raises(Coco4Error, match=r"has 5 classes \(fc.3.weight is \[5, 256\]\), expected 4"):
+    with pytest.raises(Coco4Error,
+                       match=r"has 5 classes \(fc.3.weight is \[5, 256\]\), expected 4"):
         run_evaluate(*eval_argv(demo_data, tmp_path / "mixed.pt", tmp_path / "eval"))
 
 

@@ -4,32 +4,34 @@ import json
 import pytest
 import torch
 
-from conftest import train_args
-from coco4 import bench, cache
-from coco4.coco_filter import prepare_lists
-from coco4.data import ListDataset
+from coco4.data import cache
+from coco4.data.coco_filter import prepare_lists
+from coco4.data.images import ListDataset
+from coco4.data.lists import read_list
+from coco4.data.loaders import BatchPlan, CachedBatches
+from coco4.data.prepare import DataOptions
+from coco4.data.transforms import pil_eval_transform
+from coco4.devtools import bench
+from coco4.devtools.synthetic import make_synthetic_coco
 from coco4.evaluation import load_predictor, predict_list
-from coco4.lists import read_list
-from coco4.loaders import CachedBatches
-from coco4.synthetic import make_synthetic_coco
 from coco4.trainer import fit
-from coco4.transforms import model_input, pil_eval_transform
+
+from conftest import train_args
 
 
 def test_fast_eval_input_equals_the_pil_path(demo_data, tmp_path):
-    """Tolerance 1e-5: both resize with PIL to the same uint8 pixels; only float rounding of
-    the normalisation can differ."""
+    """Both resize with PIL to uint8 pixels, which the model normalises: exactly equal."""
     image_list = read_list(demo_data / "data" / "annotation_val.txt")
     images = demo_data / "coco" / "images" / "val2017"
     built = cache.load_or_build(image_list, images, 32, tmp_path, progress=False)
     idx = list(range(len(image_list)))
-    fast = CachedBatches(built.tensor(), image_list.labels, idx, 64, torch.device("cpu"), 32,
-                         train=False, seed=0)
+    fast = CachedBatches(built.tensor(), image_list.labels, idx,
+                         BatchPlan(64, torch.device("cpu"), 32, train=False))
     (x, y), = list(fast.iterate(0))
     reference = ListDataset(image_list, images, pil_eval_transform(32))
     expected = torch.stack([reference[i][0] for i in idx])
     assert x.dtype == torch.uint8 and x.shape == expected.shape == (len(idx), 3, 37, 37)
-    assert (model_input(x) - expected).abs().max() < 1e-5
+    assert torch.equal(x, expected)
     assert y.tolist() == list(image_list.labels)
 
 
@@ -72,8 +74,9 @@ def test_training_by_either_path_reaches_the_same_accuracy_band(larger_data, tmp
                        workers=2), progress=False)
         predictor = load_predictor(out / "best.pt", "cpu")
         p = predict_list(predictor, larger_data / "data" / "annotation_val.txt",
-                         larger_data / "coco" / "images" / "val2017", data_path=path,
-                         cache_dir=tmp_path / "cache", progress=False, log=lambda m: None)
+                         larger_data / "coco" / "images" / "val2017",
+                         options=DataOptions(path, tmp_path / "cache"), progress=False,
+                         log=lambda m: None)
         accuracy[path] = sum(a == b for a, b in zip(p.preds, p.labels)) / len(p.labels)
     assert min(accuracy.values()) >= 0.45, accuracy
     assert abs(accuracy["fast"] - accuracy["pil"]) <= 0.2, accuracy

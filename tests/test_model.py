@@ -1,127 +1,129 @@
-"""ResNet-50 with the original head: frozen low layers, torchvision names, local weight files."""
+"""The architecture registry: the original head on every backbone, frozen stems with their
+BatchNorm statistics, torchvision's parameter names, and normalisation inside the model."""
 import pytest
 import torch
 import torchvision
 from torch import nn
 
-from coco4.errors import Coco4Error
-from coco4.model import build_model, trainable_parameters
+from coco4.cli import Coco4Error
+from coco4.model import ARCHITECTURES, arch_spec, build_model, trainable_parameters
 
-FROZEN = ("conv1", "bn1", "layer1", "layer2")
-TRAINED = ("layer3", "layer4", "fc")
-HEAD_KEYS = {"fc.0.weight", "fc.0.bias", "fc.3.weight", "fc.3.bias"}
+# Per architecture, written from torchvision's own module layout (not from coco4.model): the
+# head's submodule, the width of the features it reads, the top-level parts that train, and
+# the modules frozen. Adding an architecture to coco4.model.ARCHITECTURES means a line here.
+EXPECTED = {
+    "resnet50": ("fc", 2048, ("layer3", "layer4", "fc"), ("conv1", "bn1", "layer1", "layer2")),
+    "resnet18": ("fc", 512, ("layer3", "layer4", "fc"), ("conv1", "bn1", "layer1", "layer2")),
+    "resnet101": ("fc", 2048, ("layer3", "layer4", "fc"), ("conv1", "bn1", "layer1", "layer2")),
+    "convnext_tiny": ("classifier.2", 768, ("features.4", "features.5", "features.6",
+                                            "features.7", "classifier"),
+                      ("features.0", "features.1", "features.2", "features.3")),
+}
 
 
-@pytest.fixture(scope="module")
-def model():
+def test_every_registered_architecture_has_its_expectations():
+    assert set(ARCHITECTURES) == set(EXPECTED)
+    assert "resnet50" in ARCHITECTURES  # the default, the original recipe
+
+
+def under(name, prefixes):
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+@pytest.mark.parametrize("arch", sorted(EXPECTED))
+def test_original_head_frozen_stem_and_torchvision_names(arch):
+    head, features, trained, frozen = EXPECTED[arch]
     torch.manual_seed(0)
-    return build_model("none", 4)
-
-
-@pytest.fixture(scope="module")
-def imagenet_layout_state():
-    """torchvision's resnet50 state dict, with every value distinct from a fresh init."""
-    torch.manual_seed(123)
-    state = torchvision.models.resnet50(weights=None).state_dict()
-    for k, v in state.items():
-        if v.is_floating_point() and "running_var" not in k:
-            v.copy_(torch.randn_like(v) * 0.01)  # BN weights, biases, running means included
-    return state
-
-
-def test_only_layer3_layer4_fc_train(model):
-    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    expected = {name for name, _ in model.named_parameters() if name.split(".")[0] in TRAINED}
-    assert trainable == expected
-    assert any(n.startswith("layer3.") for n in trainable) and "fc.3.weight" in trainable
-    for name in FROZEN:
-        assert all(not p.requires_grad for p in getattr(model, name).parameters()), name
-    ids = {id(p) for p in trainable_parameters(model)}
-    assert ids == {id(p) for n, p in model.named_parameters() if n in expected}
-
-
-def test_head_is_the_original_one(model):
-    fc = model.fc
-    assert isinstance(fc, nn.Sequential) and len(fc) == 4
+    model = build_model(arch, 4)
+    reference = getattr(torchvision.models, arch)(weights=None)
+    # the head replaces torchvision's classifier Linear, reading the same features
+    assert reference.get_submodule(head).in_features == features
+    fc = model.net.get_submodule(head)
     assert [type(m) for m in fc] == [nn.Linear, nn.ReLU, nn.Dropout, nn.Linear]
-    assert (fc[0].in_features, fc[0].out_features) == (2048, 256)
-    assert (fc[3].in_features, fc[3].out_features) == (256, 4)
-    assert fc[2].p == 0.5
-    assert fc[0].weight.shape == (256, 2048) and fc[3].weight.shape == (4, 256)
+    assert (fc[0].in_features, fc[0].out_features, fc[2].p, fc[3].out_features) == (
+        features, 256, 0.5, 4)
+    # file keys are torchvision's, with the head's four tensors in place of its Linear
+    ours, theirs = model.net.state_dict(), reference.state_dict()
+    head_keys = {f"{head}.{k}" for k in ("0.weight", "0.bias", "3.weight", "3.bias")}
+    assert set(ours) == (set(theirs) - {f"{head}.weight", f"{head}.bias"}) | head_keys
+    # what trains: everything under the trained parts, nothing under the frozen ones
+    named = dict(model.net.named_parameters())
+    trainable = {n for n, p in named.items() if p.requires_grad}
+    assert trainable == {n for n in named if under(n, trained)}
+    assert not any(under(n, frozen) for n in trainable)
+    assert {id(p) for p in trainable_parameters(model)} == {id(named[n]) for n in trainable}
+    assert model.num_classes == 4
+    assert isinstance(model.net.get_submodule(model.spec.cam_layer), nn.Module)
 
 
-def test_train_mode_keeps_frozen_part_in_eval(model):
-    try:
+@pytest.mark.parametrize("arch", sorted(EXPECTED))
+def test_train_mode_keeps_the_frozen_part_in_eval(arch):
+    model = build_model(arch, 4)
+    frozen = EXPECTED[arch][3]
+    for _ in range(2):  # a second switch still keeps them frozen
         model.train()
         assert model.training
-        for name in FROZEN:
-            mods = list(getattr(model, name).modules())
-            assert all(not m.training for m in mods), name
-        assert any(isinstance(m, nn.BatchNorm2d) for m in model.layer1.modules())
-        for name in TRAINED:
-            assert all(m.training for m in getattr(model, name).modules()), name
+        for name, module in model.net.named_modules():
+            if under(name, frozen):
+                assert not module.training, name
+            elif under(name, EXPECTED[arch][2]):
+                assert module.training, name
         model.eval()
         assert not any(m.training for m in model.modules())
-        model.train()  # a second switch still keeps them frozen
-        assert not model.layer2.training and not model.bn1.training and model.layer4.training
-    finally:
-        model.eval()
 
 
 def test_train_forward_updates_only_unfrozen_bn_statistics():
     torch.manual_seed(0)
-    m = build_model("none", 4)
+    m = build_model("resnet50", 4)
     m.train()
-    before = {k: v.clone() for k, v in m.state_dict().items() if "running_mean" in k}
-    out = m(torch.randn(2, 3, 32, 32) * 3 + 1)
+    before = {k: v.clone() for k, v in m.net.state_dict().items() if "running_mean" in k}
+    out = m(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
     assert out.shape == (2, 4)
-    after = m.state_dict()
+    after = m.net.state_dict()
     assert not torch.equal(after["layer3.0.bn1.running_mean"], before["layer3.0.bn1.running_mean"])
     assert not torch.equal(after["layer4.2.bn3.running_mean"], before["layer4.2.bn3.running_mean"])
     for k in before:
-        if k.split(".")[0] in FROZEN:
+        if under(k, EXPECTED["resnet50"][3]):
             assert torch.equal(after[k], before[k]), k
     assert int(after["layer1.0.bn1.num_batches_tracked"]) == 0
     assert int(after["layer3.0.bn1.num_batches_tracked"]) == 1
 
 
-def test_state_dict_keys_are_torchvision_ones(model, imagenet_layout_state):
-    tv = imagenet_layout_state
-    ours = model.state_dict()
-    assert set(ours) == (set(tv) - {"fc.weight", "fc.bias"}) | HEAD_KEYS
-    for k, v in tv.items():
-        if not k.startswith("fc."):
-            assert ours[k].shape == v.shape, k
+@pytest.mark.parametrize("arch", sorted(EXPECTED))
+def test_normalisation_is_what_the_torchvision_weights_expect(arch):
+    """torchvision's weights metadata (their own eval transform) against the spec."""
+    spec = arch_spec(arch)
+    expected = spec.weights.transforms()
+    assert spec.mean == pytest.approx(tuple(expected.mean), abs=1e-9)
+    assert spec.std == pytest.approx(tuple(expected.std), abs=1e-9)
 
 
-def test_load_imagenet_layout_pth(tmp_path, model, imagenet_layout_state):
-    path = tmp_path / "resnet50_imagenet.pth"
-    torch.save(imagenet_layout_state, path)
-    torch.manual_seed(0)  # same seed as the fixture: the same fresh head
-    loaded = build_model(str(path), 4)
-    state = loaded.state_dict()
-    for k, v in imagenet_layout_state.items():
-        if not k.startswith("fc."):
-            assert torch.equal(state[k], v), k
-    assert torch.equal(state["layer4.2.conv3.weight"], imagenet_layout_state["layer4.2.conv3.weight"])
-    assert not torch.equal(state["layer4.2.conv3.weight"], model.state_dict()["layer4.2.conv3.weight"])
-    # the head is not taken from the 1000-class fc: it keeps its fresh initialisation
-    assert state["fc.3.weight"].shape == (4, 256)
-    for k in HEAD_KEYS:
-        assert torch.equal(state[k], model.state_dict()[k]), k
-    # loading keeps the frozen part frozen
-    assert {n for n, p in loaded.named_parameters() if p.requires_grad} == {
-        n for n, p in model.named_parameters() if p.requires_grad}
+def test_the_model_normalises_pixels_itself():
+    """A known pixel against numbers worked by hand: (value / 255 - mean) / std, with
+    ImageNet's mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225), in RGB order."""
+    model = build_model("resnet50", 4)
+    model.net = nn.Identity()  # what reaches the network
+    pixel = torch.tensor([255, 0, 128], dtype=torch.uint8).view(1, 3, 1, 1)
+    got = model(pixel).flatten().tolist()
+    assert got == pytest.approx([(1 - 0.485) / 0.229, (0 - 0.456) / 0.224,
+                                 (128 / 255 - 0.406) / 0.225], abs=1e-5)
+    assert got == pytest.approx([2.24891, -2.03571, 0.42649], abs=1e-4)
+    # float pixels in [0, 255] are the same input as uint8 ones
+    assert model(pixel.float()).flatten().tolist() == got
 
 
-def test_wrong_architecture_pth_is_a_coco4_error(tmp_path):
-    path = tmp_path / "resnet18.pth"
-    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
-    with pytest.raises(Coco4Error, match="resnet18.pth"):
-        build_model(str(path), 4)
+def test_unknown_architecture_is_a_one_line_error():
+    with pytest.raises(Coco4Error,
+                       match=r"unknown architecture 'resnet5'; choose one of .*resnet50"):
+        build_model("resnet5", 4)
 
 
-def test_missing_pth_is_a_coco4_error(tmp_path):
-    path = tmp_path / "nope.pth"
-    with pytest.raises(Coco4Error, match="nope.pth"):
-        build_model(str(path), 4)
+def test_building_a_model_reads_nothing(monkeypatch):
+    """No download, no file: weights are loaded by coco4.checkpoint only."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("build_model did I/O")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
+    for arch in ARCHITECTURES:
+        build_model(arch, 3)

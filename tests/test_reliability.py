@@ -14,11 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, train_args, train_cli
 from coco4.checkpoint import read_file, save_checkpoint
-from coco4.errors import Coco4Error
-from coco4.lists import read_list, write_list
+from coco4.cli import Coco4Error
+from coco4.data.lists import read_list, write_list
 from coco4.trainer import fit
+
+from conftest import REPO, train_args, train_cli
 
 
 def bad_image_data(demo_data, tmp_path):
@@ -250,5 +251,5 @@ def test_not_a_checkpoint_and_not_a_resnet50(tmp_path):
         load_predictor(tmp_path / "noise.pt", "cpu")
     torch.save({"model_state_dict": {"conv1.weight": torch.zeros(64, 3, 3, 3)}},
                tmp_path / "small.pt")
-    with pytest.raises(Coco4Error, match="does not fit a ResNet-50"):
+    with pytest.raises(Coco4Error, match="does not fit a resnet50 classifier"):
         load_predictor(tmp_path / "small.pt", "cpu")

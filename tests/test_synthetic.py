@@ -8,9 +8,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from coco4.coco_categories import CATEGORY_ID, COCO_CATEGORIES
-from coco4.errors import Coco4Error
-from coco4.synthetic import CASES, get_args_parser, main, make_synthetic_coco
+from coco4.cli import Coco4Error
+from coco4.data.coco_categories import CATEGORY_ID, COCO_CATEGORIES
+from coco4.devtools.synthetic import CASES, get_args_parser, main, make_synthetic_coco
 
 # pycocotools calls np.array(copy=False) on NumPy 2; harmless, not ours.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -155,7 +155,7 @@ def test_boxes_and_segmentations(dataset):
             img = coco.imgs[ann["image_id"]]
             h, w = img["height"], img["width"]
             x, y, bw, bh = ann["bbox"]
-            assert 0 <= x and 0 <= y and bw > 0 and bh > 0 and x + bw <= w and y + bh <= h
+            assert x >= 0 and y >= 0 and bw > 0 and bh > 0 and x + bw <= w and y + bh <= h
             box = np.zeros((h, w), np.uint8)
             box[int(y):int(y + bh), int(x):int(x + bw)] = 1
             if ann["iscrowd"]:

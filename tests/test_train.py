@@ -1,6 +1,5 @@
 """train.py: the recipe (what trains, what stays frozen), outputs, resume, seeds, accumulation,
 torchrun, and the errors a user gets instead of a traceback."""
-import csv
 import os
 import subprocess
 import sys
@@ -9,12 +8,15 @@ import pytest
 import torch
 import torchvision
 
-from conftest import train_args, train_cli
 from coco4.checkpoint import read_file
-from coco4.engine import Amp, EpochState, non_finite_loss, train_one_epoch, train_step
-from coco4.errors import Coco4Error
-from coco4.model import FROZEN, build_model
+from coco4.cli import Coco4Error
+from coco4.loop import Amp, EpochState, Learner, non_finite_loss, train_one_epoch, train_step
+from coco4.model import build_model
 from coco4.trainer import fit
+
+from conftest import read_csv, train_args, train_cli
+
+FROZEN = ("conv1", "bn1", "layer1", "layer2")  # the original recipe's frozen part
 
 
 def weights(path):
@@ -40,14 +42,16 @@ def test_cli_run_writes_checkpoints_metrics_and_events(demo_data, tmp_path):
                           text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "epoch   2 |" in proc.stderr + proc.stdout
-    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    rows = read_csv(out / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    assert set(rows[0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
-                            "seconds", "images_per_s"}
+    assert set(rows[0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc",
+                            "val_macro_f1", "val_balanced_acc", "val_min_class_acc", "val_ece",
+                            "lr", "seconds", "images_per_s"}
     assert any(p.name.startswith("events.out.tfevents") for p in (out / "tensorboard").iterdir())
     ckpt = read_file(out / "last.pt")  # weights_only=True: plain data only
     assert ckpt["epoch"] == 2 and ckpt["classes"] == ["bird", "airplane", "train", "boat"]
     assert ckpt["config"]["image_size"] == 32 and ckpt["config"]["batch_size"] == 8
+    assert ckpt["config"]["arch"] == "resnet50" and ckpt["format_version"] == 2
     assert {"model", "optimizer", "scheduler", "scaler", "versions"} <= set(ckpt)
     best = read_file(out / "best.pt")
     assert best["run"]["best_epoch"] == best["epoch"]
@@ -66,7 +70,7 @@ def test_frozen_layers_and_bn_stats_stay_put_while_layer3_layer4_train(demo_data
                    and not torch.equal(end[k], start[k])]
         assert changed, f"{prefix} did not train (the original's optimizer bug)"
     # Adam holds state for every trainable tensor: layer3, layer4 and the head
-    trainable = [p for p in build_model("none", 4).parameters() if p.requires_grad]
+    trainable = [p for p in build_model("resnet50", 4).parameters() if p.requires_grad]
     assert len(read_file(tmp_path / "last.pt")["optimizer"]["state"]) == len(trainable)
 
 
@@ -78,8 +82,8 @@ def test_resume_gives_the_same_weights_and_same_seed_the_same_run(demo_data, tmp
                    resume=str(tmp_path / "half" / "last.pt")), progress=False)
     assert max_diff(weights(tmp_path / "full" / "last.pt"),
                     weights(tmp_path / "half" / "last.pt")) <= 1e-6
-    full_rows = list(csv.DictReader(open(tmp_path / "full" / "metrics.csv")))
-    half_rows = list(csv.DictReader(open(tmp_path / "half" / "metrics.csv")))
+    full_rows = read_csv(tmp_path / "full" / "metrics.csv")
+    half_rows = read_csv(tmp_path / "half" / "metrics.csv")
     assert [r["val_loss"] for r in full_rows] == [r["val_loss"] for r in half_rows]
     # the same seed gives the same run: the 1-epoch run equals a fresh 1-epoch run
     fit(train_args(demo_data, tmp_path / "again", epochs=1), progress=False)
@@ -94,15 +98,17 @@ def test_accumulated_micro_batches_give_the_full_batch_update():
     update the gradient itself; Adam's first step divides by |gradient| and would magnify the
     float rounding of near-zero gradients into lr-sized differences."""
     torch.manual_seed(0)
-    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 4, (16,))
+    x, y = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 4, (16,))
     results = []
     for accum in (1, 4):
         torch.manual_seed(1)
-        model = build_model("none", 4).eval()
+        model = build_model("resnet50", 4).eval()
         start = {k: v.clone() for k, v in model.state_dict().items()}
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
         amp = Amp.for_device(torch.device("cpu"), False)
-        loss, correct = train_step(model, opt, amp.scaler(), amp, x, y, accum)
+        learner = Learner(model, opt, None, torch.nn.CrossEntropyLoss(reduction="sum"), amp,
+                          amp.scaler(), accum)
+        loss, correct = train_step(learner, x, y)
         results.append((model.state_dict(), float(loss), int(correct)))
     assert max_diff(results[0][0], results[1][0]) < 1e-6
     assert results[0][1] == pytest.approx(results[1][1], rel=1e-5)
@@ -124,7 +130,7 @@ def test_torchrun_two_processes_on_cpu(demo_data, tmp_path):
     assert ckpt["epoch"] == 1
     # validation counts reduced over both ranks: accuracy is a multiple of 1/len(val split)
     n_val = ckpt["data"]["val_images"]
-    row = next(csv.DictReader(open(out / "metrics.csv")))
+    row = read_csv(out / "metrics.csv")[0]
     assert abs(float(row["val_acc"]) * n_val - round(float(row["val_acc"]) * n_val)) < 1e-9
 
 
@@ -184,39 +190,38 @@ class ListBatches:
 
 def test_non_finite_loss_stops_naming_epoch_and_step():
     model = NanModel()
-    opt = torch.optim.Adam(model.parameters())
     amp = Amp.for_device(torch.device("cpu"), False)
+    learner = Learner(model, torch.optim.Adam(model.parameters()), None,
+                      torch.nn.CrossEntropyLoss(reduction="sum"), amp, amp.scaler())
     batches = ListBatches([(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))] * 3)
-    state = EpochState.zeros(torch.device("cpu"))
-    train_one_epoch(model, batches, opt, amp.scaler(), amp, 1, 3, state, seed=(0, 0),
-                    progress=False)
+    state = EpochState.start(3, torch.device("cpu"))
+    assert train_one_epoch(learner, batches, state, seed=(0, 0))
     assert int(state.first_bad_step) == 0  # noted on the device, read once per epoch
-    with pytest.raises(Coco4Error, match=r"non-finite at epoch 4, step 1;"):
-        raise non_finite_loss(int(state.first_bad_step), 3)
+    assert "non-finite at epoch 4, step 1;" in str(non_finite_loss(int(state.first_bad_step), 3))
 
 
 def test_non_finite_loss_stops_a_run_before_saving(demo_data, tmp_path, monkeypatch):
-    import coco4.engine
+    import coco4.loop
 
-    real = coco4.engine.train_step
+    real = coco4.loop.train_step
 
     def diverging(*args, **kwargs):
         loss, correct = real(*args, **kwargs)
         return loss * float("nan"), correct
 
-    monkeypatch.setattr(coco4.engine, "train_step", diverging)
+    monkeypatch.setattr(coco4.loop, "train_step", diverging)
     with pytest.raises(Coco4Error, match=r"non-finite at epoch 1, step 1;"):
         fit(train_args(demo_data, tmp_path), progress=False)
     assert not (tmp_path / "last.pt").exists()
 
 
 def test_cuda_out_of_memory_names_the_accum_steps_to_use(demo_data, tmp_path, monkeypatch):
-    import coco4.engine
+    import coco4.loop
 
     def oom(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(coco4.engine, "train_step", oom)
+    monkeypatch.setattr(coco4.loop, "train_step", oom)
     with pytest.raises(Coco4Error, match=r"--accum-steps 2\b"):
         fit(train_args(demo_data, tmp_path), progress=False)
     assert not (tmp_path / "last.pt").exists()

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .data import image_paths, probe
+from ..fileio import atomic_path, atomic_write_text
+from .images import image_paths, probe
 from .loaders import ignore_sigint
-from .fileio import atomic_path, atomic_write_text
 from .transforms import pil_resize, precrop_size
 
 
@@ -59,7 +59,7 @@ def load_or_build(image_list, image_dir, image_size, cache_dir, workers=0, progr
     path, paths, size = cache_file(image_list, image_dir, image_size, cache_dir)
     meta_path = path.with_suffix(".json")
     if not (path.is_file() and meta_path.is_file()):
-        _build(path, paths, size, workers, progress)
+        _write_cache(path, paths, size, workers, progress)
     meta = json.loads(meta_path.read_text())
     # copy-on-write mapping: torch gets a writable view without ever writing to the file
     images = np.memmap(path, dtype=np.uint8, mode="c", shape=(len(paths), size, size, 3))
@@ -81,7 +81,7 @@ class _DecodeDataset(torch.utils.data.Dataset):
         return i, torch.from_numpy(np.asarray(pil_resize(image, self.size)).copy())
 
 
-def _build(path, paths, size, workers, progress):
+def _write_cache(path, paths, size, workers, progress):
     path.parent.mkdir(parents=True, exist_ok=True)
     bad = {}
     loader = torch.utils.data.DataLoader(_DecodeDataset(paths, size), batch_size=32,

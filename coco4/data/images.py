@@ -5,7 +5,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from .errors import Coco4Error
+from ..cli import Coco4Error
 
 
 class UnreadableImage(Exception):

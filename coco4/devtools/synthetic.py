@@ -1,4 +1,4 @@
-"""python -m coco4.synthetic --root DIR --num-train 240 --num-val 80 --seed 0 [--coco-size]
+"""python -m coco4.devtools.synthetic --root DIR --num-train 240 --num-val 80 --seed 0 [--coco-size]
 
 Write a small synthetic dataset in COCO 2017's own format and layout (ROOT/annotations/
 instances_{train,val}2017.json, ROOT/images/{train,val}2017/<12-digit id>.jpg) so the pipeline
@@ -15,9 +15,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from .coco_categories import CATEGORY_ID, COCO_CATEGORIES
-from .errors import Coco4Error
-from .fileio import atomic_write_text, check_writable
+from ..cli import Coco4Error
+from ..data.coco_categories import CATEGORY_ID, COCO_CATEGORIES
+from ..fileio import atomic_write_text, check_writable
 
 TARGETS = ("bird", "airplane", "train", "boat")
 DISTRACTORS = ("person", "car", "dog", "cat", "bench")
@@ -281,6 +281,6 @@ def main(args):
 
 
 if __name__ == "__main__":
-    from .cli import run
+    from ..cli import run
 
     run(main, get_args_parser())

@@ -84,4 +84,3 @@ COCO_CATEGORIES = (
 )
 
 CATEGORY_ID = {c["name"]: c["id"] for c in COCO_CATEGORIES}
-CATEGORY_NAME = {c["id"]: c["name"] for c in COCO_CATEGORIES}

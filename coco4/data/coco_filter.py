@@ -9,7 +9,7 @@ import io
 from collections import Counter
 from pathlib import Path
 
-from .errors import Coco4Error
+from ..cli import Coco4Error
 from .lists import write_classes, write_list
 
 
@@ -26,7 +26,8 @@ def load_coco(json_path):
         with contextlib.redirect_stdout(io.StringIO()):
             coco = COCO(str(json_path))
     except (ValueError, KeyError, TypeError, AssertionError) as e:
-        raise Coco4Error(f"{json_path} is not a COCO instances file ({e or type(e).__name__})") from e
+        raise Coco4Error(f"{json_path} is not a COCO instances file "
+                         f"({e or type(e).__name__})") from e
     missing = [k for k in ("images", "annotations", "categories") if k not in coco.dataset]
     if missing:
         raise Coco4Error(f"{json_path} is not a COCO instances file: it has no {missing}; "

@@ -6,8 +6,8 @@ read unchanged; a class file is optional and defaults to the original four class
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import Coco4Error
-from .fileio import atomic_write_text
+from ..cli import Coco4Error
+from ..fileio import atomic_write_text
 
 DEFAULT_CLASSES = ("bird", "airplane", "train", "boat")
 CLASSES_FILE = "classes.txt"

@@ -1,55 +1,39 @@
 """The original project's image protocol, and its batched on-device twin.
 
-Train: Resize((256, 256)) -> RandomResizedCrop(224) -> horizontal flip -> ImageNet normalisation.
-Eval:  Resize((256, 256)) -> normalisation (no centre crop: the original evaluated at 256 px).
+Train: Resize((256, 256)) -> RandomResizedCrop(224) -> horizontal flip.
+Eval:  Resize((256, 256)) (no centre crop: the original evaluated at 256 px).
 ``image_size`` scales the whole protocol (the pre-crop size stays 256/224 of it) for CPU runs.
+Every path ends in uint8 pixels (a quarter of the bytes to move); the model normalises them
+itself (coco4.model), with the statistics its architecture's weights expect.
 """
-import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torchvision import transforms as T
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 RRC_SCALE = (0.08, 1.0)
 RRC_RATIO = (3 / 4, 4 / 3)
 
 
-def precrop_size(image_size):
+def precrop_size(image_size: int) -> int:
     """Side of the square every image is first resized to: 256 at the default 224."""
     return int(round(image_size * 256 / 224))
 
 
-def pil_train_transform(image_size):
+def pil_train_transform(image_size: int) -> T.Compose:
     return T.Compose([T.Resize((precrop_size(image_size),) * 2), T.RandomResizedCrop(image_size),
-                      T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+                      T.RandomHorizontalFlip(), T.PILToTensor()])
 
 
-def pil_eval_transform(image_size):
-    return T.Compose([T.Resize((precrop_size(image_size),) * 2), T.ToTensor(),
-                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+def pil_eval_transform(image_size: int) -> T.Compose:
+    return T.Compose([T.Resize((precrop_size(image_size),) * 2), T.PILToTensor()])
 
 
 def pil_resize(image, size):
-    """The deterministic first step of both protocols, to ``size`` x ``size``; the cache stores it."""
+    """The deterministic first step of both protocols, to ``size`` x ``size``: what the cache
+    stores."""
     return T.functional.resize(image, [size, size])
-
-
-def normalize_uint8(batch, dtype=torch.float32):
-    """uint8 (or 0..255 float) NCHW -> normalised float, as ToTensor + Normalize would give."""
-    mean, std = _mean_std_255(batch.device)
-    return ((batch.float() - mean) / std).to(dtype)
-
-
-@functools.lru_cache(maxsize=None)
-def _mean_std_255(device):
-    # made once per device: building them from Python lists on every batch would be a blocking
-    # host-to-GPU copy, a full stream synchronisation each training step
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
-    return mean.to(device), std.to(device)
 
 
 def random_resized_crop_boxes(n, height, width, generator):
@@ -137,13 +121,3 @@ def resized_crops_each(images_u8, rows, boxes, flips, size):
         resized = resized[0].permute(1, 2, 0)  # HWC: a plain copy from channels_last
         out[i] = resized.flip(1) if flip else resized
     return out.permute(0, 3, 1, 2)
-
-
-def model_input(x):
-    """What the model eats: uint8 pixel batches are normalised here, on their device (cheap
-    on a GPU, and a quarter of the bytes to move there); channels_last on CUDA."""
-    if x.dtype == torch.uint8:
-        x = normalize_uint8(x)
-    if x.is_cuda:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x

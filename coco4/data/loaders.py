@@ -1,0 +1,146 @@
+"""Batches of (uint8 images, labels) on the training device, from either data path.
+
+``fast`` (default): the uint8 image cache, indexed per batch and augmented on the device.
+``pil``: the original pipeline, PIL decode + transforms in DataLoader workers every epoch.
+Both draw the epoch's order from (seed, epoch), so a resumed run sees the same batches.
+"""
+import dataclasses
+import math
+import signal
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..seeding import generator
+from .images import ListDataset
+from .lists import ImageList
+from .transforms import (
+    pil_eval_transform,
+    pil_train_transform,
+    random_crops,
+    resized_crops,
+    resized_crops_each,
+)
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How one split is cut into batches, whichever data path reads the pixels."""
+
+    batch_size: int
+    device: torch.device
+    image_size: int
+    train: bool  # shuffled and augmented, or in list order at the eval protocol
+    seed: int = 0
+    rank: int = 0  # under torchrun each rank takes every world-th image of the epoch's order
+    world: int = 1
+
+
+def epoch_order(n: int, epoch: int, plan: BatchPlan) -> torch.Tensor:
+    """This rank's indices into ``range(n)`` for ``epoch``; shuffled orders are padded by
+    repetition so every rank takes the same number of steps, as DistributedSampler does."""
+    if not plan.train:
+        return torch.arange(n)[plan.rank::plan.world]
+    order = torch.randperm(n, generator=generator(plan.seed, "order", epoch))
+    pad = (-n) % plan.world
+    order = torch.cat([order, order[:pad]])
+    return order[plan.rank::plan.world]
+
+
+class Batches(ABC):
+    """One split (``indices`` into a list) as batches on ``plan.device``: what training,
+    validation and evaluation iterate over, whichever data path reads the pixels."""
+
+    def __init__(self, indices: Sequence[int], plan: BatchPlan):
+        self.indices = torch.as_tensor(indices, dtype=torch.long)
+        self.plan = plan
+
+    def __len__(self) -> int:
+        """Steps per epoch: ``epoch_order``'s length on this rank over the batch size."""
+        n, plan = len(self.indices), self.plan
+        per_rank = -(-n // plan.world) if plan.train else len(range(plan.rank, n, plan.world))
+        return math.ceil(per_rank / plan.batch_size)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        return epoch_order(len(self.indices), epoch, self.plan)
+
+    @abstractmethod
+    def iterate(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor,
+                                                                          torch.Tensor]]:
+        """(uint8 NCHW images, labels) for steps ``start_step`` .. ``len(self) - 1`` of
+        ``epoch``, on the plan's device; the same batches whenever they are asked for."""
+
+
+class CachedBatches(Batches):
+    """Batches straight from the uint8 cache: no JPEG is decoded after the cache is built."""
+
+    def __init__(self, images: torch.Tensor, labels: Sequence[int], indices: Sequence[int],
+                 plan: BatchPlan):
+        if plan.device.type == "cuda" and plan.device.index is None:  # tensors' devices have one
+            plan = dataclasses.replace(plan, device=torch.device("cuda",
+                                                                  torch.cuda.current_device()))
+        super().__init__(indices, plan)
+        self.images = images  # uint8, NCHW-shaped view of the NHWC cache, on CPU or the device
+        self.labels = torch.as_tensor(labels)[self.indices]
+
+    def iterate(self, epoch, start_step=0):
+        plan, order = self.plan, self.order(epoch)
+        for step in range(start_step, len(self)):
+            pick = order[step * plan.batch_size:(step + 1) * plan.batch_size]
+            rows = self.indices[pick]
+            y = to_device(self.labels[pick], plan.device)
+            if not plan.train:
+                yield self._gather(rows), y
+                continue
+            # one generator per step: a run resumed at step k draws exactly what step k drew
+            g = generator(plan.seed, "augment", epoch, step, plan.rank)
+            boxes, flips = random_crops(len(rows), *self.images.shape[2:], g)
+            if plan.device.type == "cpu":
+                yield resized_crops_each(self.images, rows, boxes, flips, plan.image_size), y
+            else:
+                yield resized_crops(self._gather(rows), to_device(boxes, plan.device),
+                                    to_device(flips, plan.device), plan.image_size), y
+
+    def _gather(self, rows):
+        if self.images.device == self.plan.device:
+            return self.images[to_device(rows, self.plan.device)]
+        return to_device(self.images[rows], self.plan.device)
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor.to(device)`` that never makes the host wait for the GPU: a copy from ordinary
+    (pageable) memory waits for every kernel already queued, one from pinned memory does not.
+    torch's caching host allocator keeps the pinned staging buffer alive until the copy ends."""
+    if device.type != "cuda" or not tensor.is_cpu:
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+class PilBatches(Batches):
+    """The original pipeline: every epoch decodes and transforms each JPEG in DataLoader workers."""
+
+    def __init__(self, image_list: ImageList, image_dir, indices: Sequence[int], plan: BatchPlan,
+                 workers: int = 0):
+        super().__init__(indices, plan)
+        transform = (pil_train_transform if plan.train else pil_eval_transform)(plan.image_size)
+        self.dataset = ListDataset(image_list, image_dir, transform)
+        self.workers = workers
+
+    def iterate(self, epoch, start_step=0):
+        plan = self.plan
+        sampler = self.indices[self.order(epoch)][start_step * plan.batch_size:].tolist()
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_size=plan.batch_size, sampler=sampler,
+            num_workers=self.workers, pin_memory=plan.device.type == "cuda",
+            generator=generator(plan.seed, "workers", epoch, plan.rank),
+            worker_init_fn=ignore_sigint)
+        for x, y in loader:
+            yield x.to(plan.device, non_blocking=True), y.to(plan.device, non_blocking=True)
+
+
+def ignore_sigint(worker_id: int) -> None:
+    """Ctrl-C reaches every process of the terminal's group: workers leave it to the main
+    process, which finishes its step and saves instead of losing its workers mid-epoch."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -1,0 +1,193 @@
+"""Benchmark: the original input pipeline vs the fast path, and training images/s on a device.
+
+    python -m coco4.bench                                    # generated 640x480 JPEGs, this machine
+    python -m coco4.bench --device cuda --batch-size 2048 --num-images 4600 --json bench.json
+    python -m coco4.bench --list data/annotation_train.txt --images coco/images/train2017
+
+Measured in one run on the same images: (1) input pipeline images/s, the original PIL
+DataLoader vs the fast path (cache build counted separately); (2) training-step images/s, fed
+by either pipeline and by random tensors already on the device (the model-only ceiling);
+(3) peak host and GPU memory.
+"""
+import argparse
+import json
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from .. import cli
+from ..config import TrainConfig
+from ..data import cache
+from ..data.lists import read_list, write_list
+from ..data.loaders import BatchPlan, CachedBatches, PilBatches
+from ..distributed import DistEnv, pick_device
+from ..loop import Amp, Learner, train_step
+from ..model import ARCHITECTURES, DEFAULT_ARCH, build_model, trainable_parameters
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description="Benchmark the input pipelines and training speed.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=cli.default_workers())
+    p.add_argument("--arch", choices=tuple(ARCHITECTURES), default=DEFAULT_ARCH)
+    p.add_argument("--epochs", type=int, default=2,
+                   help="pipeline epochs timed (after one warm-up)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--num-images", type=int, default=512, help="generated images (no --list)")
+    p.add_argument("--train-steps", type=int, default=3, help="timed training steps per feed")
+    p.add_argument("--list", type=Path, default=None, help="benchmark on this list ...")
+    p.add_argument("--images", type=Path, default=None, help="... and this image folder")
+    p.add_argument("--work-dir", type=Path, default=None, help="generated data and cache")
+    p.add_argument("--json", type=Path, default=None, help="write the figures here")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True)
+    return p
+
+
+def _source(args, work):
+    if args.list:
+        return read_list(args.list), args.images
+    from .synthetic import COCO_SIZES, make_synthetic_coco
+
+    make_synthetic_coco(work / "coco", args.num_images, 8, seed=0, image_sizes=COCO_SIZES,
+                        progress=True)
+    images = work / "coco" / "images" / "train2017"
+    files = sorted(p.name for p in images.iterdir())[: args.num_images]
+    write_list(work / "bench.txt", files, [i % 4 for i in range(len(files))])
+    return read_list(work / "bench.txt"), images
+
+
+def _time_epochs(batches, epochs, device):
+    """Images per second over ``epochs`` passes, after one untimed warm-up pass."""
+    for _ in batches.iterate(0):
+        pass
+    count, tic = 0, time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        for _, y in batches.iterate(epoch):
+            count += len(y)
+    _sync(device)
+    return count / (time.perf_counter() - tic)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_training(learner, feed, steps, device):
+    """Images per second of full training steps, one warm-up step first."""
+    learner.model.train()
+    count, tic = 0, None
+    for i, (x, y) in enumerate(feed()):
+        train_step(learner, x, y)
+        if i == 0:
+            _sync(device)
+            tic = time.perf_counter()
+        else:
+            count += len(y)
+        if i == steps:
+            break
+    _sync(device)
+    return count / (time.perf_counter() - tic) if count else None
+
+
+def _forever(batches):
+    epoch = 0
+    while True:
+        yield from batches.iterate(epoch)
+        epoch += 1
+
+
+def run_benchmark(args, progress=True):
+    device = pick_device(args.device, DistEnv())
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work_dir or Path(tmp)
+        image_list, image_dir = _source(args, work)
+        n, idx = len(image_list), list(range(len(image_list)))
+        plan = BatchPlan(args.batch_size, device, args.image_size, train=True)
+        original = PilBatches(image_list, image_dir, idx, plan, args.workers)
+        tic = time.perf_counter()
+        built = cache.load_or_build(image_list, image_dir, args.image_size, work / "cache",
+                                    args.workers, progress)
+        build_s = time.perf_counter() - tic
+        images = built.tensor()
+        if device.type == "cuda":
+            images = images.to(device)
+        fast = CachedBatches(images, image_list.labels, idx, plan)
+        figures = {"device": str(torch.cuda.get_device_name(device) if device.type == "cuda"
+                                 else f"cpu ({os.cpu_count()} cores)"),
+                   "images": n, "batch_size": args.batch_size, "image_size": args.image_size,
+                   "workers": args.workers,
+                   "pipeline": {"original_img_s": _time_epochs(original, args.epochs, device),
+                                "cache_build_img_s": n / build_s,
+                                "fast_img_s": _time_epochs(fast, args.epochs, device)}}
+        figures["train"] = _train_figures(args, device, original, fast)
+    figures["memory"] = _memory(device)
+    return figures
+
+
+def _train_figures(args, device, original, fast):
+    torch.manual_seed(0)
+    model = build_model(args.arch, 4).to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    amp = Amp.for_device(device, args.amp)
+    learner = Learner(model, torch.optim.Adam(trainable_parameters(model), lr=1e-4), None,
+                      torch.nn.CrossEntropyLoss(reduction="sum"), amp, amp.scaler())
+    shape = (args.batch_size, 3, args.image_size, args.image_size)
+    x = torch.randint(0, 256, shape, dtype=torch.uint8, device=device)
+    y = torch.randint(0, 4, (args.batch_size,), device=device)
+    ceiling = lambda: iter([(x, y)] * (args.train_steps + 1))
+    return {name: _time_training(learner, feed, args.train_steps, device)
+            for name, feed in (("ceiling_img_s", ceiling),
+                               ("fast_img_s", lambda: _forever(fast)),
+                               ("original_img_s", lambda: _forever(original)))}
+
+
+def _memory(device):
+    # ru_maxrss is in KiB on Linux; children are the DataLoader workers
+    kib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+              resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return {"host_peak_mb": kib / 1024, "gpu_peak_mb": gpu}
+
+
+def format_table(f):
+    p, t, m = f["pipeline"], f["train"], f["memory"]
+    fmt = lambda v: "n/a" if v is None else f"{v:,.0f}"
+    rows = [("input pipeline, original PIL DataLoader", p["original_img_s"]),
+            ("input pipeline, fast path (per epoch, cache built)", p["fast_img_s"]),
+            ("cache build (once)", p["cache_build_img_s"]),
+            ("training step, original pipeline", t["original_img_s"]),
+            ("training step, fast path", t["fast_img_s"]),
+            ("training step, model only (ceiling)", t["ceiling_img_s"])]
+    lines = [f"device: {f['device']}; {f['images']} images, batch {f['batch_size']}, "
+             f"{f['image_size']} px, {f['workers']} workers", f"{'what':<52}{'images/s':>12}"]
+    lines += [f"{name:<52}{fmt(v):>12}" for name, v in rows]
+    speedup = p["fast_img_s"] / p["original_img_s"]
+    gpu = "n/a" if m["gpu_peak_mb"] is None else f"{m['gpu_peak_mb']:,.0f} MB"
+    lines.append(f"fast / original input pipeline: {speedup:.1f}x; peak host memory "
+                 f"{m['host_peak_mb']:,.0f} MB; peak GPU memory {gpu}")
+    return "\n".join(lines)
+
+
+def main(args):
+    TrainConfig(batch_size=args.batch_size, image_size=args.image_size, epochs=args.epochs,
+                workers=args.workers)  # the same argument checks as train.py
+    figures = run_benchmark(args)
+    print(format_table(figures))
+    if args.json:
+        from ..fileio import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(figures, indent=2) + "\n")
+    return figures
+
+
+if __name__ == "__main__":
+    cli.run(main, get_args_parser())

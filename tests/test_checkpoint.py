@@ -1,0 +1,182 @@
+"""The one weights path: checkpoints of every layout load with the same predictions, starting
+weights of every kind, and a clear error for each file that does not fit."""
+import json
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from coco4.checkpoint import load_model, read_file, save_checkpoint, starting_model
+from coco4.cli import Coco4Error
+from coco4.run_log import read_metrics_csv
+from coco4.trainer import fit
+
+import evaluate
+from conftest import (
+    check_against_direct,
+    direct_predictions,
+    eval_argv,
+    original_model,
+    read_csv,
+    train_args,
+)
+
+CLASSES = ["bird", "airplane", "train", "boat"]
+# TrainConfig's fields as coco4 wrote them before the architecture registry (format 1)
+V1_CONFIG = {"coco_root": "coco", "data_dir": "data", "train_list": None, "train_images": None,
+             "cache_dir": None, "epochs": 1, "batch_size": 8, "accum_steps": 1, "lr": 1e-3,
+             "image_size": 32, "weights": "none", "device": "cpu", "workers": 0, "seed": 0,
+             "val_fraction": 0.2, "output_dir": "checkpoint", "resume": None, "amp": True,
+             "data_path": "fast", "compile": False, "strict": False, "plateau_factor": 0.1,
+             "plateau_patience": 5}
+
+
+def write_v1_checkpoint(path):
+    """A last.pt laid out exactly as coco4 wrote it before format 2, built from torchvision's
+    ResNet-50 and the original head, after one Adam step: no ``arch``, ``run["best_acc"]``,
+    and metrics.csv rows without the later validation columns."""
+    torch.manual_seed(0)
+    net = original_model()
+    trained = [p for n, p in net.named_parameters() if n.split(".")[0] in ("layer3", "layer4",
+                                                                            "fc")]
+    optimizer = torch.optim.Adam(trained, lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=5)
+    net.train()
+    net(torch.randn(4, 3, 32, 32)).logsumexp(1).mean().backward()
+    optimizer.step()
+    net.eval()
+    row = {"epoch": 1, "train_loss": 1.4, "train_acc": 0.3, "val_loss": 1.3, "val_acc": 0.5,
+           "lr": 1e-3, "seconds": 2.0, "images_per_s": 16.0}
+    payload = {"format": "coco4", "format_version": 1,
+               "versions": {"torch": "2.14.1", "torchvision": "0.29.1", "python": "3.11.7"},
+               "model": net.state_dict(), "optimizer": optimizer.state_dict(),
+               "scheduler": scheduler.state_dict(), "scaler": {}, "epoch": 1,
+               "run": {"epoch": 1, "step": 0, "partial": None, "best_acc": 0.5,
+                       "best_epoch": 1, "history": [row]},
+               "best_metric": 0.5, "classes": CLASSES, "config": V1_CONFIG,
+               "data": {"listed_images": 40, "left_out": {}, "train_images": 32,
+                        "val_images": 8}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, path)
+    return net
+
+
+def test_a_format_1_checkpoint_predicts_as_before(demo_data, tmp_path):
+    net = write_v1_checkpoint(tmp_path / "old" / "last.pt")
+    loaded = load_model(tmp_path / "old" / "last.pt")
+    assert (loaded.arch, loaded.classes, loaded.image_size) == ("resnet50", CLASSES, 32)
+    evaluate.main(evaluate.get_args_parser().parse_args(
+        eval_argv(demo_data, tmp_path / "old" / "last.pt", tmp_path / "eval")))
+    image_list, probs = direct_predictions(net, demo_data, 32)
+    check_against_direct(tmp_path / "eval", image_list, probs, CLASSES)
+
+
+def test_a_format_1_last_pt_keeps_resuming(demo_data, tmp_path):
+    write_v1_checkpoint(tmp_path / "last.pt")
+    steps_done = int(read_file(tmp_path / "last.pt")["optimizer"]["state"][0]["step"])
+    fit(train_args(demo_data, tmp_path, epochs=2, resume=str(tmp_path / "last.pt")),
+        progress=False)
+    ckpt = read_file(tmp_path / "last.pt")
+    assert ckpt["epoch"] == 2 and ckpt["format_version"] == 2
+    assert ckpt["config"]["arch"] == "resnet50"
+    # Adam went on counting from the old file's state: its optimizer was restored
+    train_steps = -(-ckpt["data"]["train_images"] // 8)
+    assert int(ckpt["optimizer"]["state"][0]["step"]) == steps_done + train_steps
+    assert ckpt["run"]["history"][0]["val_acc"] == 0.5  # the old epoch's row is kept
+    rows = read_csv(tmp_path / "metrics.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert rows[0]["val_macro_f1"] == "" and rows[1]["val_macro_f1"] != ""
+    assert read_metrics_csv(tmp_path / "metrics.csv")[0]["val_macro_f1"] is None
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "convnext_tiny"])
+def test_starting_weights_from_a_torchvision_state_dict(tmp_path, arch):
+    torch.manual_seed(123)
+    reference = getattr(torchvision.models, arch)(weights=None).state_dict()
+    torch.save(reference, tmp_path / f"{arch}.pth")
+    torch.manual_seed(0)
+    fresh = starting_model(arch, 4, "none")
+    torch.manual_seed(0)  # the same seed: the same fresh head
+    model = starting_model(arch, 4, str(tmp_path / f"{arch}.pth"))
+    head = model.spec.head + "."
+    state = model.net.state_dict()
+    for key, value in reference.items():
+        if not key.startswith(head):
+            assert torch.equal(state[key], value), key
+    for key, value in fresh.net.state_dict().items():  # the 1000-class head is not taken
+        if key.startswith(head):
+            assert torch.equal(state[key], value), key
+    assert not torch.equal(state["features.0.0.weight" if arch == "convnext_tiny" else
+                                 "conv1.weight"], fresh.net.state_dict()[
+        "features.0.0.weight" if arch == "convnext_tiny" else "conv1.weight"])
+
+
+def test_weights_that_do_not_fit_are_one_line_errors(tmp_path):
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
+    with pytest.raises(Coco4Error, match=r"r18.pth do not fit a resnet50 backbone: .*missing"):
+        starting_model("resnet50", 4, str(tmp_path / "r18.pth"))
+    write_v1_checkpoint(tmp_path / "r50.pt")
+    with pytest.raises(Coco4Error, match=r"holds a resnet50 model, but this run trains "
+                                         r"resnet18; pass --arch resnet50"):
+        starting_model("resnet18", 4, str(tmp_path / "r50.pt"))
+    with pytest.raises(Coco4Error, match="nope.pth not found"):
+        starting_model("resnet50", 4, str(tmp_path / "nope.pth"))
+
+
+def test_a_coco4_checkpoint_fine_tunes_from_its_weights(tmp_path):
+    net = write_v1_checkpoint(tmp_path / "r50.pt")
+    model = starting_model("resnet50", 4, str(tmp_path / "r50.pt"))
+    for key, value in net.state_dict().items():  # the head too: the same classes
+        assert torch.equal(model.net.state_dict()[key], value), key
+
+
+def test_no_network_names_the_offline_route(monkeypatch):
+    def offline(self, *args, **kwargs):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(torchvision.models.ConvNeXt_Tiny_Weights, "get_state_dict", offline)
+    with pytest.raises(Coco4Error, match=r"could not download .*--weights convnext_tiny.pth"):
+        starting_model("convnext_tiny", 4, "imagenet")
+
+
+def test_a_newer_format_is_refused_and_a_bare_state_dict_named(tmp_path):
+    save_checkpoint(tmp_path / "new.pt", {"model": {}, "classes": CLASSES, "config": {}})
+    payload = torch.load(tmp_path / "new.pt", weights_only=True)
+    payload["format_version"] = 99
+    torch.save(payload, tmp_path / "new.pt")
+    with pytest.raises(Coco4Error, match="format 99, newer than this coco4 reads"):
+        load_model(tmp_path / "new.pt")
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "bare.pth")
+    with pytest.raises(Coco4Error, match=r"bare state dict .* --weights PATH"):
+        load_model(tmp_path / "bare.pth")
+
+
+def test_an_original_checkpoint_for_five_classes_is_refused(tmp_path):
+    model = original_model()
+    model.fc[3] = nn.Linear(256, 5)
+    torch.save({"model_state_dict": model.state_dict(), "epoch": 3}, tmp_path / "orig5.pth")
+    with pytest.raises(Coco4Error, match=r"original-format checkpoint for 5 classes"):
+        load_model(tmp_path / "orig5.pth")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["resnet18", "convnext_tiny"])
+def test_other_architectures_train_then_evaluate_and_visualize_without_arch(demo_data,
+                                                                            tmp_path, arch):
+    import visualize
+
+    out = tmp_path / "run"
+    fit(train_args(demo_data, out, arch=arch, epochs=2), progress=False)
+    assert read_file(out / "best.pt")["config"]["arch"] == arch
+    argv = eval_argv(demo_data, out / "best.pt", tmp_path / "eval")
+    metrics = evaluate.main(evaluate.get_args_parser().parse_args(argv))
+    loaded = load_model(out / "best.pt")
+    assert loaded.arch == arch and type(loaded.model.net).__name__ == (
+        "ResNet" if arch == "resnet18" else "ConvNeXt")
+    image_list, probs = direct_predictions(loaded.model.net, demo_data, 32)
+    check_against_direct(tmp_path / "eval", image_list, probs, CLASSES)
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == metrics
+    written = visualize.main(visualize.get_args_parser().parse_args(
+        eval_argv(demo_data, out / "best.pt", tmp_path / "vis", "--num", "2")))
+    assert len(written) == 4
