@@ -11,9 +11,8 @@ import argparse
 from pathlib import Path
 
 from coco4 import cli
-from coco4.cli import GateFailed, add_source_args, default_out_dir, resolve_sources
-from coco4.data.prepare import DataOptions
-from coco4.evaluation import load_predictor, predict_list, write_results
+from coco4.cli import GateFailed, add_source_args, default_out_dir
+from coco4.evaluation import predict_from_args, write_results
 from coco4.metrics import classes_below, confusion_text, report_text
 from coco4.plots import confusion_matrix_figure, save
 
@@ -29,14 +28,11 @@ def get_args_parser():
 
 
 def main(args):
-    list_path, images, cache_dir = resolve_sources(args)
     out_dir = default_out_dir(args, "eval")
-    predictor = load_predictor(args.checkpoint, args.device)
-    predictions = predict_list(predictor, list_path, images, args.batch_size, DataOptions(
-        args.data_path, cache_dir, args.workers, args.strict))
+    predictor, predictions = predict_from_args(args)
     metrics = write_results(out_dir, predictor, predictions)
     save(confusion_matrix_figure(metrics["confusion_matrix"], predictor.classes,
-                                 f"{Path(args.checkpoint).name} on {list_path.name}"),
+                                 f"{Path(args.checkpoint).name} on {predictions.list_path.name}"),
          out_dir / "confusion_matrix.png")
     print(confusion_text(metrics["confusion_matrix"], predictor.classes))
     print(report_text(metrics["confusion_matrix"], predictor.classes))

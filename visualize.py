@@ -14,9 +14,8 @@ import numpy as np
 
 from coco4 import cli
 from coco4 import plots as vis
-from coco4.cli import add_source_args, default_out_dir, resolve_sources
-from coco4.data.prepare import DataOptions
-from coco4.evaluation import load_predictor, predict_images, predict_list
+from coco4.cli import add_source_args, default_out_dir
+from coco4.evaluation import predict_from_args, predict_images
 
 
 def get_args_parser():
@@ -36,25 +35,21 @@ def get_args_parser():
 
 
 def main(args):
-    list_path, images, cache_dir = resolve_sources(args)
     out = default_out_dir(args, "vis")
-    predictor = load_predictor(args.checkpoint, args.device)
     # predicting first checks the list, its classes and its images before anything is drawn
-    predictions = predict_list(predictor, list_path, images, args.batch_size, DataOptions(
-        args.data_path, cache_dir, args.workers, args.strict))
-    written = [vis.samples_png(predictions, images, predictor.classes, out / "samples.png",
-                               args.num, args.seed)]
+    predictor, predictions = predict_from_args(args)
+    written = [vis.samples_png(predictions, predictor.classes, out / "samples.png", args.num,
+                               args.seed)]
     if args.image:
         paths, probs, truth = args.image, predict_images(predictor, args.image), None
     else:
         pick = np.random.default_rng(args.seed).choice(
             len(predictions.files), min(args.num, len(predictions.files)), replace=False)
-        paths = [images / predictions.files[i] for i in pick]
+        paths = [predictions.image_dir / predictions.files[i] for i in pick]
         probs, truth = predictions.probs[pick], [predictions.labels[i] for i in pick]
     written.append(vis.predictions_png(paths, probs, predictor.classes, out / "predictions.png",
                                        truth))
-    written.append(vis.errors_png(predictions, images, predictor.classes, out / "errors.png",
-                                  args.num))
+    written.append(vis.errors_png(predictions, predictor.classes, out / "errors.png", args.num))
     metrics_csv = args.metrics or Path(args.checkpoint).parent / "metrics.csv"
     if metrics_csv.is_file():
         written.append(vis.curves_png(metrics_csv, out / "training_curves.png"))

@@ -15,6 +15,7 @@ import pickle
 import platform
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,7 @@ FORMAT = "coco4"
 FORMAT_VERSION = 2
 
 
-def save_checkpoint(path, payload: dict) -> None:
+def save_checkpoint(path: str | Path, payload: dict) -> None:
     """Write ``payload`` (plain containers of tensors and numbers) to ``path`` atomically."""
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION,
                "versions": library_versions(), **payload}
@@ -55,7 +56,7 @@ class CheckpointWriter:
     def __init__(self):
         self._thread, self._error = None, None
 
-    def save(self, path, payload: dict, then=None) -> None:
+    def save(self, path: str | Path, payload: dict, then: Callable[[], None] | None = None) -> None:
         """Snapshot ``payload`` (CPU copies of every tensor) now; write it, then call ``then``."""
         self.wait()
         snapshot = _cpu_copy(payload)
@@ -98,7 +99,7 @@ def library_versions() -> dict:
             "python": platform.python_version()}
 
 
-def read_file(path) -> object:
+def read_file(path: str | Path) -> object:
     """torch.load with ``weights_only=True``: nothing in the file can run code here."""
     path = Path(path)
     if not path.is_file():
@@ -120,7 +121,7 @@ def read_file(path) -> object:
                          "was it truncated by an interrupted download?") from None
 
 
-def load_checkpoint(path) -> dict:
+def load_checkpoint(path: str | Path) -> dict:
     """Read any coco4 or original checkpoint, upgraded to the current layout: at least
     ``model``, ``classes`` and ``config`` (with ``arch`` and ``image_size``)."""
     return _upgrade(_as_checkpoint(read_file(path), path), path)
@@ -183,7 +184,7 @@ class LoadedModel:
     checkpoint: dict  # the upgraded file: optimizer, scheduler, run state, config, ...
 
 
-def load_model(path, device: str | torch.device = "cpu") -> LoadedModel:
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """The one way to get a trained model back: evaluation, pictures, resume, anything later."""
     ckpt = load_checkpoint(path)
     config = ckpt["config"]
@@ -217,7 +218,7 @@ def _load_weights_file(model: Classifier, path) -> None:
     if _is_state_dict(state):  # torchvision's layout: a backbone to start from
         _load_backbone(model, state, str(path))
         return
-    ckpt = load_checkpoint(path)
+    ckpt = _upgrade(_as_checkpoint(state, path), path)
     if ckpt["config"]["arch"] != model.spec.name:
         raise Coco4Error(f"{path} holds a {ckpt['config']['arch']} model, but this run trains "
                          f"{model.spec.name}; pass --arch {ckpt['config']['arch']} or other "
@@ -236,7 +237,7 @@ def _load_backbone(model: Classifier, state: dict, source: str) -> None:
     model.net.load_state_dict(backbone, strict=False)
 
 
-def load_state_into(model: Classifier, state, source: str) -> None:
+def load_state_into(model: Classifier, state: dict, source: str) -> None:
     """``load_state_dict`` with a one-line message saying which key or shape does not fit."""
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise Coco4Error(f"{source} holds no model state dict")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cli import Coco4Error, default_workers
-from .data.prepare import DataOptions
+from .data.loaders import DataOptions
 from .metrics import SELECTABLE
 from .model import ARCHITECTURES, DEFAULT_ARCH
 
@@ -71,15 +71,15 @@ class TrainConfig:
                 raise Coco4Error(message)
 
     @property
-    def train_list_path(self):
+    def train_list_path(self) -> Path:
         return Path(self.train_list or Path(self.data_dir) / "annotation_train.txt")
 
     @property
-    def train_images_path(self):
+    def train_images_path(self) -> Path:
         return Path(self.train_images or Path(self.coco_root) / "images" / "train2017")
 
     @property
-    def cache_path(self):
+    def cache_path(self) -> Path:
         return Path(self.cache_dir or Path(self.data_dir) / "cache")
 
     @property
@@ -90,12 +90,12 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values):
+    def from_dict(cls, values: dict) -> "TrainConfig":
         """Build from a stored dict, ignoring keys this version does not know."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
 
-    def resumed_from(self, stored):
+    def resumed_from(self, stored: dict) -> tuple["TrainConfig", dict]:
         """The stored run's settings with this command line's runtime settings on top, and the
         settings this command line changed from their defaults that resuming ignores."""
         merged = {**stored, **{k: getattr(self, k) for k in RUNTIME_FIELDS}}

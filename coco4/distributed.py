@@ -16,15 +16,15 @@ class DistEnv:
     local_rank: int = 0
 
     @property
-    def is_main(self):
+    def is_main(self) -> bool:
         return self.rank == 0
 
     @property
-    def enabled(self):
+    def enabled(self) -> bool:
         return self.world > 1
 
 
-def init_distributed(device_kind):
+def init_distributed(device_kind: str) -> DistEnv:
     """Join the process group torchrun describes in the environment; a single process otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
@@ -37,7 +37,7 @@ def init_distributed(device_kind):
     return env
 
 
-def close_distributed(env):
+def close_distributed(env: DistEnv) -> None:
     if env.enabled and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -56,17 +56,17 @@ def all_reduce_sum(values: list, env: DistEnv, device: torch.device) -> list:
     return all_reduce_tensor(torch.tensor(values, dtype=torch.float64, device=device), env).tolist()
 
 
-def any_rank(flag, env, device):
+def any_rank(flag: bool, env: DistEnv, device: torch.device) -> bool:
     """True on every rank if ``flag`` is true on any: ranks must stop at the same step."""
     return bool(all_reduce_sum([float(flag)], env, device)[0]) if env.enabled else flag
 
 
-def barrier(env):
+def barrier(env: DistEnv) -> None:
     if env.enabled:
         dist.barrier()
 
 
-def pick_device(requested, env):
+def pick_device(requested: str, env: DistEnv) -> torch.device:
     """The device this process trains on: ``auto`` means CUDA when present, else CPU."""
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", requested):
         raise Coco4Error(f"--device must be auto, cpu, cuda or cuda:N, got {requested!r}")

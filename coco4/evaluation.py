@@ -1,18 +1,20 @@
 """Predict a labelled list or the user's own images with a model rebuilt from its checkpoint."""
+import argparse
 import csv
 import io
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .checkpoint import load_model
-from .cli import Coco4Error
+from .cli import Coco4Error, resolve_sources
 from .data.images import UnreadableImage, read_rgb
 from .data.lists import read_classes, read_list
-from .data.loaders import BatchPlan
-from .data.prepare import DataOptions, make_batches, open_images, unusable_report
+from .data.loaders import BatchPlan, DataOptions
+from .data.prepare import make_batches, open_images, unusable_report
 from .data.transforms import pil_eval_transform
 from .distributed import DistEnv, pick_device
 from .fileio import atomic_write_text
@@ -32,7 +34,7 @@ class Predictor:
     checkpoint: str
 
 
-def load_predictor(checkpoint, device: str = "auto", amp: bool = True) -> Predictor:
+def load_predictor(checkpoint: str | Path, device: str = "auto", amp: bool = True) -> Predictor:
     """The model, classes and image size stored in ``checkpoint`` (any layout), ready to use."""
     device = pick_device(device, DistEnv())
     loaded = load_model(checkpoint, device)
@@ -45,6 +47,8 @@ def load_predictor(checkpoint, device: str = "auto", amp: bool = True) -> Predic
 
 @dataclass
 class Predictions:
+    list_path: Path
+    image_dir: Path  # where ``files`` are
     files: list
     labels: list
     probs: torch.Tensor  # [N, classes], softmax
@@ -56,9 +60,9 @@ class Predictions:
         return self.probs.argmax(1).tolist()
 
 
-def predict_list(predictor: Predictor, list_path, image_dir, batch_size: int = 256,
-                 options: DataOptions | None = None, progress: bool = True,
-                 log=print) -> Predictions:
+def predict_list(predictor: Predictor, list_path: str | Path, image_dir: str | Path,
+                 batch_size: int = 256, options: DataOptions | None = None,
+                 progress: bool = True, log: Callable[[str], None] = print) -> Predictions:
     """Probabilities for every usable image of a list (unusable ones reported and left out).
     ``options.cache_dir`` defaults to a ``cache`` folder beside the list."""
     list_path = Path(list_path)
@@ -74,8 +78,18 @@ def predict_list(predictor: Predictor, list_path, image_dir, batch_size: int = 2
     plan = BatchPlan(batch_size, predictor.device, predictor.image_size, train=False)
     metrics, logits = evaluate(predictor.model, make_batches(source, keep, plan), predictor.amp,
                                len(predictor.classes), desc="predicting" if progress else None)
-    return Predictions([image_list.files[i] for i in keep], [image_list.labels[i] for i in keep],
-                       logits.softmax(1), metrics, report["left_out"])
+    return Predictions(list_path, Path(image_dir), [image_list.files[i] for i in keep],
+                       [image_list.labels[i] for i in keep], logits.softmax(1), metrics,
+                       report["left_out"])
+
+
+def predict_from_args(args: argparse.Namespace) -> tuple[Predictor, Predictions]:
+    """What evaluate.py and visualize.py start with: the checkpoint's predictions for the list
+    their shared arguments (``cli.add_source_args``) name, arguments checked first."""
+    list_path, images, cache_dir = resolve_sources(args)
+    predictor = load_predictor(args.checkpoint, args.device)
+    return predictor, predict_list(predictor, list_path, images, args.batch_size, DataOptions(
+        args.data_path, cache_dir, args.workers, args.strict))
 
 
 def check_classes(predictor: Predictor, list_path: Path) -> None:
@@ -89,7 +103,7 @@ def check_classes(predictor: Predictor, list_path: Path) -> None:
 
 
 @torch.no_grad()
-def predict_images(predictor: Predictor, paths) -> torch.Tensor:
+def predict_images(predictor: Predictor, paths: Sequence[str | Path]) -> torch.Tensor:
     """Probabilities for the user's own image files, through the original PIL eval transform."""
     transform = pil_eval_transform(predictor.image_size)
     try:
@@ -102,7 +116,7 @@ def predict_images(predictor: Predictor, paths) -> torch.Tensor:
         return predictor.model(x).float().softmax(1).cpu()
 
 
-def write_results(out_dir, predictor: Predictor, predictions: Predictions) -> dict:
+def write_results(out_dir: str | Path, predictor: Predictor, predictions: Predictions) -> dict:
     """metrics.json and predictions.csv (atomically); returns the metrics dict."""
     out_dir = Path(out_dir)
     metrics = predictions.metrics.summary(predictor.classes)

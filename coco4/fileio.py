@@ -4,13 +4,14 @@ import os
 import secrets
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from .cli import Coco4Error
 
 
 @contextlib.contextmanager
-def atomic_path(path, suffix=""):
+def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``.
 
     The temporary file lives in the same folder so the final ``os.replace`` is a rename on one
@@ -47,7 +48,7 @@ def _new_file(folder, prefix, suffix):
             continue
 
 
-def atomic_write_text(path, text):
+def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
 
@@ -57,7 +58,7 @@ def _remove_quietly(path):
         os.unlink(path)
 
 
-def check_writable(folder):
+def check_writable(folder: str | Path) -> None:
     """Fail before hours of work if ``folder`` cannot take the files we will write there.
 
     Creates nothing: a run that fails later on bad input must not leave empty folders behind.
@@ -80,7 +81,7 @@ def check_writable(folder):
                          "its permissions")
 
 
-def link_or_copy(src, dst):
+def link_or_copy(src: str | Path, dst: str | Path) -> None:
     """Make ``dst`` hold ``src``'s current bytes, atomically, without copying where possible.
 
     A hard link is free, and safe here because ``src`` is only ever replaced by a rename (a new

@@ -8,7 +8,7 @@ from .cli import Coco4Error
 class Interrupted(Coco4Error):
     """Raised after the interrupted run's checkpoint is safely on disk."""
 
-    def __init__(self, message, signum):
+    def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.exit_code = 128 + signum  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
 
@@ -22,18 +22,18 @@ class StopRequest:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.signum = None
         self._previous = {}
 
-    def __enter__(self):
+    def __enter__(self) -> "StopRequest":
         for s in self.SIGNALS:
             # not the main thread (e.g. a notebook worker): ValueError, and no handler
             with contextlib.suppress(ValueError):
                 self._previous[s] = signal.signal(s, self._handle)
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
 
@@ -43,5 +43,5 @@ class StopRequest:
         self.signum = signum
 
     @property
-    def requested(self):
+    def requested(self) -> bool:
         return self.signum is not None

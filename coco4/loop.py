@@ -34,7 +34,7 @@ class Amp:
             return cls(device.type)  # CPU trains in fp32: bf16 autocast there is slow and lossy
         return cls("cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
 
-    def autocast(self):
+    def autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=self.dtype)

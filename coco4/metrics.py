@@ -9,6 +9,8 @@ checkpoint (``SELECTABLE``) and gets a metrics.csv column (``CSV_COLUMNS``).
 Adding a metric: compute it in ``summary()`` from the sums (add a sum in ``update()`` if it
 needs one), and give it a column in ``CSV_COLUMNS``.
 """
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from sklearn.metrics import classification_report, precision_recall_fscore_support
@@ -56,7 +58,7 @@ class MetricAccumulator:
         self.sums = all_reduce_tensor(self.sums, env)
         return self
 
-    def summary(self, classes) -> dict:
+    def summary(self, classes: Sequence[str]) -> dict:
         """The metrics as plain Python values (JSON-ready); the confusion matrix has true
         classes as rows and predicted ones as columns. Metrics of no image are None."""
         sums = self.sums.cpu()
@@ -101,14 +103,14 @@ def csv_row(summary: dict) -> dict:
     return {column: summary[name] for name, column in CSV_COLUMNS.items()}
 
 
-def report_text(cm: np.ndarray, classes) -> str:
+def report_text(cm: np.ndarray | list, classes: Sequence[str]) -> str:
     """scikit-learn's classification report (precision, recall, F1 per class)."""
     y_true, y_pred = _expand(np.asarray(cm))
     return classification_report(y_true, y_pred, labels=list(range(len(classes))),
                                  target_names=list(classes), digits=4, zero_division=0)
 
 
-def confusion_text(cm, classes) -> str:
+def confusion_text(cm: np.ndarray | list, classes: Sequence[str]) -> str:
     """The confusion matrix as an aligned table with class names (rows true, columns predicted)."""
     width = max(8, *(len(c) for c in classes)) + 1
     lines = ["true \\ pred".ljust(width) + "".join(c.rjust(width) for c in classes)]

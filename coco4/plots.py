@@ -3,24 +3,31 @@
 The figures (confusion matrix, image grids, predictions beside their probabilities, training
 curves), then the pictures visualize.py writes from them.
 """
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from PIL import Image
 
 from .data.images import read_rgb
 from .fileio import atomic_path
 from .run_log import read_metrics_csv
 
+if TYPE_CHECKING:  # evaluation is heavier than pictures need at run time
+    from .evaluation import Predictions
 
-def save(fig, path):
+
+def save(fig: Figure, path: str | Path) -> Path:
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     return Path(path)
 
 
-def confusion_matrix_figure(cm, classes, title="Confusion matrix"):
+def confusion_matrix_figure(cm: np.ndarray | list[list[int]], classes: Sequence[str],
+                            title: str = "Confusion matrix") -> Figure:
     cm = np.asarray(cm)
     fig = Figure(figsize=(1.3 * len(classes) + 2, 1.2 * len(classes) + 1.5))
     ax = fig.add_subplot()
@@ -38,7 +45,9 @@ def confusion_matrix_figure(cm, classes, title="Confusion matrix"):
     return fig
 
 
-def image_grid_figure(images, titles, cols=6, colors=None, suptitle=None):
+def image_grid_figure(images: Sequence[Image.Image | np.ndarray], titles: Sequence[str],
+                      cols: int = 6, colors: Sequence[str] | None = None,
+                      suptitle: str | None = None) -> Figure:
     """A grid of RGB images (PIL or HxWx3 arrays) with one title each."""
     rows = max(1, -(-len(images) // cols))
     fig = Figure(figsize=(2.2 * cols, 2.4 * rows))
@@ -52,7 +61,9 @@ def image_grid_figure(images, titles, cols=6, colors=None, suptitle=None):
     return fig
 
 
-def prediction_figure(images, probs, classes, titles, colors=None):
+def prediction_figure(images: Sequence[Image.Image | np.ndarray],
+                      probs: Sequence[Sequence[float]], classes: Sequence[str],
+                      titles: Sequence[str], colors: Sequence[str] | None = None) -> Figure:
     """Each image beside a bar chart of its class probabilities (the original's prediction view)."""
     fig = Figure(figsize=(8, 2.4 * len(images)))
     for k, (image, p, title) in enumerate(zip(images, probs, titles)):
@@ -73,7 +84,7 @@ def prediction_figure(images, probs, classes, titles, colors=None):
     return fig
 
 
-def training_curves_figure(rows):
+def training_curves_figure(rows: Sequence[dict]) -> Figure:
     """Loss, accuracy and the other validation scores, calibration error and learning rate per
     epoch, from metrics.csv rows (a column that a run's version did not write is left out)."""
     epochs = [r["epoch"] for r in rows]
@@ -104,16 +115,19 @@ def _thumb(path, size=160):
     return image
 
 
-def samples_png(predictions, image_dir, classes, out, num, seed=0):
+def samples_png(predictions: "Predictions", classes: Sequence[str], out: str | Path, num: int,
+                seed: int = 0) -> Path:
     """A grid of list images with their labels: what the model is asked to learn."""
     n = len(predictions.files)
     pick = np.random.default_rng(seed).choice(n, min(num, n), replace=False)
-    images = [_thumb(Path(image_dir) / predictions.files[i]) for i in pick]
+    images = [_thumb(predictions.image_dir / predictions.files[i]) for i in pick]
     titles = [f"{classes[predictions.labels[i]]}\n{predictions.files[i]}" for i in pick]
-    return save(image_grid_figure(images, titles, suptitle=f"samples from {image_dir}"), out)
+    return save(image_grid_figure(images, titles,
+                                  suptitle=f"samples from {predictions.image_dir}"), out)
 
 
-def predictions_png(paths, probs, classes, out, true_labels=None):
+def predictions_png(paths: Sequence[str | Path], probs: torch.Tensor, classes: Sequence[str],
+                    out: str | Path, true_labels: Sequence[int] | None = None) -> Path:
     """Images beside their class probabilities; with known labels, wrong ones titled in red."""
     preds = probs.argmax(1).tolist()
     titles = [f"{Path(p).name}\npredicted: {classes[k]}" for p, k in zip(paths, preds)]
@@ -125,7 +139,8 @@ def predictions_png(paths, probs, classes, out, true_labels=None):
     return save(prediction_figure(images, probs.tolist(), classes, titles, colors), out)
 
 
-def errors_png(predictions, image_dir, classes, out, num):
+def errors_png(predictions: "Predictions", classes: Sequence[str], out: str | Path,
+               num: int) -> Path:
     """The misclassified images with the highest loss, titled true / predicted / probability."""
     labels = torch.tensor(predictions.labels)
     probs = predictions.probs
@@ -136,7 +151,7 @@ def errors_png(predictions, image_dir, classes, out, num):
         fig = image_grid_figure([], [], suptitle="no misclassified images")
         fig.text(0.5, 0.5, f"all {len(labels)} images classified correctly", ha="center")
         return save(fig, out)
-    images = [_thumb(Path(image_dir) / predictions.files[i]) for i in worst]
+    images = [_thumb(predictions.image_dir / predictions.files[i]) for i in worst]
     titles = [f"true {classes[labels[i]]}\npred {classes[probs[i].argmax()]} "
               f"({probs[i].max():.0%})" for i in worst]
     return save(image_grid_figure(images, titles, colors=["tab:red"] * len(worst),
@@ -144,5 +159,5 @@ def errors_png(predictions, image_dir, classes, out, num):
                                   f"highest loss first"), out)
 
 
-def curves_png(metrics_csv, out):
+def curves_png(metrics_csv: str | Path, out: str | Path) -> Path:
     return save(training_curves_figure(read_metrics_csv(metrics_csv)), out)

@@ -2,10 +2,14 @@
 TensorBoard events. Only rank 0 writes; the other ranks' RunLog does nothing."""
 import csv
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
+from .config import TrainConfig
+from .distributed import DistEnv
 from .fileio import atomic_write_text
 from .metrics import CSV_COLUMNS
 
@@ -14,31 +18,33 @@ COLUMNS = ("epoch", "train_loss", "train_acc", *CSV_COLUMNS.values(), "lr", "sec
 
 
 class RunLog:
-    def __init__(self, output_dir, enabled, resumed):
+    def __init__(self, output_dir: str | Path, enabled: bool, resumed: bool) -> None:
         self.dir, self.enabled, self.resumed = Path(output_dir), enabled, resumed
         self._tb = None
 
-    def info(self, message):
+    def info(self, message: str) -> None:
         if self.enabled:
             tqdm.write(message)
 
-    def config(self, cfg, device, env):
+    def config(self, cfg: TrainConfig, device: torch.device, env: DistEnv) -> None:
         if not self.enabled:
             return
         pairs = " ".join(f"{k}={v}" for k, v in cfg.to_dict().items())
         self.info(f"{'resuming' if self.resumed else 'training'} on {device}"
                   f"{f' x{env.world} processes' if env.enabled else ''}: {pairs}")
 
-    def epoch(self, row, run):
+    def epoch(self, history: list[dict], best_epoch: int) -> None:
+        """The line for the epoch just done (``history[-1]``), and the whole metrics.csv."""
         if not self.enabled:
             return
-        mark = " *best*" if run.best_epoch == row["epoch"] else ""
+        row = history[-1]
+        mark = " *best*" if best_epoch == row["epoch"] else ""
         self.info(f"epoch {row['epoch']:3d} | train loss {row['train_loss']:.4f} acc "
                   f"{row['train_acc']:.4f} | val loss {row['val_loss']:.4f} acc "
                   f"{row['val_acc']:.4f} | lr {row['lr']:.2e} | {row['seconds']:.1f}s "
                   f"{row['images_per_s']:.0f} img/s{mark}")
-        write_metrics_csv(self.dir / "metrics.csv", run.history)
-        self._tensorboard(row, len(run.history))
+        write_metrics_csv(self.dir / "metrics.csv", history)
+        self._tensorboard(row, len(history))
 
     def _tensorboard(self, row, first_epoch):
         if self._tb is None:
@@ -52,12 +58,12 @@ class RunLog:
                 self._tb.add_scalar(key, row[key], row["epoch"])
         self._tb.flush()
 
-    def close(self):
+    def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
 
 
-def write_metrics_csv(path, rows):
+def write_metrics_csv(path: str | Path, rows: Sequence[dict]) -> None:
     """The whole history each time, atomically: a resumed run rewrites what it re-did. A
     column that an older coco4 did not write, in a run it started, stays empty."""
     out = io.StringIO()
@@ -67,7 +73,7 @@ def write_metrics_csv(path, rows):
     atomic_write_text(path, out.getvalue())
 
 
-def read_metrics_csv(path):
+def read_metrics_csv(path: str | Path) -> list[dict[str, float | None]]:
     with open(path, newline="") as f:
         return [{k: float(v) if v else None for k, v in row.items()}
                 for row in csv.DictReader(f)]

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from . import run_log
-from .checkpoint import CheckpointWriter, load_model, model_state, starting_model
+from .checkpoint import CheckpointWriter, LoadedModel, load_model, model_state, starting_model
 from .cli import Coco4Error
 from .config import RUNTIME_FIELDS, TrainConfig
 from .data.prepare import TrainData, prepare_train_data
@@ -77,7 +77,7 @@ class Training:
         self.log.config(cfg, self.device, env)
         if env.is_main:
             check_writable(cfg.output_dir)
-        self.data = prepare_train_data(cfg, env, self.device, progress, self.log)
+        self.data = prepare_train_data(cfg, env, self.device, progress, self.log.info)
         if resumed and resumed.classes != list(self.data.classes):
             raise Coco4Error(f"{cfg.resume} was trained on classes {resumed.classes}, but "
                              f"{cfg.train_list_path} is labelled for {list(self.data.classes)};"
@@ -133,7 +133,7 @@ class Training:
         run.epoch, run.step, run.partial = epoch + 1, 0, None
         run.history.append(row)
         self._save(best=is_best)
-        self.log.epoch(row, run)
+        self.log.epoch(run.history, run.best_epoch)
         if any_rank(stop.requested, env, device) and epoch + 1 < cfg.epochs:
             self.writer.wait()
             raise self._interrupted(stop.signum, epoch + 1, 0)
@@ -193,7 +193,7 @@ class Training:
                               if "WORLD_SIZE" in os.environ else ""), signum)
 
 
-def _load_resume(path):
+def _load_resume(path: str) -> LoadedModel:
     loaded = load_model(path, "cpu")
     if "run" not in loaded.checkpoint:
         raise Coco4Error(f"{path} holds no training state (optimizer, epoch) to resume; "
@@ -202,7 +202,7 @@ def _load_resume(path):
 
 
 def build_learner(cfg: TrainConfig, data: TrainData, device: torch.device, env: DistEnv,
-                  resumed=None) -> Learner:
+                  resumed: LoadedModel | None = None) -> Learner:
     """The model (from ``cfg.weights``, or the resumed checkpoint), optimizer, scheduler,
     criterion and AMP parts of a run, on ``device``."""
     if resumed:
@@ -251,7 +251,7 @@ def out_of_memory_advice(cfg: TrainConfig, model: torch.nn.Module, amp: Amp,
     accum = math.ceil(local / fits) if fits else cfg.accum_steps * 2
     return (f"CUDA out of memory with micro-batches of {micro} images at {cfg.image_size}px; "
             f"rerun with --accum-steps {accum} (micro-batches of {math.ceil(local / accum)}, "
-            "the same effective batch and results)")
+            "the same effective batch; BatchNorm sees each micro-batch alone)")
 
 
 def _largest_micro_batch(model, amp, device, image_size, start):

@@ -324,6 +324,7 @@ def test_annotation_prepare_script_missing_coco(tmp_path):
 
 @pytest.mark.parametrize("script", ["annotation_prepare.py", "train.py", "evaluate.py",
                                     "visualize.py"])
+@pytest.mark.slow
 def test_script_help(script):
     if not (REPO / script).is_file():
         pytest.skip(f"{script} not written yet")

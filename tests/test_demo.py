@@ -10,6 +10,8 @@ from nbclient import NotebookClient
 
 from conftest import REPO
 
+pytestmark = pytest.mark.slow  # the whole workflow, as subprocesses and a notebook kernel
+
 
 def test_demo_command_runs_the_whole_workflow(tmp_path):
     """The shortened demo: same steps as `python -m coco4.demo`, fewer images and epochs."""

@@ -70,6 +70,7 @@ class CreatesFile:
         return (Path.touch, (Path(self.marker),))
 
 
+@pytest.mark.slow
 def test_checkpoint_carrying_a_pickled_callable_is_refused(demo_data, trained, tmp_path):
     marker = tmp_path / "pwned"
     payload = torch.load(trained, weights_only=True)
@@ -101,6 +102,7 @@ def test_checkpoint_for_other_classes_is_a_clear_error(demo_data, trained, tmp_p
         run_evaluate(*eval_argv(demo_data, tmp_path / "mixed.pt", tmp_path / "eval"))
 
 
+@pytest.mark.slow
 def test_min_class_acc_sets_the_exit_status(demo_data, trained, tmp_path):
     metrics = run_evaluate(*eval_argv(demo_data, trained, tmp_path))
     lowest = min(a for a in metrics["per_class_accuracy"].values())

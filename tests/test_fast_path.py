@@ -8,8 +8,7 @@ from coco4.data import cache
 from coco4.data.coco_filter import prepare_lists
 from coco4.data.images import ListDataset
 from coco4.data.lists import read_list
-from coco4.data.loaders import BatchPlan, CachedBatches
-from coco4.data.prepare import DataOptions
+from coco4.data.loaders import BatchPlan, CachedBatches, DataOptions
 from coco4.data.transforms import pil_eval_transform
 from coco4.devtools import bench
 from coco4.devtools.synthetic import make_synthetic_coco
@@ -64,6 +63,7 @@ def larger_data(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_training_by_either_path_reaches_the_same_accuracy_band(larger_data, tmp_path):
     """Eight epochs at 48 px from random weights (measured: fast 0.58, pil 0.59 test accuracy):
     both pipelines learn well above the 0.25 of chance and land within 0.2 of each other."""

@@ -4,6 +4,8 @@ import ast
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 PACKAGE = REPO / "coco4"
@@ -79,6 +81,7 @@ def test_no_import_cycle():
     assert find_cycle(package_graph()) is None
 
 
+@pytest.mark.slow
 def test_every_module_imports_on_its_own():
     names = sorted(package_graph())
     script = (f"import importlib, sys; sys.path.insert(0, {str(REPO)!r})\n"

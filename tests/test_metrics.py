@@ -119,6 +119,7 @@ def _rank(rank, path, batches, out):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_sums_are_added_up_across_ranks(tmp_path):
     """Two gloo processes, each with half the batches: the reduced metrics are the whole
     set's, not rank 0's half (which a missing all-reduce would report)."""

@@ -92,6 +92,7 @@ def write_data(tmp_path, demo_data, lines):
     ("a.jpg 0 extra\n", "3 fields"),
     ("", "is empty"),
 ])
+@pytest.mark.slow
 def test_bad_list_lines_are_one_line_errors_and_write_nothing(demo_data, tmp_path, lines,
                                                                fragment):
     data = write_data(tmp_path, demo_data, lines)
@@ -129,6 +130,7 @@ cli.run(train.main, train.get_args_parser(), {argv!r})
 """
 
 
+@pytest.mark.slow
 def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(demo_data, tmp_path):
     out = tmp_path / "out"
     fit(train_args(demo_data, out, epochs=1), progress=False)
@@ -166,6 +168,7 @@ for i in range(10**6):
 """
 
 
+@pytest.mark.slow
 def test_sigkill_at_any_moment_leaves_last_pt_loadable(tmp_path):
     path = tmp_path / "last.pt"
     for delay in (0.35, 0.6, 0.9, 1.3):
@@ -194,6 +197,7 @@ def _send_sigterm_after_first_steps(proc, seen):
     seen.append(buf + proc.stderr.read())
 
 
+@pytest.mark.slow
 def test_sigterm_saves_resumes_and_matches_an_uninterrupted_run(demo_data, tmp_path):
     common = ("--epochs", "3", "--batch-size", "4", "--image-size", "48")
     fit(train_args(demo_data, tmp_path / "straight", epochs=3, batch_size=4, image_size=48),
@@ -233,6 +237,7 @@ class CreatesFile:
         return (Path.touch, (Path(self.marker),))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag", ["--weights", "--resume"])
 def test_untrusted_checkpoint_never_runs_code_in_train(demo_data, tmp_path, flag):
     marker = tmp_path / "pwned"

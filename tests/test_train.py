@@ -36,6 +36,7 @@ def imagenet_like(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_cli_run_writes_checkpoints_metrics_and_events(demo_data, tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(train_cli(demo_data, out, "--epochs", "2"), capture_output=True,
@@ -74,6 +75,7 @@ def test_frozen_layers_and_bn_stats_stay_put_while_layer3_layer4_train(demo_data
     assert len(read_file(tmp_path / "last.pt")["optimizer"]["state"]) == len(trainable)
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_weights_and_same_seed_the_same_run(demo_data, tmp_path):
     fit(train_args(demo_data, tmp_path / "full", epochs=2), progress=False)
     fit(train_args(demo_data, tmp_path / "half", epochs=1), progress=False)
@@ -116,6 +118,7 @@ def test_accumulated_micro_batches_give_the_full_batch_update():
     assert max_diff(results[0][0], start) > 1e-4  # the step did move the weights
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo over localhost")
 def test_torchrun_two_processes_on_cpu(demo_data, tmp_path):
     out = tmp_path / "ddp"
@@ -146,6 +149,7 @@ def assert_one_line_error(proc, *fragments):
         assert fragment in lines[-1]
 
 
+@pytest.mark.slow
 def test_missing_lists_and_image_folder_are_one_line_errors(demo_data, tmp_path):
     proc = run_cli(demo_data, tmp_path / "o", "--data-dir", str(tmp_path / "nowhere"))
     assert_one_line_error(proc, "annotation_train.txt", "annotation_prepare.py")
@@ -154,6 +158,7 @@ def test_missing_lists_and_image_folder_are_one_line_errors(demo_data, tmp_path)
     assert not (tmp_path / "o" / "last.pt").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_requested_without_cuda(demo_data, tmp_path):
     proc = subprocess.run([a if a != "cpu" else "cuda" for a in train_cli(demo_data, tmp_path)],
@@ -164,6 +169,7 @@ def test_cuda_requested_without_cuda(demo_data, tmp_path):
 @pytest.mark.parametrize("flag,value,fragment", [
     ("--batch-size", "0", "--batch-size"), ("--epochs", "0", "--epochs"),
     ("--val-fraction", "1.5", "--val-fraction"), ("--accum-steps", "16", "--accum-steps")])
+@pytest.mark.slow
 def test_bad_arguments_are_one_line_errors(demo_data, tmp_path, flag, value, fragment):
     assert_one_line_error(run_cli(demo_data, tmp_path, flag, value), fragment)
 

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from ..fileio import atomic_path, atomic_write_text
 from .images import image_paths, probe
+from .lists import ImageList
 from .loaders import ignore_sigint
 from .transforms import pil_resize, precrop_size
 
@@ -31,12 +32,12 @@ class ImageCache:
     bad: dict
     path: Path
 
-    def tensor(self):
+    def tensor(self) -> torch.Tensor:
         """NCHW-shaped view of the NHWC array: channels_last strides, no copy."""
         return torch.from_numpy(self.images).permute(0, 3, 1, 2)
 
 
-def cache_key(paths, size):
+def cache_key(paths: list[Path], size: int) -> str:
     h = hashlib.sha1(f"v2 {size}".encode())  # v2: NHWC layout
     for p in paths:
         try:
@@ -47,14 +48,16 @@ def cache_key(paths, size):
     return h.hexdigest()[:16]
 
 
-def cache_file(image_list, image_dir, image_size, cache_dir):
+def cache_file(image_list: ImageList, image_dir: str | Path, image_size: int,
+               cache_dir: str | Path) -> tuple[Path, list[Path], int]:
     paths = image_paths(image_list, image_dir)
     size = precrop_size(image_size)
     key = cache_key(paths, size)
     return Path(cache_dir) / f"{image_list.path.stem}-{size}px-{key}.u8", paths, size
 
 
-def load_or_build(image_list, image_dir, image_size, cache_dir, workers=0, progress=True):
+def load_or_build(image_list: ImageList, image_dir: str | Path, image_size: int,
+                  cache_dir: str | Path, workers: int = 0, progress: bool = True) -> ImageCache:
     """Return the list's ImageCache, building it first if no valid one exists."""
     path, paths, size = cache_file(image_list, image_dir, image_size, cache_dir)
     meta_path = path.with_suffix(".json")

@@ -7,13 +7,18 @@ gives 4,587 train and 172 val images, the lists the original project published.
 import contextlib
 import io
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..cli import Coco4Error
 from .lists import write_classes, write_list
 
+if TYPE_CHECKING:
+    from pycocotools.coco import COCO
 
-def load_coco(json_path):
+
+def load_coco(json_path: str | Path) -> "COCO":
     """Read an instances JSON with pycocotools, silencing its chatter, with a clear error."""
     from pycocotools.coco import COCO  # imported here: only annotation prep needs it
 
@@ -35,7 +40,7 @@ def load_coco(json_path):
     return coco
 
 
-def class_ids(coco, class_names):
+def class_ids(coco: "COCO", class_names: Sequence[str]) -> list[int]:
     """Map class names to COCO category ids, or fail listing the valid names."""
     by_name = {c["name"]: c["id"] for c in coco.loadCats(coco.getCatIds())}
     unknown = [n for n in class_names if n not in by_name]
@@ -49,7 +54,7 @@ def class_ids(coco, class_names):
     return [by_name[n] for n in class_names]
 
 
-def select_images(coco, class_names):
+def select_images(coco: "COCO", class_names: Sequence[str]) -> tuple[list[str], list[int]]:
     """Return (file_names, labels): images whose annotations all belong to exactly one class.
 
     Images are grouped by label in class order; within a class, in pycocotools' own order, the
@@ -66,7 +71,8 @@ def select_images(coco, class_names):
     return files, labels
 
 
-def prepare_lists(train_json, val_json, out_dir, class_names):
+def prepare_lists(train_json: str | Path, val_json: str | Path, out_dir: str | Path,
+                  class_names: Sequence[str]) -> dict[str, dict[str, int]]:
     """Write annotation_train.txt, annotation_val.txt and classes.txt into ``out_dir``.
 
     Both splits are filtered before anything is written, so a bad val file never leaves a new

@@ -1,4 +1,5 @@
 """Reading images as RGB, and the dataset over (list file, image folder)."""
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -6,13 +7,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from ..cli import Coco4Error
+from .lists import ImageList
 
 
 class UnreadableImage(Exception):
     """An image file that exists but cannot be decoded (truncated, empty, not an image)."""
 
 
-def read_rgb(path):
+def read_rgb(path: str | Path) -> Image.Image:
     """Open any image PIL can decode as an upright RGB image.
 
     COCO holds grayscale JPEGs and users' folders hold CMYK, palette and PNG-named-.jpg files:
@@ -30,18 +32,18 @@ def read_rgb(path):
         raise UnreadableImage(f"{path}: {e}") from e
 
 
-def image_paths(image_list, image_dir):
+def image_paths(image_list: ImageList, image_dir: str | Path) -> list[Path]:
     return [Path(image_dir) / name for name in image_list.files]
 
 
-def check_image_dir(image_dir):
+def check_image_dir(image_dir: str | Path) -> None:
     image_dir = Path(image_dir)
     if not image_dir.is_dir():
         raise Coco4Error(f"image folder {image_dir} not found; unzip COCO's train2017.zip / "
                          "val2017.zip into COCO_ROOT/images (see README) or pass --coco-root")
 
 
-def probe(path):
+def probe(path: str | Path) -> tuple[Image.Image, None] | tuple[None, str]:
     """(RGB image, None) when ``path`` decodes, else (None, why it cannot be used)."""
     try:
         return read_rgb(path), None
@@ -62,7 +64,8 @@ class _Probe(torch.utils.data.Dataset):
         return i, probe(self.paths[i])[1]
 
 
-def find_unusable(image_list, image_dir, workers=0, progress=True):
+def find_unusable(image_list: ImageList, image_dir: str | Path, workers: int = 0,
+                  progress: bool = True) -> dict[int, str]:
     """{index: why} for every listed image that is missing or does not decode, found in parallel."""
     loader = torch.utils.data.DataLoader(_Probe(image_paths(image_list, image_dir)),
                                          batch_size=32, num_workers=workers, collate_fn=list)
@@ -75,13 +78,14 @@ def find_unusable(image_list, image_dir, workers=0, progress=True):
 class ListDataset(torch.utils.data.Dataset):
     """(image tensor, label) pairs for one list; the original PIL pipeline, kept for comparison."""
 
-    def __init__(self, image_list, image_dir, transform):
+    def __init__(self, image_list: ImageList, image_dir: str | Path,
+                 transform: Callable[[Image.Image], torch.Tensor]) -> None:
         self.paths = image_paths(image_list, image_dir)
         self.labels = image_list.labels
         self.transform = transform
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.transform(read_rgb(self.paths[i])), self.labels[i]

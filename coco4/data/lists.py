@@ -3,6 +3,7 @@
 The lists produced by the original code (``annotation_train.txt``, ``annotation_val.txt``) are
 read unchanged; a class file is optional and defaults to the original four classes.
 """
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,11 +22,11 @@ class ImageList:
     files: tuple
     labels: tuple
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.files)
 
 
-def read_list(path, num_classes=None):
+def read_list(path: str | Path, num_classes: int | None = None) -> ImageList:
     """Parse a list file; any malformed line is an error naming the file and the line number."""
     path = Path(path)
     if not path.is_file():
@@ -63,15 +64,15 @@ def _parse_line(line, path, lineno, num_classes):
     return name, label
 
 
-def write_list(path, files, labels):
+def write_list(path: str | Path, files: Sequence[str], labels: Sequence[int]) -> None:
     atomic_write_text(path, "".join(f"{f} {y}\n" for f, y in zip(files, labels)))
 
 
-def write_classes(folder, classes):
+def write_classes(folder: str | Path, classes: Sequence[str]) -> None:
     atomic_write_text(Path(folder) / CLASSES_FILE, "".join(f"{c}\n" for c in classes))
 
 
-def read_classes(folder):
+def read_classes(folder: str | Path) -> tuple[str, ...]:
     """Class names in label order from ``folder/classes.txt``; the original four if absent.
 
     The original workflow wrote no class file, and its lists use bird, airplane, train, boat.

@@ -10,6 +10,7 @@ import signal
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -23,6 +24,16 @@ from .transforms import (
     resized_crops,
     resized_crops_each,
 )
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """How a list's images are read; training, evaluation and prediction share these."""
+
+    data_path: str = "fast"  # fast: the decoded-image cache; pil: the original pipeline
+    cache_dir: Path | None = None  # where the fast path's cache lives
+    workers: int = 0  # image-decoding processes
+    strict: bool = False  # a missing or unreadable image is an error, not left out
 
 
 @dataclass(frozen=True)
@@ -85,7 +96,8 @@ class CachedBatches(Batches):
         self.images = images  # uint8, NCHW-shaped view of the NHWC cache, on CPU or the device
         self.labels = torch.as_tensor(labels)[self.indices]
 
-    def iterate(self, epoch, start_step=0):
+    def iterate(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor,
+                                                                          torch.Tensor]]:
         plan, order = self.plan, self.order(epoch)
         for step in range(start_step, len(self)):
             pick = order[step * plan.batch_size:(step + 1) * plan.batch_size]
@@ -121,14 +133,15 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 class PilBatches(Batches):
     """The original pipeline: every epoch decodes and transforms each JPEG in DataLoader workers."""
 
-    def __init__(self, image_list: ImageList, image_dir, indices: Sequence[int], plan: BatchPlan,
-                 workers: int = 0):
+    def __init__(self, image_list: ImageList, image_dir: str | Path, indices: Sequence[int],
+                 plan: BatchPlan, workers: int = 0):
         super().__init__(indices, plan)
         transform = (pil_train_transform if plan.train else pil_eval_transform)(plan.image_size)
         self.dataset = ListDataset(image_list, image_dir, transform)
         self.workers = workers
 
-    def iterate(self, epoch, start_step=0):
+    def iterate(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor,
+                                                                          torch.Tensor]]:
         plan = self.plan
         sampler = self.indices[self.order(epoch)][start_step * plan.batch_size:].tolist()
         loader = torch.utils.data.DataLoader(

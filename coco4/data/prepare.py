@@ -13,21 +13,12 @@ import numpy as np
 import torch
 
 from ..cli import Coco4Error
+from ..config import TrainConfig
 from ..distributed import DistEnv, barrier
 from . import cache
 from .images import check_image_dir, find_unusable
 from .lists import ImageList, read_classes, read_list
-from .loaders import Batches, BatchPlan, CachedBatches, PilBatches
-
-
-@dataclass(frozen=True)
-class DataOptions:
-    """How a list's images are read; training, evaluation and prediction share these."""
-
-    data_path: str = "fast"  # fast: the decoded-image cache; pil: the original pipeline
-    cache_dir: Path | None = None  # where the fast path's cache lives
-    workers: int = 0  # image-decoding processes
-    strict: bool = False  # a missing or unreadable image is an error, not left out
+from .loaders import Batches, BatchPlan, CachedBatches, DataOptions, PilBatches
 
 
 @dataclass
@@ -45,8 +36,8 @@ class ImageSource:
         return [i for i in range(len(self.image_list)) if i not in self.unusable]
 
 
-def open_images(image_list: ImageList, image_dir, image_size: int, options: DataOptions,
-                progress: bool) -> ImageSource:
+def open_images(image_list: ImageList, image_dir: str | Path, image_size: int,
+                options: DataOptions, progress: bool) -> ImageSource:
     """Decode every image once: into the cache on the fast path (built, or reused when the
     list and its images are unchanged), or only to find the broken ones on the pil path."""
     check_image_dir(image_dir)
@@ -90,9 +81,9 @@ class TrainData:
     report: dict  # stored in every checkpoint: listed, left out, train and validation counts
 
 
-def prepare_train_data(cfg, env: DistEnv, device: torch.device, progress: bool,
-                       log) -> TrainData:
-    """The training run's batches: ``cfg`` is a TrainConfig, ``log`` a RunLog."""
+def prepare_train_data(cfg: TrainConfig, env: DistEnv, device: torch.device, progress: bool,
+                       info: Callable[[str], None]) -> TrainData:
+    """The training run's batches; ``info`` tells the user what was found."""
     classes = read_classes(cfg.train_list_path.parent)
     image_list = read_list(cfg.train_list_path, len(classes))
     # rank 0 builds the cache while the others wait, then everyone maps the same file
@@ -102,13 +93,13 @@ def prepare_train_data(cfg, env: DistEnv, device: torch.device, progress: bool,
                          progress)
     if env.is_main:
         barrier(env)
-    report = unusable_report(source, cfg.strict, log.info)
+    report = unusable_report(source, cfg.strict, info)
     usable = source.usable()
     train_pos, val_pos = stratified_split([image_list.labels[i] for i in usable], classes,
                                           cfg.val_fraction, cfg.seed)
     train_idx, val_idx = [usable[i] for i in train_pos], [usable[i] for i in val_pos]
     report.update(train_images=len(train_idx), val_images=len(val_idx))
-    log.info(f"data: {len(train_idx)} train / {len(val_idx)} validation images held out "
+    info(f"data: {len(train_idx)} train / {len(val_idx)} validation images held out "
              f"from {cfg.train_list_path} ({len(classes)} classes: {', '.join(classes)})")
     if source.cache is not None:
         source.cache = cache_on_gpu_if_it_fits(source.cache, device)

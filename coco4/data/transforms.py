@@ -10,6 +10,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torchvision import transforms as T
 
 RRC_SCALE = (0.08, 1.0)
@@ -30,13 +31,14 @@ def pil_eval_transform(image_size: int) -> T.Compose:
     return T.Compose([T.Resize((precrop_size(image_size),) * 2), T.PILToTensor()])
 
 
-def pil_resize(image, size):
+def pil_resize(image: Image.Image, size: int) -> Image.Image:
     """The deterministic first step of both protocols, to ``size`` x ``size``: what the cache
     stores."""
     return T.functional.resize(image, [size, size])
 
 
-def random_resized_crop_boxes(n, height, width, generator):
+def random_resized_crop_boxes(n: int, height: int, width: int,
+                              generator: torch.Generator) -> torch.Tensor:
     """Crop boxes (top, left, h, w) for ``n`` images, drawn as torchvision's RandomResizedCrop.
 
     Same distribution as ``RandomResizedCrop.get_params``: up to 10 tries of an area fraction in
@@ -73,13 +75,15 @@ def _fallback_size(height, width):
     return height, width
 
 
-def random_crops(n, height, width, generator):
+def random_crops(n: int, height: int, width: int,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Crop boxes (as ``random_resized_crop_boxes``) and horizontal-flip flags for ``n`` images."""
     boxes = random_resized_crop_boxes(n, height, width, generator)
     return boxes, torch.rand(n, generator=generator) < 0.5
 
 
-def resized_crops(images_u8, boxes, flips, size, chunk=128):
+def resized_crops(images_u8: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int,
+                  chunk: int = 128) -> torch.Tensor:
     """Crop, resize to ``size`` and flip a uint8 NCHW batch with batched kernels (for GPUs).
 
     roi_align with one sample per output pixel is bilinear resampling of every crop at once.
@@ -105,7 +109,8 @@ def resized_crops(images_u8, boxes, flips, size, chunk=128):
     return out
 
 
-def resized_crops_each(images_u8, rows, boxes, flips, size):
+def resized_crops_each(images_u8: torch.Tensor, rows: torch.Tensor, boxes: torch.Tensor,
+                       flips: torch.Tensor, size: int) -> torch.Tensor:
     """The same crops, one image at a time straight from the (memory-mapped) cache (for CPUs).
 
     On a CPU, torch's antialiased uint8 resize (what torchvision's tensor transforms use) is

@@ -29,7 +29,7 @@ from ..loop import Amp, Learner, train_step
 from ..model import ARCHITECTURES, DEFAULT_ARCH, build_model, trainable_parameters
 
 
-def get_args_parser():
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Benchmark the input pipelines and training speed.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", default="auto")
@@ -103,7 +103,7 @@ def _forever(batches):
         epoch += 1
 
 
-def run_benchmark(args, progress=True):
+def run_benchmark(args: argparse.Namespace, progress: bool = True) -> dict:
     device = pick_device(args.device, DistEnv())
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work_dir or Path(tmp)
@@ -158,7 +158,7 @@ def _memory(device):
     return {"host_peak_mb": kib / 1024, "gpu_peak_mb": gpu}
 
 
-def format_table(f):
+def format_table(f: dict) -> str:
     p, t, m = f["pipeline"], f["train"], f["memory"]
     fmt = lambda v: "n/a" if v is None else f"{v:,.0f}"
     rows = [("input pipeline, original PIL DataLoader", p["original_img_s"]),
@@ -177,7 +177,7 @@ def format_table(f):
     return "\n".join(lines)
 
 
-def main(args):
+def main(args: argparse.Namespace) -> dict:
     TrainConfig(batch_size=args.batch_size, image_size=args.image_size, epochs=args.epochs,
                 workers=args.workers)  # the same argument checks as train.py
     figures = run_benchmark(args)

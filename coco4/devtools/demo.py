@@ -10,6 +10,8 @@ import argparse
 import importlib.util
 import time
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 from .. import cli
 from .synthetic import make_synthetic_coco
@@ -17,7 +19,7 @@ from .synthetic import make_synthetic_coco
 REPO = Path(__file__).resolve().parents[2]
 
 
-def get_args_parser():
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Run the coco4 workflow on generated demo data.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="everything goes here")
@@ -35,7 +37,7 @@ def get_args_parser():
     return p
 
 
-def script(name):
+def script(name: str) -> ModuleType:
     """Import one of the repository's entry scripts, to call its main() as the CLI would."""
     spec = importlib.util.spec_from_file_location(f"coco4_script_{name}", REPO / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
@@ -43,13 +45,13 @@ def script(name):
     return module
 
 
-def run_step(name, argv):
+def run_step(name: str, argv: list[str]) -> Any:
     module = script(name)
     print(f"\n== python {name}.py {' '.join(argv)}", flush=True)
     return module.main(module.get_args_parser().parse_args(argv))
 
 
-def main(args):
+def main(args: argparse.Namespace) -> dict:
     tic = time.perf_counter()
     out = args.out
     print(f"== generating demo COCO data in {out / 'coco'}")

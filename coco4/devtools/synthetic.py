@@ -9,6 +9,7 @@ distractors only, no annotations at all, grayscale JPEGs.
 import argparse
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -240,8 +241,9 @@ def _write_split(root, split, n, seed, id_offset, image_sizes, progress):
     return {"images": len(images), "annotations": len(anns), "cases": counts}
 
 
-def make_synthetic_coco(root, num_train=240, num_val=80, seed=0, image_sizes=DEFAULT_SIZES,
-                        progress=True) -> dict:
+def make_synthetic_coco(root: str | Path, num_train: int = 240, num_val: int = 80,
+                        seed: int = 0, image_sizes: Sequence[tuple[int, int]] = DEFAULT_SIZES,
+                        progress: bool = True) -> dict:
     """Write the train and val splits under ``root``; return counts per split and per case."""
     for name, n in (("num_train", num_train), ("num_val", num_val)):
         if not len(CASES) <= n < ID_SPAN:
@@ -258,7 +260,7 @@ def make_synthetic_coco(root, num_train=240, num_val=80, seed=0, image_sizes=DEF
     return summary
 
 
-def get_args_parser():
+def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Write a synthetic COCO-format dataset of "
                                      "the 4 target classes plus distractors.")
     parser.add_argument("--root", required=True, help="output folder (COCO layout)")
@@ -270,7 +272,7 @@ def get_args_parser():
     return parser
 
 
-def main(args):
+def main(args: argparse.Namespace) -> dict:
     sizes = COCO_SIZES if args.coco_size else DEFAULT_SIZES
     summary = make_synthetic_coco(args.root, args.num_train, args.num_val, args.seed, sizes)
     for split in ("train", "val"):
