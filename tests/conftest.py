@@ -35,6 +35,16 @@ def demo_data(tmp_path_factory):
     return root
 
 
+class CreatesFile:
+    """Unpickling this calls a function with side effects: what a malicious checkpoint does."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
 def read_csv(path):
     """The rows of a CSV file as dicts of strings."""
     with open(path, newline="") as f:

@@ -14,6 +14,7 @@ import evaluate
 import visualize
 from conftest import (
     REPO,
+    CreatesFile,
     check_against_direct,
     direct_predictions,
     eval_argv,
@@ -58,16 +59,6 @@ def test_evaluate_the_original_checkpoint_format(demo_data, tmp_path):
     image_list, probs = direct_predictions(model, demo_data, 224)
     check_against_direct(tmp_path / "eval", image_list, probs,
                          ["bird", "airplane", "train", "boat"])
-
-
-class CreatesFile:
-    """Unpickling this calls a function with side effects: what a malicious checkpoint does."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (Path(self.marker),))
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ from coco4.cli import Coco4Error
 from coco4.data.lists import read_list, write_list
 from coco4.trainer import fit
 
-from conftest import REPO, train_args, train_cli
+from conftest import REPO, CreatesFile, train_args, train_cli
 
 
 def bad_image_data(demo_data, tmp_path):
@@ -225,16 +225,6 @@ def test_sigterm_saves_resumes_and_matches_an_uninterrupted_run(demo_data, tmp_p
     b = read_file(tmp_path / "cut" / "last.pt")["model"]
     assert max((a[k].double() - b[k].double()).abs().max().item() for k in a) <= 1e-6
     del stdout
-
-
-class CreatesFile:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        from pathlib import Path
-
-        return (Path.touch, (Path(self.marker),))
 
 
 @pytest.mark.slow

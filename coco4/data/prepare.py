@@ -100,7 +100,7 @@ def prepare_train_data(cfg: TrainConfig, env: DistEnv, device: torch.device, pro
     train_idx, val_idx = [usable[i] for i in train_pos], [usable[i] for i in val_pos]
     report.update(train_images=len(train_idx), val_images=len(val_idx))
     info(f"data: {len(train_idx)} train / {len(val_idx)} validation images held out "
-             f"from {cfg.train_list_path} ({len(classes)} classes: {', '.join(classes)})")
+         f"from {cfg.train_list_path} ({len(classes)} classes: {', '.join(classes)})")
     if source.cache is not None:
         source.cache = cache_on_gpu_if_it_fits(source.cache, device)
     local_batch = math.ceil(cfg.batch_size / env.world)
