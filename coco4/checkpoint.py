@@ -198,7 +198,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
 def starting_model(arch: str, num_classes: int, weights: str) -> Classifier:
     """The model a new run starts from: ``weights`` is "imagenet", "none" or a local file
     holding torchvision's ImageNet state dict (for offline machines; its 1000-class head is
-    dropped) or any coco4 or original checkpoint of the same architecture to fine-tune."""
+    dropped), a bare state dict of a fine-tuned network (``model_state``), or any coco4 or
+    original checkpoint of the same architecture to fine-tune."""
     model = build_model(arch, num_classes)
     if weights == "imagenet":
         try:
@@ -215,8 +216,11 @@ def starting_model(arch: str, num_classes: int, weights: str) -> Classifier:
 
 def _load_weights_file(model: Classifier, path) -> None:
     state = read_file(path)
-    if _is_state_dict(state):  # torchvision's layout: a backbone to start from
-        _load_backbone(model, state, str(path))
+    if _is_state_dict(state):
+        if f"{model.spec.head}.3.weight" in state:  # a saved Classifier.net: the head too
+            load_state_into(model, state, str(path))
+        else:  # torchvision's ImageNet layout: a backbone to start from
+            _load_backbone(model, state, str(path))
         return
     ckpt = _upgrade(_as_checkpoint(state, path), path)
     if ckpt["config"]["arch"] != model.spec.name:

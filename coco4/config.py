@@ -52,8 +52,8 @@ class TrainConfig:
             (self.accum_steps <= self.batch_size, f"--accum-steps {self.accum_steps} is more "
              f"than --batch-size {self.batch_size}: each micro-batch needs an image"),
             (self.lr > 0, f"--lr must be positive, got {self.lr}"),
-            (self.image_size >= 32, f"--image-size must be at least 32 (ResNet-50 downsamples "
-             f"32x), got {self.image_size}"),
+            (self.image_size >= 32, f"--image-size must be at least 32 (every backbone "
+             f"downsamples 32x), got {self.image_size}"),
             (0 < self.val_fraction < 1, f"--val-fraction must be between 0 and 1 (exclusive), "
              f"got {self.val_fraction}"),
             (self.workers >= 0, f"--workers must be 0 or more, got {self.workers}"),
@@ -98,8 +98,10 @@ class TrainConfig:
     def resumed_from(self, stored: dict) -> tuple["TrainConfig", dict]:
         """The stored run's settings with this command line's runtime settings on top, and the
         settings this command line changed from their defaults that resuming ignores."""
+        # settings an older coco4 did not store take their defaults (what that run used)
+        stored = TrainConfig.from_dict(stored).to_dict()
         merged = {**stored, **{k: getattr(self, k) for k in RUNTIME_FIELDS}}
         defaults = TrainConfig().to_dict()
         ignored = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS
-                   and k in stored and stored[k] != v and v != defaults[k]}
+                   and stored[k] != v and v != defaults[k]}
         return TrainConfig.from_dict(merged), ignored

@@ -61,6 +61,14 @@ def any_rank(flag: bool, env: DistEnv, device: torch.device) -> bool:
     return bool(all_reduce_sum([float(flag)], env, device)[0]) if env.enabled else flag
 
 
+def broadcast_buffers(module: torch.nn.Module, env: DistEnv) -> None:
+    """Give every rank rank 0's buffers (BatchNorm statistics), which rank 0 also saves: DDP
+    broadcasts them before each forward, but each rank's last batch then moves its own copy."""
+    if env.enabled:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, 0)
+
+
 def barrier(env: DistEnv) -> None:
     if env.enabled:
         dist.barrier()

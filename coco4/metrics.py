@@ -3,8 +3,8 @@
 ``MetricAccumulator`` sums, on the logits' device, what every metric needs: the confusion
 matrix, the summed negative log-likelihood and the calibration bins. Under torchrun the sums are
 added up across ranks in one all-reduce; ``summary()`` then turns them into the metrics, with
-scikit-learn doing the per-class arithmetic. Any scalar it reports can select the best
-checkpoint (``SELECTABLE``) and gets a metrics.csv column (``CSV_COLUMNS``).
+scikit-learn doing the per-class arithmetic. Every scalar it reports gets a metrics.csv column
+(``CSV_COLUMNS``); those where higher is better can select the best checkpoint (``SELECTABLE``).
 
 Adding a metric: compute it in ``summary()`` from the sums (add a sum in ``update()`` if it
 needs one), and give it a column in ``CSV_COLUMNS``.

@@ -13,8 +13,10 @@ from .distributed import DistEnv
 from .fileio import atomic_write_text
 from .metrics import CSV_COLUMNS
 
-COLUMNS = ("epoch", "train_loss", "train_acc", *CSV_COLUMNS.values(), "lr", "seconds",
-           "images_per_s")
+# the columns earlier coco4 versions wrote keep their positions; further validation metrics follow
+_FIRST = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds",
+          "images_per_s")
+COLUMNS = _FIRST + tuple(c for c in CSV_COLUMNS.values() if c not in _FIRST)
 
 
 class RunLog:

@@ -27,6 +27,7 @@ from .distributed import (
     all_reduce_sum,
     any_rank,
     barrier,
+    broadcast_buffers,
     close_distributed,
     init_distributed,
     pick_device,
@@ -146,9 +147,11 @@ class Training:
         loss_sum, correct, count = all_reduce_sum(
             [float(state.loss_sum), float(state.correct), float(state.count)], env, device)
         # the bare model: evaluation needs no gradient sync, and DDP's forward would broadcast
-        # buffers, a collective that a rank with no validation images would never join
-        metrics, _ = evaluate(unwrap(learner.model), self.data.val, learner.amp,
-                              len(self.data.classes))
+        # buffers, a collective that a rank with no validation images would never join; so
+        # every rank takes rank 0's buffers here, and scores the weights rank 0 saves
+        model = unwrap(learner.model)
+        broadcast_buffers(model, env)
+        metrics, _ = evaluate(model, self.data.val, learner.amp, len(self.data.classes))
         val = metrics.all_reduce(env).summary(self.data.classes)
         learner.scheduler.step(val["nll"])
         return {"epoch": state.epoch + 1, "train_loss": loss_sum / count,

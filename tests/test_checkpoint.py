@@ -9,6 +9,7 @@ from torch import nn
 
 from coco4.checkpoint import load_model, read_file, save_checkpoint, starting_model
 from coco4.cli import Coco4Error
+from coco4.config import TrainConfig
 from coco4.run_log import read_metrics_csv
 from coco4.trainer import fit
 
@@ -126,9 +127,18 @@ def test_weights_that_do_not_fit_are_one_line_errors(tmp_path):
 
 def test_a_coco4_checkpoint_fine_tunes_from_its_weights(tmp_path):
     net = write_v1_checkpoint(tmp_path / "r50.pt")
-    model = starting_model("resnet50", 4, str(tmp_path / "r50.pt"))
-    for key, value in net.state_dict().items():  # the head too: the same classes
-        assert torch.equal(model.net.state_dict()[key], value), key
+    torch.save(net.state_dict(), tmp_path / "bare.pth")  # the network alone, head included
+    for weights in ("r50.pt", "bare.pth"):
+        model = starting_model("resnet50", 4, str(tmp_path / weights))
+        for key, value in net.state_dict().items():  # the head too: the same classes
+            assert torch.equal(model.net.state_dict()[key], value), (weights, key)
+
+
+def test_resuming_a_format_1_run_says_which_new_settings_it_ignores():
+    cfg, ignored = TrainConfig(select_by="macro_f1", lr=0.5).resumed_from(V1_CONFIG)
+    # that run chose its best checkpoint by accuracy, before --select-by existed
+    assert cfg.select_by == "accuracy" and cfg.arch == "resnet50" and cfg.lr == 1e-3
+    assert ignored == {"select_by": "macro_f1", "lr": 0.5}
 
 
 def test_no_network_names_the_offline_route(monkeypatch):

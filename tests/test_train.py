@@ -45,9 +45,10 @@ def test_cli_run_writes_checkpoints_metrics_and_events(demo_data, tmp_path):
     assert "epoch   2 |" in proc.stderr + proc.stdout
     rows = read_csv(out / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    assert set(rows[0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc",
-                            "val_macro_f1", "val_balanced_acc", "val_min_class_acc", "val_ece",
-                            "lr", "seconds", "images_per_s"}
+    # the columns earlier versions wrote keep their places, for scripts that read by position
+    assert list(rows[0]) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
+                             "seconds", "images_per_s", "val_macro_f1", "val_balanced_acc",
+                             "val_min_class_acc", "val_ece"]
     assert any(p.name.startswith("events.out.tfevents") for p in (out / "tensorboard").iterdir())
     ckpt = read_file(out / "last.pt")  # weights_only=True: plain data only
     assert ckpt["epoch"] == 2 and ckpt["classes"] == ["bird", "airplane", "train", "boat"]

@@ -86,6 +86,7 @@ def prepare_train_data(cfg: TrainConfig, env: DistEnv, device: torch.device, pro
     """The training run's batches; ``info`` tells the user what was found."""
     classes = read_classes(cfg.train_list_path.parent)
     image_list = read_list(cfg.train_list_path, len(classes))
+    check_image_dir(cfg.train_images_path)  # on every rank: all fail together, none waits
     # rank 0 builds the cache while the others wait, then everyone maps the same file
     if not env.is_main:
         barrier(env)
