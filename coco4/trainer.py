@@ -126,11 +126,10 @@ class Training:
             self._save(best=False)
             self.writer.wait()
             raise self._interrupted(stop.signum, epoch, state.step)
-        row = self._end_epoch(state)
-        is_best = row["score"] > run.best_metric
+        row, score = self._end_epoch(state)
+        is_best = score > run.best_metric
         if is_best:
-            run.best_metric, run.best_epoch = row["score"], epoch + 1
-        del row["score"]
+            run.best_metric, run.best_epoch = score, epoch + 1
         run.epoch, run.step, run.partial = epoch + 1, 0, None
         run.history.append(row)
         self._save(best=is_best)
@@ -139,9 +138,9 @@ class Training:
             self.writer.wait()
             raise self._interrupted(stop.signum, epoch + 1, 0)
 
-    def _end_epoch(self, state: EpochState) -> dict:
+    def _end_epoch(self, state: EpochState) -> tuple[dict, float]:
         """Reduce the epoch's figures over ranks, validate, step the LR schedule; the row for
-        metrics.csv, plus the ``score`` the best checkpoint is chosen by."""
+        metrics.csv, and the score the best checkpoint is chosen by."""
         env, device, learner = self.env, self.device, self.learner
         lr = learner.optimizer.param_groups[0]["lr"]
         loss_sum, correct, count = all_reduce_sum(
@@ -154,10 +153,10 @@ class Training:
         metrics, _ = evaluate(model, self.data.val, learner.amp, len(self.data.classes))
         val = metrics.all_reduce(env).summary(self.data.classes)
         learner.scheduler.step(val["nll"])
-        return {"epoch": state.epoch + 1, "train_loss": loss_sum / count,
-                "train_acc": correct / count, **csv_row(val), "lr": lr,
-                "seconds": state.seconds, "images_per_s": count / max(state.seconds, 1e-9),
-                "score": val[self.cfg.select_by]}
+        row = {"epoch": state.epoch + 1, "train_loss": loss_sum / count,
+               "train_acc": correct / count, **csv_row(val), "lr": lr,
+               "seconds": state.seconds, "images_per_s": count / max(state.seconds, 1e-9)}
+        return row, val[self.cfg.select_by]
 
     def _save(self, best: bool) -> None:
         if not self.env.is_main:
