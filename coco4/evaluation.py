@@ -1,6 +1,7 @@
 """Predict a labelled list or the user's own images with a model rebuilt from its checkpoint."""
 import argparse
 import csv
+import dataclasses
 import io
 import json
 from collections.abc import Callable, Sequence
@@ -68,8 +69,7 @@ def predict_list(predictor: Predictor, list_path: str | Path, image_dir: str | P
     list_path = Path(list_path)
     options = options or DataOptions()
     if options.cache_dir is None:
-        options = DataOptions(options.data_path, list_path.parent / "cache", options.workers,
-                              options.strict)
+        options = dataclasses.replace(options, cache_dir=list_path.parent / "cache")
     check_classes(predictor, list_path)
     image_list = read_list(list_path, len(predictor.classes))
     source = open_images(image_list, image_dir, predictor.image_size, options, progress)
