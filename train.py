@@ -50,6 +50,8 @@ def get_args_parser():
                    help="share of each class held out from the train list for validation")
     p.add_argument("--output-dir", default=D.output_dir, help="checkpoints and logs")
     p.add_argument("--resume", default=None, help="a last.pt to continue from")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete an earlier run's files in --output-dir and start anew")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=D.amp,
                    help="mixed precision on CUDA (bf16, or fp16 with loss scaling)")
     p.add_argument("--data-path", choices=("fast", "pil"), default=D.data_path,

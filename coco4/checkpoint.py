@@ -15,7 +15,6 @@ import pickle
 import platform
 import re
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,16 +29,18 @@ FORMAT = "coco4"
 FORMAT_VERSION = 2
 
 
-def save_checkpoint(path: str | Path, payload: dict) -> None:
-    """Write ``payload`` (plain containers of tensors and numbers) to ``path`` atomically."""
+def save_checkpoint(path: str | Path, payload: dict, *copies: str | Path) -> None:
+    """Write ``payload`` (plain containers of tensors and numbers) to ``path``, and to each of
+    ``copies`` as a file of its own (best.pt beside last.pt), each atomically."""
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION,
                "versions": library_versions(), **payload}
     # serialise in memory, then write plain bytes: torch's zip writer reports a full disk as
     # an opaque RuntimeError, a plain write as OSError naming the cause
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(buffer.getbuffer())
+    for target in (path, *copies):
+        with atomic_path(target) as tmp, open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
 
 
 def model_state(model: torch.nn.Module) -> dict:
@@ -56,18 +57,16 @@ class CheckpointWriter:
     def __init__(self):
         self._thread, self._error = None, None
 
-    def save(self, path: str | Path, payload: dict, then: Callable[[], None] | None = None) -> None:
-        """Snapshot ``payload`` (CPU copies of every tensor) now; write it, then call ``then``."""
+    def save(self, paths: list[Path], payload: dict) -> None:
+        """Snapshot ``payload`` (CPU copies of every tensor) now; write it to each of ``paths``."""
         self.wait()
         snapshot = _cpu_copy(payload)
-        self._thread = threading.Thread(target=self._write, args=(path, snapshot, then))
+        self._thread = threading.Thread(target=self._write, args=(paths, snapshot))
         self._thread.start()
 
-    def _write(self, path, payload, then):
+    def _write(self, paths, payload):
         try:
-            save_checkpoint(path, payload)
-            if then:
-                then()
+            save_checkpoint(paths[0], payload, *paths[1:])
         except BaseException as e:  # handed to the training thread by wait()
             self._error = e
 

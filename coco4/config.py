@@ -13,7 +13,7 @@ from .model import ARCHITECTURES, DEFAULT_ARCH
 # Settings that say where and how fast a run executes, not what it computes: on --resume these
 # come from the command line, everything else from the checkpoint being resumed.
 RUNTIME_FIELDS = ("coco_root", "data_dir", "train_list", "train_images", "cache_dir", "epochs",
-                  "device", "workers", "output_dir", "resume", "compile", "strict")
+                  "device", "workers", "output_dir", "resume", "compile", "strict", "overwrite")
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class TrainConfig:
     plateau_patience: int = 5
     arch: str = DEFAULT_ARCH
     select_by: str = "accuracy"
+    overwrite: bool = False  # a new run may delete an earlier run's files in output_dir
 
     def __post_init__(self):
         checks = [

@@ -2,7 +2,6 @@
 import contextlib
 import os
 import secrets
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,21 +78,3 @@ def check_writable(folder: str | Path) -> None:
     if problem:
         raise Coco4Error(f"cannot write to {folder}: {problem}; choose another folder or fix "
                          "its permissions")
-
-
-def link_or_copy(src: str | Path, dst: str | Path) -> None:
-    """Make ``dst`` hold ``src``'s current bytes, atomically, without copying where possible.
-
-    A hard link is free, and safe here because ``src`` is only ever replaced by a rename (a new
-    inode), never rewritten in place, so ``dst`` keeps the bytes it was linked to.
-    """
-    src, dst = Path(src), Path(dst)
-    tmp = dst.with_name(f".{dst.name}.link.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-        os.replace(tmp, dst)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        with atomic_path(dst) as t:
-            shutil.copyfile(src, t)

@@ -11,6 +11,7 @@ import dataclasses
 import math
 import os
 import shlex
+import shutil
 import signal
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from .distributed import (
     init_distributed,
     pick_device,
 )
-from .fileio import check_writable, link_or_copy
+from .fileio import check_writable
 from .interrupt import Interrupted, StopRequest
 from .loop import Amp, EpochState, Learner, evaluate, non_finite_loss, train_one_epoch
 from .metrics import csv_row
@@ -78,6 +79,8 @@ class Training:
         self.log.config(cfg, self.device, env)
         if env.is_main:
             check_writable(cfg.output_dir)
+            if not resumed:
+                make_room_for_a_new_run(cfg)
         self.data = prepare_train_data(cfg, env, self.device, progress, self.log.info)
         if resumed and resumed.classes != list(self.data.classes):
             raise Coco4Error(f"{cfg.resume} was trained on classes {resumed.classes}, but "
@@ -170,8 +173,9 @@ class Training:
                    "best_metric": run.best_metric, "classes": list(self.data.classes),
                    "config": self.cfg.to_dict(), "data": self.data.report}
         out = Path(self.cfg.output_dir)
-        then = (lambda: link_or_copy(out / "last.pt", out / "best.pt")) if best else None
-        self.writer.save(out / "last.pt", payload, then=then)
+        # best.pt a file of its own, not a link: changing last.pt in place must not change it
+        self.writer.save([out / "last.pt", out / "best.pt"] if best else [out / "last.pt"],
+                         payload)
 
     def _interrupted(self, signum: int | None, epoch: int, step: int) -> Interrupted:
         # under torchrun a rank may stop because another rank was signalled: call it SIGTERM
@@ -181,7 +185,7 @@ class Training:
         defaults = TrainConfig()
         for field in RUNTIME_FIELDS:
             value = getattr(self.cfg, field)
-            if field == "resume" or value == getattr(defaults, field):
+            if field in ("resume", "overwrite") or value == getattr(defaults, field):
                 continue
             flag = "--" + field.replace("_", "-")
             if isinstance(value, bool):
@@ -193,6 +197,26 @@ class Training:
                            f"Continue with: {shlex.join(command)}"
                            + (" (under torchrun, with the same torchrun options)"
                               if "WORLD_SIZE" in os.environ else ""), signum)
+
+
+RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "tensorboard")
+
+
+def make_room_for_a_new_run(cfg: TrainConfig) -> None:
+    """A new run never silently replaces another run's files: it is refused, or, with
+    ``overwrite``, the earlier run's files go first, so none of them (best.pt, TensorBoard
+    events) is left to mix with the new run's."""
+    out = Path(cfg.output_dir)
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if found and not cfg.overwrite:
+        raise Coco4Error(f"{out} already holds a run ({', '.join(found)}); continue it with "
+                         f"--resume {out / 'last.pt'}, choose another --output-dir, or pass "
+                         "--overwrite to replace it")
+    for name in found:
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+        else:
+            (out / name).unlink()
 
 
 def _load_resume(path: str) -> LoadedModel:

@@ -112,6 +112,43 @@ def test_empty_class_and_a_val_fraction_too_small(demo_data, tmp_path):
         fit(train_args(demo_data, tmp_path / "o", val_fraction=0.01), progress=False)
 
 
+def test_a_new_run_never_silently_replaces_an_earlier_one(demo_data, tmp_path):
+    fit(train_args(demo_data, tmp_path), progress=False)
+    before = {name: (tmp_path / name).read_bytes() for name in ("last.pt", "best.pt",
+                                                                 "metrics.csv")}
+    with pytest.raises(Coco4Error, match=r"already holds a run \(last.pt, best.pt, metrics.csv, "
+                                         r"tensorboard\); continue it with --resume .*last.pt.* "
+                                         r"--overwrite"):
+        fit(train_args(demo_data, tmp_path, seed=1), progress=False)
+    assert {n: (tmp_path / n).read_bytes() for n in before} == before
+    # --overwrite: the earlier run's files go first, TensorBoard events included
+    fit(train_args(demo_data, tmp_path, seed=1, overwrite=True), progress=False)
+    assert (tmp_path / "last.pt").read_bytes() != before["last.pt"]
+    assert len(list((tmp_path / "tensorboard").iterdir())) == 1
+
+
+def test_best_pt_is_a_file_of_its_own(demo_data, tmp_path):
+    fit(train_args(demo_data, tmp_path), progress=False)
+    best, last = tmp_path / "best.pt", tmp_path / "last.pt"
+    assert best.read_bytes() == last.read_bytes()  # one epoch: the best is the last
+    assert best.stat().st_ino != last.stat().st_ino
+    kept = best.read_bytes()
+    with open(last, "r+b") as f:  # what a user's torch.save or cp over last.pt does
+        f.write(b"overwritten in place")
+    assert best.read_bytes() == kept and read_file(best)["epoch"] == 1
+
+
+def test_resume_with_lists_for_other_classes_is_refused(demo_data, tmp_path):
+    fit(train_args(demo_data, tmp_path / "run"), progress=False)
+    data = tmp_path / "data"
+    shutil.copytree(demo_data / "data", data, ignore=shutil.ignore_patterns("cache"))
+    (data / "classes.txt").write_text("cat\ndog\ntrain\nboat\n")  # same count, other names
+    with pytest.raises(Coco4Error, match=r"was trained on classes \['bird', 'airplane', "
+                                         r"'train', 'boat'\], but .* is labelled for \['cat'"):
+        fit(train_args(demo_data, tmp_path / "run", data_dir=str(data), epochs=2,
+                       resume=str(tmp_path / "run" / "last.pt")), progress=False)
+
+
 def test_an_output_folder_that_cannot_be_written_fails_before_training(demo_data, tmp_path):
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(Coco4Error, match="cannot write to"):

@@ -60,7 +60,8 @@ def main(args: argparse.Namespace) -> dict:
     run_step("annotation_prepare", ["--coco-root", str(out / "coco"),
                                     "--out-dir", str(out / "data")])
     run_step("train", paths + [
-        "--output-dir", str(out / "checkpoint"), "--device", "cpu", "--weights", "none",
+        "--output-dir", str(out / "checkpoint"), "--overwrite", "--device", "cpu",
+        "--weights", "none",
         "--epochs", str(args.epochs), "--image-size", str(args.image_size),
         "--batch-size", str(args.batch_size), "--lr", str(args.lr),
         "--val-fraction", str(args.val_fraction),
