@@ -106,9 +106,9 @@ class Training:
     def _one_epoch(self, epoch: int, stop: StopRequest) -> None:
         """Train, validate, checkpoint and log one epoch; on a stop request, save and raise."""
         cfg, env, device, run, learner = self.cfg, self.env, self.device, self.state, self.learner
-        resuming = run.partial and epoch == run.epoch
-        state = EpochState.start(epoch, device, run.partial if resuming else None,
-                                 run.step if epoch == run.epoch else 0)
+        stopped_here = epoch == run.epoch  # where a mid-epoch checkpoint (if any) stopped
+        state = EpochState.start(epoch, device, run.partial if stopped_here else None,
+                                 run.step if stopped_here else 0)
         out_of_memory = False
         try:
             completed = train_one_epoch(
