@@ -61,6 +61,43 @@ def any_rank(flag: bool, env: DistEnv, device: torch.device) -> bool:
     return bool(all_reduce_sum([float(flag)], env, device)[0]) if env.enabled else flag
 
 
+class StopVote:
+    """Whether any rank asked to stop, agreed on without making the host wait for the GPU.
+
+    Each call starts a sum of this rank's flag over a CPU (gloo) group, in the background, and
+    answers with the previous call's sum: every rank gets the same answer at the same step, one
+    step after the request, and no call waits for queued GPU work (an all-reduce of a CUDA
+    tensor read back with ``.item()`` would, at every step). A dead peer fails the wait at
+    once instead of leaving the others blocked until the NCCL timeout.
+    """
+
+    def __init__(self, env: DistEnv):
+        self.env = env
+        self._group = dist.new_group(backend="gloo") if env.enabled else None
+        self._pending = None
+
+    def __call__(self, flag: bool) -> bool:
+        if not self.env.enabled:
+            return flag
+        answer = self.result()
+        vote = torch.tensor([float(flag)])
+        self._pending = (dist.all_reduce(vote, group=self._group, async_op=True), vote)
+        return answer
+
+    def result(self) -> bool:
+        """The sum started by the last call, waited for (False when none is pending)."""
+        if self._pending is None:
+            return False
+        work, vote = self._pending
+        self._pending = None
+        try:
+            work.wait()
+        except RuntimeError as e:  # gloo's "Connection closed by peer"
+            raise Coco4Error(f"another torchrun process stopped (its own error above says why): "
+                             f"{str(e).splitlines()[0][:200]}") from None
+        return bool(vote.item())
+
+
 def broadcast_buffers(module: torch.nn.Module, env: DistEnv) -> None:
     """Give every rank rank 0's buffers (BatchNorm statistics), which rank 0 also saves: DDP
     broadcasts them before each forward, but each rank's last batch then moves its own copy."""
@@ -84,6 +121,10 @@ def pick_device(requested: str, env: DistEnv) -> torch.device:
         if not torch.cuda.is_available():
             raise Coco4Error(f"--device {requested} asked for CUDA, but torch.cuda.is_available() "
                              "is False (no GPU, or a CPU-only PyTorch); use --device cpu")
-        return torch.device("cuda", env.local_rank if env.enabled else
-                            (torch.device(requested).index or 0))
+        device = torch.device("cuda", env.local_rank if env.enabled else
+                              (torch.device(requested).index or 0))
+        # the current device is where pinned memory, bare "cuda" tensors, the bf16 check and
+        # memory queries go: GPU 0 unless set, even when training runs on cuda:1
+        torch.cuda.set_device(device)
+        return device
     return torch.device("cpu")

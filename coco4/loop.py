@@ -32,7 +32,10 @@ class Amp:
     def for_device(cls, device: torch.device, enabled: bool) -> "Amp":
         if not enabled or device.type != "cuda":
             return cls(device.type)  # CPU trains in fp32: bf16 autocast there is slow and lossy
-        return cls("cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+        # bf16 only where the GPU computes in it (Ampere and later); torch also counts V100s
+        # and T4s, which emulate it slowly, and which run fp16 with a GradScaler at full speed
+        bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        return cls("cuda", torch.bfloat16 if bf16 else torch.float16)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype is None:

@@ -22,9 +22,11 @@ from . import run_log
 from .checkpoint import CheckpointWriter, LoadedModel, load_model, model_state, starting_model
 from .cli import Coco4Error
 from .config import RUNTIME_FIELDS, TrainConfig
+from .data.loaders import Batches
 from .data.prepare import TrainData, prepare_train_data
 from .distributed import (
     DistEnv,
+    StopVote,
     all_reduce_sum,
     any_rank,
     barrier,
@@ -35,7 +37,15 @@ from .distributed import (
 )
 from .fileio import check_writable
 from .interrupt import Interrupted, StopRequest
-from .loop import Amp, EpochState, Learner, evaluate, non_finite_loss, train_one_epoch
+from .loop import (
+    Amp,
+    EpochState,
+    Learner,
+    evaluate,
+    non_finite_loss,
+    train_one_epoch,
+    train_step,
+)
 from .metrics import csv_row
 from .model import trainable_parameters, unwrap
 from .seeding import seed_everything
@@ -89,6 +99,7 @@ class Training:
         self.learner = build_learner(cfg, self.data, self.device, env, resumed)
         self.state = RunState(**resumed.checkpoint["run"]) if resumed else RunState()
         self.writer = CheckpointWriter()
+        self.stop_vote = StopVote(env)
 
     def run(self) -> dict:
         try:
@@ -109,18 +120,15 @@ class Training:
         stopped_here = epoch == run.epoch  # where a mid-epoch checkpoint (if any) stopped
         state = EpochState.start(epoch, device, run.partial if stopped_here else None,
                                  run.step if stopped_here else 0)
-        out_of_memory = False
         try:
             completed = train_one_epoch(
                 learner, self.data.train, state, seed=(cfg.seed, env.rank),
-                should_stop=lambda: any_rank(stop.requested, env, device),
+                should_stop=lambda: self.stop_vote(stop.requested),
                 desc=f"epoch {epoch + 1}/{cfg.epochs}" if self.progress else None)
         except torch.cuda.OutOfMemoryError:
-            out_of_memory = True  # advice below, once the failed step's tensors are released
-        if out_of_memory:
-            learner.optimizer.zero_grad(set_to_none=True)
-            raise Coco4Error(out_of_memory_advice(cfg, unwrap(learner.model), learner.amp,
-                                                  device, env))
+            completed = None  # advice below, once the failed step's tensors are released
+        if completed is None:
+            raise self._out_of_memory("training")
         bad_step = int(state.first_bad_step)
         if any_rank(bad_step >= 0, env, device):  # every rank stops, not just the one that saw it
             raise non_finite_loss(bad_step if bad_step >= 0 else None, epoch)
@@ -137,7 +145,8 @@ class Training:
         run.history.append(row)
         self._save(best=is_best)
         self.log.epoch(run.history, run.best_epoch)
-        if any_rank(stop.requested, env, device) and epoch + 1 < cfg.epochs:
+        voted = self.stop_vote.result()  # the last step's vote, in flight until now
+        if (any_rank(stop.requested, env, device) or voted) and epoch + 1 < cfg.epochs:
             self.writer.wait()
             raise self._interrupted(stop.signum, epoch + 1, 0)
 
@@ -153,13 +162,28 @@ class Training:
         # every rank takes rank 0's buffers here, and scores the weights rank 0 saves
         model = unwrap(learner.model)
         broadcast_buffers(model, env)
-        metrics, _ = evaluate(model, self.data.val, learner.amp, len(self.data.classes))
+        try:
+            metrics, _ = evaluate(model, self.data.val, learner.amp, len(self.data.classes))
+        except torch.cuda.OutOfMemoryError:
+            metrics = None
+        if metrics is None:
+            raise self._out_of_memory("validation")
         val = metrics.all_reduce(env).summary(self.data.classes)
         learner.scheduler.step(val["nll"])
         row = {"epoch": state.epoch + 1, "train_loss": loss_sum / count,
                "train_acc": correct / count, **csv_row(val), "lr": lr,
                "seconds": state.seconds, "images_per_s": count / max(state.seconds, 1e-9)}
         return row, val[self.cfg.select_by]
+
+    def _out_of_memory(self, during: str) -> Coco4Error:
+        """The one-line advice for a CUDA out-of-memory error ``during`` training or
+        validation. Under torchrun this process then exits at once: the other ranks' next
+        stop vote fails on the lost peer, and torchrun ends them, instead of all waiting for
+        the NCCL timeout."""
+        learner = self.learner
+        learner.optimizer.zero_grad(set_to_none=True)
+        probe = self.data.train if during == "training" else None
+        return Coco4Error(out_of_memory_advice(self.cfg, learner, probe, self.env, during))
 
     def _save(self, best: bool) -> None:
         if not self.env.is_main:
@@ -264,38 +288,46 @@ def build_learner(cfg: TrainConfig, data: TrainData, device: torch.device, env: 
                    scaler, cfg.accum_steps)
 
 
-def out_of_memory_advice(cfg: TrainConfig, model: torch.nn.Module, amp: Amp,
-                         device: torch.device, env: DistEnv) -> str:
-    """A one-line message naming an --accum-steps that fits, found by trying smaller
-    micro-batches on the GPU (halving from the one that failed); under torchrun, or on other
-    devices, double it."""
+def out_of_memory_advice(cfg: TrainConfig, learner: Learner, batches: Batches | None,
+                         env: DistEnv, during: str = "training") -> str:
+    """A one-line message naming an --accum-steps that fits. On one GPU it is found by running
+    real training steps (the optimizer's state, the uint8 batch and its crops included) on
+    ``batches`` with more and more micro-batches, then a quarter more for a margin; under
+    torchrun (a lone rank cannot step a DDP model), on other devices, or for ``validation``
+    (which runs in micro-batches of the same size), it is doubled."""
     local = math.ceil(cfg.batch_size / env.world)
     micro = math.ceil(local / cfg.accum_steps)
-    # under torchrun the bare model's backward would still fire DDP's gradient hooks: no probe
-    fits = None if env.enabled else _largest_micro_batch(model, amp, device, cfg.image_size,
-                                                          micro // 2)
-    accum = math.ceil(local / fits) if fits else cfg.accum_steps * 2
-    return (f"CUDA out of memory with micro-batches of {micro} images at {cfg.image_size}px; "
-            f"rerun with --accum-steps {accum} (micro-batches of {math.ceil(local / accum)}, "
-            "the same effective batch; BatchNorm sees each micro-batch alone)")
+    fits = None
+    if batches is not None and not env.enabled:
+        fits = _accum_steps_that_fit(learner, batches, cfg.accum_steps * 2, local)
+    accum = fits or min(cfg.accum_steps * 2, local)
+    return (f"CUDA out of memory in {during} with micro-batches of {micro} images at "
+            f"{cfg.image_size}px; rerun with --accum-steps {accum} (micro-batches of "
+            f"{math.ceil(local / accum)}, the same effective batch; BatchNorm sees each "
+            "micro-batch alone)")
 
 
-def _largest_micro_batch(model, amp, device, image_size, start):
-    if device.type != "cuda":
+def _accum_steps_that_fit(learner, batches, start, local):
+    if batches.plan.device.type != "cuda":
         return None
-    size = start
-    while size >= 1:
-        try:
-            with torch.cuda.device(device):
-                torch.cuda.empty_cache()
-            x = torch.randint(0, 256, (size, 3, image_size, image_size), dtype=torch.uint8,
-                              device=device)
-            with amp.autocast():
-                model(x).float().sum().backward()
-            model.zero_grad(set_to_none=True)
-            # 3/4 of what just fitted: leave room for the optimizer step and fragmentation
-            return max(1, size * 3 // 4)
-        except torch.cuda.OutOfMemoryError:
-            model.zero_grad(set_to_none=True)
-            size //= 2
+    accum = start
+    while accum <= local:
+        if _a_step_fits(learner, batches, accum):
+            return min(local, math.ceil(accum * 4 / 3))  # room for fragmentation
+        accum *= 2
     return None
+
+
+def _a_step_fits(learner, batches, accum):
+    """Whether one real step (this run's next batch, its crops, the optimizer's update) fits
+    with ``accum`` micro-batches. The weights it changes are never saved: the run ends here."""
+    learner.accum_steps = accum
+    try:
+        torch.cuda.empty_cache()
+        x, y = next(iter(batches.iterate(0)))
+        train_step(learner, x, y)
+        torch.cuda.synchronize(batches.plan.device)
+        return True
+    except torch.cuda.OutOfMemoryError:
+        learner.optimizer.zero_grad(set_to_none=True)
+        return False

@@ -297,6 +297,14 @@ def test_batched_and_per_image_crops_agree():
     assert diff.mean() < 1.5 and diff.max() <= 12
 
 
+def test_gpu_crops_come_channels_last_as_the_convolutions_want_them():
+    images = smooth_images(4)
+    boxes, flips = random_crops(4, 37, 37, _gen(0))
+    out = resized_crops(images, boxes, flips, 32)
+    assert out.shape == (4, 3, 32, 32)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_crops_in_chunks_equal_the_whole_batch_at_once():
     """The GPU resampler works ``chunk`` images at a time to bound its float copies; where the
     chunks fall must not change a pixel (each chunk's boxes index its own images)."""

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torchvision
 from torch import nn
+from torchvision import transforms as T
 
 from coco4.cli import Coco4Error
 from coco4.model import ARCHITECTURES, arch_spec, build_model, trainable_parameters
@@ -110,6 +111,23 @@ def test_the_model_normalises_pixels_itself():
     assert got == pytest.approx([2.24891, -2.03571, 0.42649], abs=1e-4)
     # float pixels in [0, 255] are the same input as uint8 ones
     assert model(pixel.float()).flatten().tolist() == got
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_under_autocast_pixels_are_normalised_straight_to_its_dtype(dtype):
+    """No full-batch fp32 copy for autocast to convert again: the network gets the autocast
+    dtype, within that dtype's rounding of torchvision's Normalize."""
+    model = build_model("resnet50", 4)
+    model.net = nn.Identity()
+    pixels = torch.randint(0, 256, (2, 3, 5, 5), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    # ImageNet's statistics, as published with torchvision's weights
+    expected = T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))(pixels.float() / 255)
+    with torch.autocast("cpu", dtype=dtype):
+        got = model(pixels)
+    assert got.dtype == dtype
+    assert (got.float() - expected).abs().max() < 0.04  # 2.6 at most: a few bf16 steps
+    assert model(pixels).dtype == torch.float32  # no autocast: fp32, as before
 
 
 def test_unknown_architecture_is_a_one_line_error():

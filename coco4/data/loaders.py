@@ -62,17 +62,36 @@ def epoch_order(n: int, epoch: int, plan: BatchPlan) -> torch.Tensor:
 
 class Batches(ABC):
     """One split (``indices`` into a list) as batches on ``plan.device``: what training,
-    validation and evaluation iterate over, whichever data path reads the pixels."""
+    validation and evaluation iterate over, whichever data path reads the pixels.
+
+    An epoch's batches are equal: ``len(self)`` steps of at most ``plan.batch_size`` images,
+    never a full batch and then a tiny one (4,587 images at 2048 are 3 x 1,529, not 2048,
+    2048, 539). In training the few images over a multiple of the step count (fewer than the
+    steps, a different few each shuffled epoch) are dropped, so every step has one shape, which
+    cuDNN's autotuner and torch.compile see once; evaluation keeps every image, in batches
+    that differ by at most one.
+    """
 
     def __init__(self, indices: Sequence[int], plan: BatchPlan):
         self.indices = torch.as_tensor(indices, dtype=torch.long)
         self.plan = plan
 
-    def __len__(self) -> int:
-        """Steps per epoch: ``epoch_order``'s length on this rank over the batch size."""
+    def _per_rank(self) -> int:
+        """Images in this rank's share of an epoch: ``epoch_order``'s length."""
         n, plan = len(self.indices), self.plan
-        per_rank = -(-n // plan.world) if plan.train else len(range(plan.rank, n, plan.world))
-        return math.ceil(per_rank / plan.batch_size)
+        return -(-n // plan.world) if plan.train else len(range(plan.rank, n, plan.world))
+
+    def __len__(self) -> int:
+        """Steps per epoch."""
+        return math.ceil(self._per_rank() / self.plan.batch_size)
+
+    def bounds(self, step: int) -> tuple[int, int]:
+        """Positions [start, end) of ``step``'s images in this rank's epoch order."""
+        per_rank, steps = self._per_rank(), len(self)
+        if self.plan.train:
+            size = per_rank // steps
+            return step * size, (step + 1) * size
+        return step * per_rank // steps, (step + 1) * per_rank // steps
 
     def order(self, epoch: int) -> torch.Tensor:
         return epoch_order(len(self.indices), epoch, self.plan)
@@ -100,7 +119,7 @@ class CachedBatches(Batches):
                                                                           torch.Tensor]]:
         plan, order = self.plan, self.order(epoch)
         for step in range(start_step, len(self)):
-            pick = order[step * plan.batch_size:(step + 1) * plan.batch_size]
+            pick = order[slice(*self.bounds(step))]
             rows = self.indices[pick]
             y = to_device(self.labels[pick], plan.device)
             if not plan.train:
@@ -142,11 +161,11 @@ class PilBatches(Batches):
 
     def iterate(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor,
                                                                           torch.Tensor]]:
-        plan = self.plan
-        sampler = self.indices[self.order(epoch)][start_step * plan.batch_size:].tolist()
+        plan, order = self.plan, self.indices[self.order(epoch)].tolist()
+        steps = [order[slice(*self.bounds(step))] for step in range(start_step, len(self))]
         loader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=plan.batch_size, sampler=sampler,
-            num_workers=self.workers, pin_memory=plan.device.type == "cuda",
+            self.dataset, batch_sampler=steps, num_workers=self.workers,
+            pin_memory=plan.device.type == "cuda",
             generator=generator(plan.seed, "workers", epoch, plan.rank),
             worker_init_fn=ignore_sigint)
         for x, y in loader:

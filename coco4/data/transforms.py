@@ -88,7 +88,8 @@ def resized_crops(images_u8: torch.Tensor, boxes: torch.Tensor, flips: torch.Ten
 
     roi_align with one sample per output pixel is bilinear resampling of every crop at once.
     Crops come from the pre-crop square (256 px for 224), so they are shrunk by at most 256/224:
-    antialiasing would change next to nothing. Rounded back to uint8, as PIL's output is.
+    antialiasing would change next to nothing. Rounded back to uint8, as PIL's output is, in
+    an NCHW-shaped batch with channels_last strides.
     ``chunk`` images at a time: the float copies of a whole batch of 2048 would take about
     7 GB, more than a micro-batch's training step on a GPU small enough to need --accum-steps.
     """
@@ -97,7 +98,8 @@ def resized_crops(images_u8: torch.Tensor, boxes: torch.Tensor, flips: torch.Ten
     n, device = len(images_u8), images_u8.device
     top, left, h, w = boxes.to(device).float().unbind(1)  # no-ops when the caller moved them
     flips = flips.to(device).view(n, 1, 1, 1)
-    out = torch.empty(n, 3, size, size, dtype=torch.uint8, device=device)
+    # channels_last, the layout the model's convolutions run in: no copy of the batch later
+    out = torch.empty(n, size, size, 3, dtype=torch.uint8, device=device).permute(0, 3, 1, 2)
     for s in range(0, n, chunk):
         e = min(s + chunk, n)
         rois = torch.stack([torch.arange(e - s, device=device).float(), left[s:e], top[s:e],

@@ -1,0 +1,27 @@
+"""train.py under torchrun, with rank 1's second training step failing as a CUDA out-of-memory
+error does: what a user's run meets when one GPU has less memory free than the others."""
+import os
+import runpy
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+import coco4.loop  # noqa: E402
+
+real_step, steps = coco4.loop.train_step, []
+
+
+def train_step(learner, x, y):
+    steps.append(1)
+    if os.environ["RANK"] == "1" and len(steps) == 2:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    return real_step(learner, x, y)
+
+
+coco4.loop.train_step = train_step
+sys.argv[0] = str(REPO / "train.py")
+runpy.run_path(sys.argv[0], run_name="__main__")
