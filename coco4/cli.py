@@ -55,6 +55,8 @@ def add_source_args(p: argparse.ArgumentParser, default_split: str = "val") -> N
                    help=f"image folder (default: COCO_ROOT/images/{default_split}2017)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                   help="mixed precision on CUDA (bf16, or fp16 where bf16 is emulated)")
     p.add_argument("--workers", type=int, default=default_workers())
     p.add_argument("--data-path", choices=("fast", "pil"), default="fast",
                    help="fast: decoded-image cache; pil: decode every image each time")

@@ -76,8 +76,16 @@ def predict_list(predictor: Predictor, list_path: str | Path, image_dir: str | P
     report = unusable_report(source, options.strict, log)
     keep = source.usable()
     plan = BatchPlan(batch_size, predictor.device, predictor.image_size, train=False)
-    metrics, logits = evaluate(predictor.model, make_batches(source, keep, plan), predictor.amp,
-                               len(predictor.classes), desc="predicting" if progress else None)
+    try:
+        metrics, logits = evaluate(predictor.model, make_batches(source, keep, plan),
+                                   predictor.amp, len(predictor.classes),
+                                   desc="predicting" if progress else None)
+    except torch.cuda.OutOfMemoryError:
+        metrics = None  # the advice once the failed batch's tensors are released
+    if metrics is None:
+        raise Coco4Error(f"CUDA out of memory predicting batches of {batch_size} images at "
+                         f"{predictor.image_size}px; rerun with --batch-size "
+                         f"{max(1, batch_size // 2)}")
     return Predictions(list_path, Path(image_dir), [image_list.files[i] for i in keep],
                        [image_list.labels[i] for i in keep], logits.softmax(1), metrics,
                        report["left_out"])
@@ -87,7 +95,7 @@ def predict_from_args(args: argparse.Namespace) -> tuple[Predictor, Predictions]
     """What evaluate.py and visualize.py start with: the checkpoint's predictions for the list
     their shared arguments (``cli.add_source_args``) name, arguments checked first."""
     list_path, images, cache_dir = resolve_sources(args)
-    predictor = load_predictor(args.checkpoint, args.device)
+    predictor = load_predictor(args.checkpoint, args.device, args.amp)
     return predictor, predict_list(predictor, list_path, images, args.batch_size, DataOptions(
         args.data_path, cache_dir, args.workers, args.strict))
 

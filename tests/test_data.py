@@ -297,6 +297,26 @@ def test_batched_and_per_image_crops_agree():
     assert diff.mean() < 1.5 and diff.max() <= 12
 
 
+def test_cpu_crops_run_each_small_resize_in_one_thread(monkeypatch):
+    """Split over threads, each small resize waits in a barrier for a thread that a busy
+    machine has descheduled (6x slower under load, measured). The model's own large
+    operations keep every thread: the setting is restored after the crops."""
+    import coco4.data.transforms as transforms
+
+    threads, seen = torch.get_num_threads(), []
+    real = transforms.F.interpolate
+    monkeypatch.setattr(transforms.F, "interpolate",
+                        lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k))
+    torch.set_num_threads(2)
+    try:
+        images = smooth_images(3).permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+        boxes, flips = random_crops(3, 37, 37, _gen(0))
+        resized_crops_each(images, torch.arange(3), boxes, flips, 32)
+        assert seen == [1, 1, 1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_gpu_crops_come_channels_last_as_the_convolutions_want_them():
     images = smooth_images(4)
     boxes, flips = random_crops(4, 37, 37, _gen(0))

@@ -106,6 +106,26 @@ def test_min_class_acc_sets_the_exit_status(demo_data, trained, tmp_path):
     assert "below --min-class-acc" in fail.stderr.strip().splitlines()[-1]
 
 
+def test_out_of_memory_names_a_batch_size_and_amp_can_be_turned_off(demo_data, trained,
+                                                                       tmp_path, monkeypatch):
+    import coco4.evaluation
+
+    seen = []
+    real_load = coco4.evaluation.load_predictor
+    monkeypatch.setattr(coco4.evaluation, "load_predictor",
+                        lambda *a: seen.append(a) or real_load(*a))
+
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(coco4.evaluation, "evaluate", oom)
+    with pytest.raises(Coco4Error, match=r"^CUDA out of memory predicting batches of 48 images "
+                                         r"at 32px; rerun with --batch-size 24$"):
+        run_evaluate(*eval_argv(demo_data, trained, tmp_path, "--batch-size", "48", "--no-amp"))
+    assert seen[-1][2] is False  # --no-amp reached the predictor
+    assert not (tmp_path / "metrics.json").exists()
+
+
 def assert_png(path):
     with Image.open(path) as im:
         assert im.format == "PNG" and im.width > 200 and im.height > 100

@@ -1,5 +1,7 @@
 """The fast data path (decode once, augment in batches) against the original PIL pipeline."""
+import dataclasses
 import json
+import re
 
 import pytest
 import torch
@@ -8,7 +10,7 @@ from coco4.data import cache
 from coco4.data.coco_filter import prepare_lists
 from coco4.data.images import ListDataset
 from coco4.data.lists import read_list
-from coco4.data.loaders import BatchPlan, CachedBatches, DataOptions
+from coco4.data.loaders import BatchPlan, CachedBatches, DataOptions, PilBatches
 from coco4.data.transforms import pil_eval_transform
 from coco4.devtools import bench
 from coco4.devtools.synthetic import make_synthetic_coco
@@ -85,14 +87,31 @@ def test_training_by_either_path_reaches_the_same_accuracy_band(larger_data, tmp
 def test_benchmark_runs_in_a_tiny_mode(tmp_path, capsys):
     args = bench.get_args_parser().parse_args([
         "--device", "cpu", "--workers", "0", "--num-images", "12", "--batch-size", "4",
-        "--image-size", "32", "--epochs", "1", "--train-steps", "1", "--json",
+        "--image-size", "32", "--epochs", "1", "--train-steps", "1", "--load", "1", "--json",
         str(tmp_path / "bench.json")])
     bench.main(args)
     figures = json.loads((tmp_path / "bench.json").read_text())
-    for key in ("original_img_s", "fast_img_s", "cache_build_img_s"):
+    for key in ("original_img_s", "pil_fair_img_s", "fast_img_s", "cache_build_img_s"):
         assert figures["pipeline"][key] > 0
-    for key in ("original_img_s", "fast_img_s", "ceiling_img_s"):
+    for key in ("original_img_s", "pil_fair_img_s", "fast_img_s", "ceiling_img_s"):
         assert figures["train"][key] > 0
     assert figures["memory"]["host_peak_mb"] > 0 and figures["memory"]["gpu_peak_mb"] is None
-    assert figures["device"].startswith("cpu")
-    assert "fast / original input pipeline" in capsys.readouterr().out
+    assert figures["device"].startswith("cpu") and figures["load"] == 1
+    out = capsys.readouterr().out
+    assert "1 busy processes running" in out
+    assert re.search(r"fast input pipeline: [\d.]+x the original configuration, [\d.]+x PIL at "
+                     r"64 per worker batch", out)
+
+
+def test_the_fair_pil_baseline_joins_small_batches_into_the_training_batch(demo_data):
+    """Workers decode 64-image batches (at batch 2048 the original configuration keeps only
+    three workers busy); joined, they are the same images as the training batch would hold."""
+    image_list = read_list(demo_data / "data" / "annotation_val.txt")
+    images = demo_data / "coco" / "images" / "val2017"
+    plan = BatchPlan(4, torch.device("cpu"), 32, train=False)
+    small = PilBatches(image_list, images, range(16), dataclasses.replace(plan, batch_size=2))
+    joined = list(bench.Concatenated(small, 2).iterate(0))
+    whole = list(PilBatches(image_list, images, range(16), plan).iterate(0))
+    assert len(joined) == len(whole) == 4
+    for (xa, ya), (xb, yb) in zip(joined, whole):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)

@@ -20,9 +20,9 @@ TARGET_IDS = {CATEGORY_ID[c]: c for c in ("bird", "airplane", "train", "boat")}
 SPLITS = ("train", "val")
 
 
-def _make(root, seed=0):
+def _make(root, seed=0, lists_dir=None):
     return make_synthetic_coco(root, num_train=60, num_val=40, seed=seed, image_sizes=SIZES,
-                               progress=False)
+                               progress=False, lists_dir=lists_dir)
 
 
 @pytest.fixture(scope="module")
@@ -224,3 +224,22 @@ def test_cli_and_bad_arguments(tmp_path, capsys):
         make_synthetic_coco(tmp_path / "bad", num_train=10, num_val=3, progress=False)
     with pytest.raises(Coco4Error, match="image_sizes"):
         make_synthetic_coco(tmp_path / "bad", image_sizes=((20, 20),), progress=False)
+
+
+def test_lists_written_without_pycocotools_are_annotation_prepares(dataset, tmp_path):
+    """The GPU machine has no pycocotools: the generator's own lists must be the ones the
+    real filter (pycocotools, annotation_prepare.py) makes of the same annotations."""
+    from coco4.data.coco_filter import prepare_lists
+
+    mine, real = tmp_path / "mine", tmp_path / "real"
+    _make(tmp_path / "coco", lists_dir=mine)  # the dataset fixture's images, seed and sizes
+    prepare_lists(tmp_path / "coco/annotations/instances_train2017.json",
+                  tmp_path / "coco/annotations/instances_val2017.json", real,
+                  ["bird", "airplane", "train", "boat"])
+    for name in ("annotation_train.txt", "annotation_val.txt"):
+        lines = (mine / name).read_text().splitlines()
+        assert len(lines) > 20
+        assert sorted(lines) == sorted((real / name).read_text().splitlines()), name
+        labels = [int(line.split()[1]) for line in lines]
+        assert labels == sorted(labels) and set(labels) == {0, 1, 2, 3}  # grouped by label
+    assert (mine / "classes.txt").read_text() == (real / "classes.txt").read_text()

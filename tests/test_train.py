@@ -232,3 +232,17 @@ def test_cuda_out_of_memory_names_the_accum_steps_to_use(demo_data, tmp_path, mo
     with pytest.raises(Coco4Error, match=r"--accum-steps 2\b"):
         fit(train_args(demo_data, tmp_path), progress=False)
     assert not (tmp_path / "last.pt").exists()
+
+
+def test_out_of_memory_in_validation_names_the_accum_steps_too(demo_data, tmp_path,
+                                                               monkeypatch):
+    import coco4.trainer
+
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(coco4.trainer, "evaluate", oom)
+    with pytest.raises(Coco4Error, match=r"^CUDA out of memory in validation with micro-batches "
+                                         r"of 4 images at 32px; rerun with --accum-steps 4 "):
+        fit(train_args(demo_data, tmp_path, accum_steps=2), progress=False)
+    assert not (tmp_path / "last.pt").exists()

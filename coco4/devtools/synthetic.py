@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from ..cli import Coco4Error
 from ..data.coco_categories import CATEGORY_ID, COCO_CATEGORIES
+from ..data.lists import write_classes, write_list
 from ..fileio import atomic_write_text, check_writable
 
 TARGETS = ("bird", "airplane", "train", "boat")
@@ -48,6 +49,7 @@ CASE_FRACTIONS = {"crowd_same_class": 0.04, "crowd_other_class": 0.02, "with_dis
                   "two_targets": 0.06, "distractors_only": 0.06, "no_annotations": 0.04,
                   "grayscale": 0.05}
 CASES = ("single", *CASE_FRACTIONS)
+KEPT_CASES = ("single", "grayscale", "crowd_same_class")  # one target class, nothing else
 
 
 def _outline(kind):
@@ -218,13 +220,15 @@ def _write_split(root, split, n, seed, id_offset, image_sizes, progress):
     ids = np.sort(rng.choice(ID_SPAN - 1, size=n, replace=False)) + 1 + id_offset
     folder = root / "images" / f"{split}2017"
     folder.mkdir(parents=True, exist_ok=True)
-    images, anns = [], []
+    images, anns, kept = [], [], []
     for image_id, (case, target) in tqdm(list(zip(ids.tolist(), plan)), desc=split,
                                          unit="img", disable=not progress):
         size = tuple(image_sizes[int(rng.integers(len(image_sizes)))])
         img, objects = _render(rng, case, target, size)
         file_name = f"{image_id:012d}.jpg"
         img.save(folder / file_name, quality=JPEG_QUALITY)
+        if case in KEPT_CASES:
+            kept.append((file_name, TARGETS.index(target)))
         images.append({"license": 1, "file_name": file_name, "coco_url": "", "height": size[1],
                        "width": size[0], "date_captured": "2017-01-01 00:00:00",
                        "flickr_url": "", "id": image_id})
@@ -238,13 +242,19 @@ def _write_split(root, split, n, seed, id_offset, image_sizes, progress):
     # Written after the images, so an existing JSON means the split is complete.
     atomic_write_text(root / "annotations" / f"instances_{split}2017.json",
                       json.dumps(dataset, separators=(",", ":")))
-    return {"images": len(images), "annotations": len(anns), "cases": counts}
+    return {"images": len(images), "annotations": len(anns), "cases": counts,
+            "kept": sorted(kept, key=lambda pair: pair[::-1])}
 
 
 def make_synthetic_coco(root: str | Path, num_train: int = 240, num_val: int = 80,
                         seed: int = 0, image_sizes: Sequence[tuple[int, int]] = DEFAULT_SIZES,
-                        progress: bool = True) -> dict:
-    """Write the train and val splits under ``root``; return counts per split and per case."""
+                        progress: bool = True, lists_dir: str | Path | None = None) -> dict:
+    """Write the train and val splits under ``root``; return counts per split and per case.
+
+    With ``lists_dir``, also write there the lists ``annotation_prepare.py`` makes of them
+    (the same images and labels, grouped by label), from what the generator drew rather than
+    through pycocotools: for machines without it, such as the GPU check's.
+    """
     for name, n in (("num_train", num_train), ("num_val", num_val)):
         if not len(CASES) <= n < ID_SPAN:
             raise Coco4Error(f"{name}={n}: need between {len(CASES)} (one image per case) "
@@ -254,9 +264,16 @@ def make_synthetic_coco(root: str | Path, num_train: int = 240, num_val: int = 8
                          f"sides at least {MIN_SIDE} pixels")
     root = Path(root)
     check_writable(root)
+    if lists_dir is not None:
+        check_writable(lists_dir)
     summary = {"root": str(root)}
     for split, n, offset in (("train", num_train, 0), ("val", num_val, ID_SPAN)):
         summary[split] = _write_split(root, split, n, seed, offset, image_sizes, progress)
+    if lists_dir is not None:
+        for split in ("train", "val"):
+            write_list(Path(lists_dir) / f"annotation_{split}.txt",
+                       *zip(*summary[split]["kept"]))
+        write_classes(lists_dir, TARGETS)
     return summary
 
 
@@ -269,12 +286,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--coco-size", action="store_true",
                         help="640x480 / 480x640 images like COCO, instead of ~90x80 ones")
+    parser.add_argument("--lists", type=Path, default=None,
+                        help="also write annotation_prepare.py's lists here, without pycocotools")
     return parser
 
 
 def main(args: argparse.Namespace) -> dict:
     sizes = COCO_SIZES if args.coco_size else DEFAULT_SIZES
-    summary = make_synthetic_coco(args.root, args.num_train, args.num_val, args.seed, sizes)
+    summary = make_synthetic_coco(args.root, args.num_train, args.num_val, args.seed, sizes,
+                                  lists_dir=args.lists)
     for split in ("train", "val"):
         s = summary[split]
         print(f"{split}: {s['images']} images, {s['annotations']} annotations, cases {s['cases']}"
