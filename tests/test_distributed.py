@@ -22,17 +22,19 @@ def free_port():
         return s.getsockname()[1]
 
 
-def in_two_processes(fn, tmp_path):
-    """Run ``fn(env, tmp_path)`` on ranks 0 and 1 of a gloo group; raise if either fails."""
-    port = free_port()
-    mp.spawn(_worker, args=(fn, port, tmp_path), nprocs=2, join=True)
+def in_two_processes(fn, tmp_path, machines=1, per_machine=2):
+    """Run ``fn(env, tmp_path)`` on every rank of a gloo group of ``machines`` simulated
+    machines with ``per_machine`` processes each; raise if any fails."""
+    world = machines * per_machine
+    mp.spawn(_worker, args=(fn, free_port(), tmp_path, world, per_machine), nprocs=world,
+             join=True)
 
 
-def _worker(rank, fn, port, tmp_path):
+def _worker(rank, fn, port, tmp_path, world, per_machine):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        fn(DistEnv(rank, 2, rank), tmp_path)
+        fn(DistEnv(rank, world, rank % per_machine), tmp_path)
     finally:
         dist.destroy_process_group()
 
@@ -92,3 +94,37 @@ def test_out_of_memory_on_one_rank_ends_every_rank_promptly_with_the_advice(demo
     assert "error: CUDA out of memory in training with micro-batches of 2 images at 32px; " \
            "rerun with --accum-steps 2 " in proc.stderr, proc.stderr[-3000:]
     assert seconds < 120, seconds
+
+
+def _prepare_on_two_machines(env, tmp_path):
+    import coco4.data.cache as cache
+    from coco4.data.prepare import prepare_train_data
+
+    from conftest import train_args
+
+    real_write = cache._write_cache
+
+    def write(path, *args):
+        with open(tmp_path / "builds.txt", "a") as f:  # O_APPEND: one whole line per write
+            f.write(f"{env.rank} {path.parent.name}\n")
+        return real_write(path, *args)
+
+    cache._write_cache = write
+    machine = env.rank // 2
+    cfg = train_args(tmp_path / "demo", tmp_path / "run", workers=0,
+                     cache_dir=str(tmp_path / f"machine{machine}"))
+    data = prepare_train_data(cfg, env, torch.device("cpu"), False, lambda message: None)
+    (x, _), *_ = data.train.iterate(0)  # every rank reads pixels from its machine's cache
+    assert x.shape[1:] == (3, 32, 32) and int(x.max()) > 0
+
+
+def test_each_machine_builds_its_image_cache_once_while_its_other_ranks_wait(demo_data,
+                                                                              tmp_path):
+    """Two machines of two processes each, with local disks (a cache folder each): each
+    machine's local rank 0 builds its cache, no other rank builds one, and every rank reads it."""
+    (tmp_path / "demo").symlink_to(demo_data)
+    in_two_processes(_prepare_on_two_machines, tmp_path, machines=2, per_machine=2)
+    builds = sorted((tmp_path / "builds.txt").read_text().splitlines())
+    assert builds == ["0 machine0", "2 machine1"]
+    for machine in ("machine0", "machine1"):
+        assert len(list((tmp_path / machine).glob("*.u8"))) == 1

@@ -87,12 +87,16 @@ def prepare_train_data(cfg: TrainConfig, env: DistEnv, device: torch.device, pro
     classes = read_classes(cfg.train_list_path.parent)
     image_list = read_list(cfg.train_list_path, len(classes))
     check_image_dir(cfg.train_images_path)  # on every rank: all fail together, none waits
-    # rank 0 builds the cache while the others wait, then everyone maps the same file
-    if not env.is_main:
+    # each machine's local rank 0 builds the cache (machines may have disks of their own)
+    # while every other rank waits, then all map it. On a shared file system several machines
+    # may build the same file at once: each writes a temporary file of its own and renames it
+    # into place, so every rank maps one complete cache, the same pixels whichever won.
+    builds = env.local_rank == 0
+    if not builds:
         barrier(env)
     source = open_images(image_list, cfg.train_images_path, cfg.image_size, cfg.data_options,
                          progress)
-    if env.is_main:
+    if builds:
         barrier(env)
     report = unusable_report(source, cfg.strict, info)
     usable = source.usable()
