@@ -67,13 +67,16 @@ def larger_data(tmp_path_factory):
 
 @pytest.mark.slow
 def test_training_by_either_path_reaches_the_same_accuracy_band(larger_data, tmp_path):
-    """Eight epochs at 48 px from random weights (measured: fast 0.58, pil 0.59 test accuracy):
-    both pipelines learn well above the 0.25 of chance and land within 0.2 of each other."""
+    """Eight epochs at 48 px from random weights (measured: fast 0.81, pil 0.73 test accuracy):
+    both pipelines learn well above the 0.25 of chance and land within 0.2 of each other.
+    At lr 5e-4: at 1e-3 the validation loss of a BatchNorm network trained from scratch spikes
+    to 60 and accuracy swings by 0.3 between epochs, and the comparison measures that chaos
+    (0.78 against 0.53 once the batches changed), not the pipelines."""
     accuracy = {}
     for path in ("fast", "pil"):
         out = tmp_path / path
         fit(train_args(larger_data, out, data_path=path, epochs=8, image_size=48, batch_size=32,
-                       workers=2), progress=False)
+                       workers=2, lr=5e-4), progress=False)
         predictor = load_predictor(out / "best.pt", "cpu")
         p = predict_list(predictor, larger_data / "data" / "annotation_val.txt",
                          larger_data / "coco" / "images" / "val2017",
