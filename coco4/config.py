@@ -48,10 +48,12 @@ class TrainConfig:
     def __post_init__(self):
         checks = [
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (self.batch_size >= 2, f"--batch-size must be at least 2 (BatchNorm cannot train "
+             f"on one image), got {self.batch_size}"),
             (self.accum_steps >= 1, f"--accum-steps must be at least 1, got {self.accum_steps}"),
-            (self.accum_steps <= self.batch_size, f"--accum-steps {self.accum_steps} is more "
-             f"than --batch-size {self.batch_size}: each micro-batch needs an image"),
+            (2 * self.accum_steps <= self.batch_size, f"--accum-steps {self.accum_steps} splits "
+             f"--batch-size {self.batch_size} into micro-batches of fewer than 2 images, and "
+             "BatchNorm cannot train on one: at most half the batch size"),
             (self.lr > 0, f"--lr must be positive, got {self.lr}"),
             (self.image_size >= 32, f"--image-size must be at least 32 (every backbone "
              f"downsamples 32x), got {self.image_size}"),

@@ -297,23 +297,24 @@ def out_of_memory_advice(cfg: TrainConfig, learner: Learner, batches: Batches | 
     (which runs in micro-batches of the same size), it is doubled."""
     local = math.ceil(cfg.batch_size / env.world)
     micro = math.ceil(local / cfg.accum_steps)
+    most = max(1, local // 2)  # micro-batches of at least 2 images: BatchNorm needs them
     fits = None
     if batches is not None and not env.enabled:
-        fits = _accum_steps_that_fit(learner, batches, cfg.accum_steps * 2, local)
-    accum = fits or min(cfg.accum_steps * 2, local)
+        fits = _accum_steps_that_fit(learner, batches, cfg.accum_steps * 2, most)
+    accum = fits or min(cfg.accum_steps * 2, most)
     return (f"CUDA out of memory in {during} with micro-batches of {micro} images at "
             f"{cfg.image_size}px; rerun with --accum-steps {accum} (micro-batches of "
             f"{math.ceil(local / accum)}, the same effective batch; BatchNorm sees each "
             "micro-batch alone)")
 
 
-def _accum_steps_that_fit(learner, batches, start, local):
+def _accum_steps_that_fit(learner, batches, start, most):
     if batches.plan.device.type != "cuda":
         return None
     accum = start
-    while accum <= local:
+    while accum <= most:
         if _a_step_fits(learner, batches, accum):
-            return min(local, math.ceil(accum * 4 / 3))  # room for fragmentation
+            return min(most, math.ceil(accum * 4 / 3))  # room for fragmentation
         accum *= 2
     return None
 

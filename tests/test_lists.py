@@ -116,3 +116,36 @@ def test_missing_list_says_run_annotation_prepare(tmp_path):
         read_list(path)
     assert str(path) in str(err.value)
     assert "annotation_prepare.py" in str(err.value)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_file_name(tmp_path):
+    path = tmp_path / "list.txt"
+    path.write_bytes(b"\xef\xbb\xbfa.jpg 0\nb.jpg 1\n")  # as Windows Notepad saves UTF-8
+    assert read_list(path).files == ("a.jpg", "b.jpg")
+    (tmp_path / "classes.txt").write_bytes(b"\xef\xbb\xbfcat\ndog\n")
+    assert read_classes(tmp_path) == ("cat", "dog")
+
+
+@pytest.mark.parametrize("data, fragment", [
+    ("a.jpg 0\nb.jpg 1\n".encode("utf-16"), "is UTF-16 text; save it as UTF-8"),
+    ("caf\u00e9.jpg 0\n".encode("latin-1"), r"is not UTF-8 text (byte 3: b'\xe9')"),
+    (b"a.jpg 0\n\x00\x01\x02", "holds NUL bytes: not a text file"),
+], ids=["utf-16", "latin-1", "binary"])
+def test_a_list_that_is_not_utf8_text_is_a_one_line_error(tmp_path, data, fragment):
+    path = tmp_path / "list.txt"
+    path.write_bytes(data)
+    with pytest.raises(Coco4Error, match=re.escape(f"image list {path} {fragment}")):
+        read_list(path)
+    (tmp_path / "classes.txt").write_bytes(data)
+    with pytest.raises(Coco4Error, match=re.escape(f"class file {tmp_path / 'classes.txt'}")):
+        read_classes(tmp_path)
+
+
+@pytest.mark.parametrize("second", ["a.jpg 0", "a.jpg 2"], ids=["same-label", "other-label"])
+def test_an_image_listed_twice_is_refused(tmp_path, second):
+    """Else it could land in both the training and the held-out validation split."""
+    path = tmp_path / "list.txt"
+    path.write_text(f"a.jpg 0\nb.jpg 1\n\n{second}\n")
+    with pytest.raises(Coco4Error, match=re.escape(f"{path}:4: a.jpg is listed again (first on "
+                                                   "line 1); list each image once")):
+        read_list(path)

@@ -169,7 +169,9 @@ def test_cuda_requested_without_cuda(demo_data, tmp_path):
 
 @pytest.mark.parametrize("flag,value,fragment", [
     ("--batch-size", "0", "--batch-size"), ("--epochs", "0", "--epochs"),
-    ("--val-fraction", "1.5", "--val-fraction"), ("--accum-steps", "16", "--accum-steps")])
+    ("--val-fraction", "1.5", "--val-fraction"), ("--accum-steps", "16", "--accum-steps"),
+    ("--accum-steps", "5", "BatchNorm cannot train on one"),
+    ("--batch-size", "1", "BatchNorm cannot train on one")])
 @pytest.mark.slow
 def test_bad_arguments_are_one_line_errors(demo_data, tmp_path, flag, value, fragment):
     assert_one_line_error(run_cli(demo_data, tmp_path, flag, value), fragment)
@@ -245,4 +247,30 @@ def test_out_of_memory_in_validation_names_the_accum_steps_too(demo_data, tmp_pa
     with pytest.raises(Coco4Error, match=r"^CUDA out of memory in validation with micro-batches "
                                          r"of 4 images at 32px; rerun with --accum-steps 4 "):
         fit(train_args(demo_data, tmp_path, accum_steps=2), progress=False)
+    assert not (tmp_path / "last.pt").exists()
+
+
+def test_batchnorm_never_trains_on_a_micro_batch_of_one_image():
+    """13 images in 4 micro-batches are 4, 3, 3, 3, not 4, 4, 4, 1: at 32 px layer4's
+    BatchNorm sees one value per channel from a lone image and cannot train on it."""
+    sizes = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x):
+            sizes.append(len(x))
+            return torch.zeros(len(x), 4, requires_grad=True)
+
+    amp = Amp.for_device(torch.device("cpu"), False)
+    learner = Learner(Recorder(), torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1),
+                      None, torch.nn.CrossEntropyLoss(reduction="sum"), amp, amp.scaler(), 4)
+    train_step(learner, torch.zeros(13, 3, 32, 32), torch.zeros(13, dtype=torch.long))
+    assert sizes == [4, 3, 3, 3]
+
+
+def test_too_few_images_for_the_micro_batches_is_a_one_line_error(demo_data, tmp_path):
+    """The flags pass their own checks, but the data is too small: about 36 training images at
+    --batch-size 40 are one step of 36, which 20 micro-batches cannot split into pairs."""
+    with pytest.raises(Coco4Error, match=r"BatchNorm cannot train on one image: raise "
+                                         r"--batch-size or lower --accum-steps"):
+        fit(train_args(demo_data, tmp_path, batch_size=40, accum_steps=20), progress=False)
     assert not (tmp_path / "last.pt").exists()

@@ -32,17 +32,37 @@ def read_list(path: str | Path, num_classes: int | None = None) -> ImageList:
     if not path.is_file():
         raise Coco4Error(f"image list {path} not found; create it with "
                          "`python annotation_prepare.py` (or pass the right --data-dir)")
-    files, labels = [], []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    files, labels, first_line = [], [], {}
+    for lineno, line in enumerate(read_text(path, "image list").splitlines(), start=1):
         if not line.strip():
             continue
         name, label = _parse_line(line, path, lineno, num_classes)
+        if name in first_line:  # it would land in both the training and the validation split
+            raise Coco4Error(f"{path}:{lineno}: {name} is listed again (first on line "
+                             f"{first_line[name]}); list each image once")
+        first_line[name] = lineno
         files.append(name)
         labels.append(label)
     if not files:
         raise Coco4Error(f"image list {path} is empty; re-run `python annotation_prepare.py` "
                          "and check that its per-class counts are not all zero")
     return ImageList(path, tuple(files), tuple(labels))
+
+
+def read_text(path: Path, what: str) -> str:
+    """A list or class file's text: UTF-8, with or without a byte-order mark (which would
+    otherwise become part of the first file name); anything else is a one-line error."""
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise Coco4Error(f"{what} {path} is UTF-16 text; save it as UTF-8")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise Coco4Error(f"{what} {path} is not UTF-8 text (byte {e.start}: "
+                         f"{data[e.start:e.start + 1]!r}); save it as UTF-8") from None
+    if "\0" in text:
+        raise Coco4Error(f"{what} {path} holds NUL bytes: not a text file")
+    return text
 
 
 def _parse_line(line, path, lineno, num_classes):
@@ -80,7 +100,8 @@ def read_classes(folder: str | Path) -> tuple[str, ...]:
     path = Path(folder) / CLASSES_FILE
     if not path.is_file():
         return DEFAULT_CLASSES
-    classes = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+    classes = tuple(line.strip() for line in read_text(path, "class file").splitlines()
+                    if line.strip())
     if len(classes) < 2:
         raise Coco4Error(f"{path} names {len(classes)} class(es); a classifier needs at least 2")
     return classes

@@ -93,6 +93,11 @@ class Batches(ABC):
             return step * size, (step + 1) * size
         return step * per_rank // steps, (step + 1) * per_rank // steps
 
+    def smallest_batch(self) -> int:
+        """The fewest images a step of this rank holds (0 for an empty split)."""
+        steps = len(self)
+        return self._per_rank() // steps if steps else 0
+
     def order(self, epoch: int) -> torch.Tensor:
         return epoch_order(len(self.indices), epoch, self.plan)
 

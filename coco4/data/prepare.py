@@ -113,8 +113,15 @@ def prepare_train_data(cfg: TrainConfig, env: DistEnv, device: torch.device, pro
     # validation in micro-batches, unshuffled: what fits for a training step fits there
     val_plan = BatchPlan(math.ceil(local_batch / cfg.accum_steps), device, cfg.image_size,
                          False, cfg.seed, env.rank, env.world)
-    return TrainData(make_batches(source, train_idx, plan), make_batches(source, val_idx, val_plan),
-                     classes, report)
+    train = make_batches(source, train_idx, plan)
+    if train.smallest_batch() < 2 * cfg.accum_steps:
+        raise Coco4Error(
+            f"{len(train_idx)} training images at --batch-size {cfg.batch_size}"
+            f"{f' over {env.world} processes' if env.enabled else ''} make steps of "
+            f"{train.smallest_batch()} images, which --accum-steps {cfg.accum_steps} splits into "
+            "micro-batches of fewer than 2, and BatchNorm cannot train on one image: raise "
+            "--batch-size or lower --accum-steps")
+    return TrainData(train, make_batches(source, val_idx, val_plan), classes, report)
 
 
 def stratified_split(labels: Sequence[int], classes: Sequence[str], val_fraction: float,
