@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from coco4 import cli
-from coco4.cli import GateFailed, add_source_args, default_out_dir
+from coco4.cli import Coco4Error, GateFailed, add_source_args, default_out_dir
 from coco4.evaluation import predict_from_args, write_results
 from coco4.metrics import classes_below, confusion_text, report_text
 from coco4.plots import confusion_matrix_figure, save
@@ -28,6 +28,9 @@ def get_args_parser():
 
 
 def main(args):
+    gate = args.min_class_acc
+    if gate is not None and not 0 <= gate <= 1:  # nan fails both comparisons
+        raise Coco4Error(f"--min-class-acc must be between 0 and 1, got {gate}")
     out_dir = default_out_dir(args, "eval")
     predictor, predictions = predict_from_args(args)
     metrics = write_results(out_dir, predictor, predictions)
@@ -41,10 +44,10 @@ def main(args):
     print(f"accuracy {metrics['accuracy']:.2%} on {metrics['num_images']} images; "
           f"written to {out_dir}")
     if args.min_class_acc is not None:
-        below = classes_below(metrics, args.min_class_acc)
-        if below:
-            raise GateFailed(f"below --min-class-acc {args.min_class_acc:.2%}: "
-                             + ", ".join(f"{c} {a:.2%}" for c, a in below.items()))
+        below = classes_below(metrics, gate)
+        if below:  # a class with no images is not known to pass: it fails the gate
+            raise GateFailed(f"below --min-class-acc {gate:.2%}: " + ", ".join(
+                f"{c} {'no test images' if a is None else f'{a:.2%}'}" for c, a in below.items()))
     return metrics
 
 

@@ -107,7 +107,9 @@ def read_file(path: str | Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        # torch names the refused global in several phrasings ("Unsupported global: GLOBAL
+        # getattr", "unsupported GLOBAL posix.system whose module posix is blocked")
+        found = re.search(r"GLOBAL (\S+)", str(e))
         if found:
             raise Coco4Error(f"refusing {path}: it holds a pickled Python object "
                              f"({found.group(1)}) beyond tensors and plain containers, and "

@@ -168,12 +168,13 @@ def _note_bad_loss(state: EpochState, loss_sum: torch.Tensor, step: int) -> None
                                        state.first_bad_step)
 
 
-def non_finite_loss(bad_step: int | None, epoch: int) -> Coco4Error:
-    """The error for a NaN or inf loss at ``bad_step`` (None: on another process)."""
+def non_finite_loss(bad_step: int | None, epoch: int, saved: bool = True) -> Coco4Error:
+    """The error for a NaN or inf loss at ``bad_step`` (None: on another process); ``saved``:
+    whether last.pt holds an earlier state of this run."""
     where = f"step {bad_step + 1}" if bad_step is not None else "on another process"
+    kept = "last.pt holds the state before it" if saved else "nothing of this run was saved"
     return Coco4Error(f"the training loss became non-finite at epoch {epoch + 1}, {where}; "
-                      "stopped without saving it (last.pt holds the previous epoch): lower "
-                      "--lr, or try --no-amp")
+                      f"stopped without saving it ({kept}): lower --lr, or try --no-amp")
 
 
 @torch.no_grad()

@@ -120,5 +120,7 @@ def confusion_text(cm: np.ndarray | list, classes: Sequence[str]) -> str:
 
 
 def classes_below(summary: dict, threshold: float) -> dict:
+    """The classes whose accuracy is below ``threshold``, and those with no images (None):
+    a class never seen is not known to pass."""
     return {c: a for c, a in summary["per_class_accuracy"].items()
-            if a is not None and a < threshold}
+            if a is None or a < threshold}

@@ -85,6 +85,10 @@ class Training:
             if ignored and env.is_main:
                 tqdm.write(f"resuming keeps the checkpoint's settings, not {ignored}")
         self.cfg = cfg
+        done = resumed.checkpoint["run"]["epoch"] if resumed else 0
+        if done >= cfg.epochs:  # checked before any work, not a silent exit 0
+            raise Coco4Error(f"{cfg.resume} has already trained {done} epochs, and --epochs "
+                             f"{cfg.epochs} is the total: pass a larger --epochs to train on")
         self.log = run_log.RunLog(cfg.output_dir, env.is_main, resumed is not None)
         self.log.config(cfg, self.device, env)
         if env.is_main:
@@ -131,7 +135,8 @@ class Training:
             raise self._out_of_memory("training")
         bad_step = int(state.first_bad_step)
         if any_rank(bad_step >= 0, env, device):  # every rank stops, not just the one that saw it
-            raise non_finite_loss(bad_step if bad_step >= 0 else None, epoch)
+            raise non_finite_loss(bad_step if bad_step >= 0 else None, epoch,
+                                  (Path(cfg.output_dir) / "last.pt").exists())
         if not completed:
             run.epoch, run.step, run.partial = epoch, state.step, state.to_dict()
             self._save(best=False)

@@ -149,3 +149,26 @@ def test_visualize_predicts_the_users_own_images(demo_data, trained, tmp_path):
     written = visualize.main(visualize.get_args_parser().parse_args(argv))
     assert {Path(p).name for p in written} == {"samples.png", "predictions.png", "errors.png"}
     assert_png(tmp_path / "vis" / "predictions.png")
+
+
+@pytest.mark.parametrize("value", ["-1", "1.5", "nan"])
+def test_min_class_acc_out_of_range_is_refused_before_predicting(demo_data, tmp_path, value):
+    with pytest.raises(Coco4Error, match=r"^--min-class-acc must be between 0 and 1, got "):
+        run_evaluate(*eval_argv(demo_data, tmp_path / "never-read.pt", tmp_path),
+                     "--min-class-acc", value)
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_the_gate_fails_a_class_with_no_test_images(demo_data, trained, tmp_path):
+    """A class never seen is not known to pass: --min-class-acc 0 fails on it."""
+    lines = (demo_data / "data" / "annotation_val.txt").read_text().splitlines()
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "annotation_val.txt").write_text("".join(f"{line}\n" for line in lines
+                                                      if not line.endswith(" 3")))
+    (data / "classes.txt").write_text((demo_data / "data" / "classes.txt").read_text())
+    argv = eval_argv(demo_data, trained, tmp_path / "eval", "--data-dir", data,
+                     "--min-class-acc", "0")
+    with pytest.raises(Coco4Error, match=r"^below --min-class-acc 0\.00%: boat no test images$"):
+        run_evaluate(*argv)
+    assert (tmp_path / "eval" / "metrics.json").exists()  # the results are still written

@@ -275,6 +275,26 @@ def test_untrusted_checkpoint_never_runs_code_in_train(demo_data, tmp_path, flag
     assert not marker.exists()
 
 
+class RunsAShellCommand:
+    """Unpickling this would run ``touch``: os.system, a global torch blocks by its module."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("payload", [CreatesFile, RunsAShellCommand])
+def test_a_refused_checkpoint_is_called_unsafe_not_truncated(tmp_path, payload):
+    marker = tmp_path / "pwned"
+    torch.save({"model_state_dict": {}, "payload": payload(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(Coco4Error, match=r"^refusing .*evil\.pt: it holds a pickled Python "
+                                         r"object \((posix\.system|getattr)\)") as e:
+        read_file(tmp_path / "evil.pt")
+    assert "truncated" not in str(e.value) and not marker.exists()
+
+
 def test_not_a_checkpoint_and_not_a_resnet50(tmp_path):
     from coco4.evaluation import load_predictor
 

@@ -88,6 +88,10 @@ def test_resume_gives_the_same_weights_and_same_seed_the_same_run(demo_data, tmp
     full_rows = read_csv(tmp_path / "full" / "metrics.csv")
     half_rows = read_csv(tmp_path / "half" / "metrics.csv")
     assert [r["val_loss"] for r in full_rows] == [r["val_loss"] for r in half_rows]
+    with pytest.raises(Coco4Error, match=r"has already trained 2 epochs, and --epochs 2 is the "
+                                         r"total: pass a larger --epochs to train on"):
+        fit(train_args(demo_data, tmp_path / "half", epochs=2,
+                       resume=str(tmp_path / "half" / "last.pt")), progress=False)
     # the same seed gives the same run: the 1-epoch run equals a fresh 1-epoch run
     fit(train_args(demo_data, tmp_path / "again", epochs=1), progress=False)
     assert max_diff(one_epoch, weights(tmp_path / "again" / "last.pt")) == 0
@@ -206,7 +210,9 @@ def test_non_finite_loss_stops_naming_epoch_and_step():
     state = EpochState.start(3, torch.device("cpu"))
     assert train_one_epoch(learner, batches, state, seed=(0, 0))
     assert int(state.first_bad_step) == 0  # noted on the device, read once per epoch
-    assert "non-finite at epoch 4, step 1;" in str(non_finite_loss(int(state.first_bad_step), 3))
+    message = str(non_finite_loss(int(state.first_bad_step), 3))
+    assert "non-finite at epoch 4, step 1; stopped without saving it (last.pt holds the " \
+           "state before it)" in message
 
 
 def test_non_finite_loss_stops_a_run_before_saving(demo_data, tmp_path, monkeypatch):
@@ -219,7 +225,8 @@ def test_non_finite_loss_stops_a_run_before_saving(demo_data, tmp_path, monkeypa
         return loss * float("nan"), correct
 
     monkeypatch.setattr(coco4.loop, "train_step", diverging)
-    with pytest.raises(Coco4Error, match=r"non-finite at epoch 1, step 1;"):
+    with pytest.raises(Coco4Error, match=r"non-finite at epoch 1, step 1; stopped without "
+                                         r"saving it \(nothing of this run was saved\)"):
         fit(train_args(demo_data, tmp_path), progress=False)
     assert not (tmp_path / "last.pt").exists()
 
