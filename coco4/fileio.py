@@ -1,9 +1,11 @@
 """Atomic writes: a crash or a full disk never leaves a half-written file under the final name."""
 import contextlib
 import os
+import re
 import secrets
+import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .cli import Coco4Error
@@ -37,14 +39,52 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
 def _new_file(folder, prefix, suffix):
     """Create a new, empty file with the permissions any new file gets (0666 less the umask):
     the kernel applies the umask, so nothing reads or changes the process-wide umask, which a
-    background checkpoint write would otherwise race with the main thread's writes."""
+    background checkpoint write would otherwise race with the main thread's writes. Its name
+    carries this machine and process, so a later run can tell a temporary file that a killed
+    process left behind from one that a live process is still writing."""
     while True:
-        tmp = Path(folder) / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        tmp = Path(folder) / f"{prefix}{_owner()}-{secrets.token_hex(4)}{suffix}"
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
             return tmp
         except FileExistsError:
             continue
+
+
+def _owner(host: str | None = None, pid: int | None = None) -> str:
+    host = re.sub(r"[^A-Za-z0-9]", "_", host or socket.gethostname())
+    return f"{host}-{pid or os.getpid()}"
+
+
+def remove_stale_temporaries(folder: str | Path, say: Callable[[str], None]) -> int:
+    """Delete the temporary files in ``folder`` that a coco4 process of this machine, no longer
+    running (killed mid-write), left behind: a checkpoint's or a cache's, up to a gigabyte
+    each. Files of live processes and of other machines are left alone. Returns the count."""
+    host = re.escape(_owner().rsplit("-", 1)[0])
+    stale = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        found = re.fullmatch(rf"\..+\.{host}-(\d+)-[0-9a-f]{{8}}.*\.tmp", tmp.name)
+        if found and not _running(int(found.group(1))):
+            stale.append(tmp)
+    size = 0
+    for tmp in stale:
+        with contextlib.suppress(OSError):
+            size += tmp.stat().st_size
+            tmp.unlink()
+    if stale:
+        say(f"removed {len(stale)} temporary file(s), {size / 2**20:,.0f} MB, that an "
+            f"interrupted coco4 run left in {folder}")
+    return len(stale)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

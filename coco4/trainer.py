@@ -7,6 +7,7 @@ Adam only the head, so layer3/layer4 never moved), CrossEntropy, ReduceLROnPlate
 held-out validation loss, best checkpoint by a held-out validation metric (the original picked
 it by accuracy on the test set).
 """
+import contextlib
 import dataclasses
 import math
 import os
@@ -35,7 +36,7 @@ from .distributed import (
     init_distributed,
     pick_device,
 )
-from .fileio import check_writable
+from .fileio import remove_stale_temporaries
 from .interrupt import Interrupted, StopRequest
 from .loop import (
     Amp,
@@ -48,6 +49,7 @@ from .loop import (
 )
 from .metrics import csv_row
 from .model import trainable_parameters, unwrap
+from .runlock import run_lock
 from .seeding import seed_everything
 
 
@@ -68,7 +70,9 @@ def fit(cfg: TrainConfig, progress: bool = True, program: str = "python train.py
     ``program`` starts the resume command that an interrupted run prints."""
     env = init_distributed("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
     try:
-        return Training(cfg, env, progress and env.is_main, program).run()
+        # rank 0 writes the run's files: it holds the folder for the run's lifetime
+        with run_lock(cfg.output_dir, tqdm.write) if env.is_main else contextlib.nullcontext():
+            return Training(cfg, env, progress and env.is_main, program).run()
     finally:
         close_distributed(env)
 
@@ -91,8 +95,8 @@ class Training:
                              f"{cfg.epochs} is the total: pass a larger --epochs to train on")
         self.log = run_log.RunLog(cfg.output_dir, env.is_main, resumed is not None)
         self.log.config(cfg, self.device, env)
-        if env.is_main:
-            check_writable(cfg.output_dir)
+        if env.is_main:  # the folder is checked and locked (fit) by now
+            remove_stale_temporaries(cfg.output_dir, self.log.info)
             if not resumed:
                 make_room_for_a_new_run(cfg)
         self.data = prepare_train_data(cfg, env, self.device, progress, self.log.info)

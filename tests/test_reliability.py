@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -305,3 +306,106 @@ def test_not_a_checkpoint_and_not_a_resnet50(tmp_path):
                tmp_path / "small.pt")
     with pytest.raises(Coco4Error, match="does not fit a resnet50 classifier"):
         load_predictor(tmp_path / "small.pt", "cpu")
+
+
+HOLD = """
+import sys, time
+from coco4.runlock import run_lock
+with run_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_second_run_in_the_same_folder_is_refused_naming_the_first(demo_data, tmp_path):
+    """Two real processes: the first holds the folder, the second is refused with its PID and
+    host; once the first is killed (no chance to release anything) the folder is free again."""
+    import socket
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE,
+                              text=True, cwd=REPO)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(Coco4Error, match=rf"^{re.escape(str(out))} is in use by another "
+                                             rf"training run \(pid {holder.pid} on "
+                                             rf"{re.escape(socket.gethostname())}, since "):
+            fit(train_args(demo_data, out), progress=False)
+        assert not (out / "last.pt").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    messages = []
+    import coco4.trainer
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(coco4.trainer.tqdm, "write", messages.append)
+        fit(train_args(demo_data, out), progress=False)
+    assert (out / "last.pt").exists()
+    assert any(f"took over the lock of a run that ended without releasing it (pid {holder.pid}"
+               in message for message in messages), messages
+    assert (out / ".coco4.lock").read_text() == ""  # released cleanly this time
+
+
+def test_a_run_that_fails_at_once_leaves_no_folder_behind(tmp_path):
+    from coco4.runlock import run_lock
+
+    with pytest.raises(RuntimeError), run_lock(tmp_path / "new" / "run"):
+        raise RuntimeError("bad input found before anything was written")
+    assert not (tmp_path / "new").exists()
+
+
+WRITE_AND_HANG = """
+import sys, time
+from coco4.fileio import atomic_path
+with atomic_path(sys.argv[1]) as tmp:
+    tmp.write_bytes(bytes(3 * 2**20))
+    print(tmp, flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_killed_writes_temporary_file_is_removed_by_the_next_run(demo_data, tmp_path):
+    """A real process killed in the middle of writing last.pt leaves its hidden temporary file;
+    the next run in that folder removes it and says so, and leaves a live writer's alone."""
+    out = tmp_path / "run"
+    out.mkdir()
+    writer = subprocess.Popen([sys.executable, "-c", WRITE_AND_HANG, str(out / "last.pt")],
+                              stdout=subprocess.PIPE, text=True, cwd=REPO)
+    left = Path(writer.stdout.readline().strip())
+    writer.kill()
+    writer.wait()
+    live = subprocess.Popen([sys.executable, "-c", WRITE_AND_HANG, str(out / "other.pt")],
+                            stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        writing = Path(live.stdout.readline().strip())
+        assert left.exists() and left.name.startswith(".last.pt.")
+        messages = []
+        import coco4.trainer
+
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(coco4.trainer.tqdm, "write", messages.append)
+            fit(train_args(demo_data, out), progress=False)
+        assert not left.exists() and writing.exists()
+        assert f"removed 1 temporary file(s), 3 MB, that an interrupted coco4 run left in {out}" \
+            in messages, messages
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_only_this_machines_dead_writers_temporaries_are_stale(tmp_path):
+    from coco4.fileio import _owner, remove_stale_temporaries
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True)
+    dead = int(done.stdout)
+    names = {"dead": f".last.pt.{_owner(pid=dead)}-0123abcd.tmp",
+             "alive": f".last.pt.{_owner()}-0123abcd.tmp",
+             "other machine": f".last.pt.{_owner('elsewhere', dead)}-0123abcd.tmp",
+             "a user's file": "notes.tmp"}
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"x")
+    assert remove_stale_temporaries(tmp_path, lambda message: None) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        names[k] for k in ("alive", "other machine", "a user's file"))

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..fileio import atomic_path, atomic_write_text
+from ..fileio import atomic_path, atomic_write_text, remove_stale_temporaries
 from .images import image_paths, probe
 from .lists import ImageList
 from .loaders import ignore_sigint
@@ -62,6 +62,8 @@ def load_or_build(image_list: ImageList, image_dir: str | Path, image_size: int,
     path, paths, size = cache_file(image_list, image_dir, image_size, cache_dir)
     meta_path = path.with_suffix(".json")
     if not (path.is_file() and meta_path.is_file()):
+        if Path(cache_dir).is_dir():
+            remove_stale_temporaries(cache_dir, tqdm.write)
         _write_cache(path, paths, size, workers, progress)
     meta = json.loads(meta_path.read_text())
     # copy-on-write mapping: torch gets a writable view without ever writing to the file

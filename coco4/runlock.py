@@ -1,0 +1,55 @@
+"""One training run per output folder at a time: an exclusive lock held for the run's lifetime.
+
+The lock is ``flock`` on ``OUTPUT_DIR/.coco4.lock``, which holds who took it (PID, host, when).
+The kernel drops the lock when its process dies, however it dies, so a lock left by a killed
+run is never in the way: the next run takes it over, and says whose it was.
+"""
+import contextlib
+import fcntl
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from .cli import Coco4Error
+from .fileio import check_writable
+
+LOCK_FILE = ".coco4.lock"
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | Path, say=print) -> Iterator[None]:
+    """Hold the lock on ``folder`` for the block; another holder is a one-line error naming it.
+    A folder this call had to create, and left holding nothing but the lock, is removed."""
+    folder = Path(folder)
+    check_writable(folder)
+    created = [p for p in (folder, *folder.absolute().parents) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        previous = os.pread(fd, 512, 0).decode(errors="replace").strip()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = previous or "it has not said who it is yet"
+            raise Coco4Error(f"{folder} is in use by another training run ({holder}); wait "
+                             "for it to end, or choose another --output-dir") from None
+        if previous:
+            say(f"{folder}: took over the lock of a run that ended without releasing it "
+                f"({previous})")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # released cleanly: the next run has nothing to take over
+            if created and [p.name for p in folder.iterdir()] == [LOCK_FILE]:
+                path.unlink()  # while still held: no other run is waiting on this file
+                with contextlib.suppress(OSError):
+                    for made in created:  # innermost first; stops at one that is not empty
+                        made.rmdir()
+    finally:
+        os.close(fd)  # releases the lock
