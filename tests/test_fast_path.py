@@ -2,6 +2,8 @@
 import dataclasses
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -118,3 +120,67 @@ def test_the_fair_pil_baseline_joins_small_batches_into_the_training_batch(demo_
     assert len(joined) == len(whole) == 4
     for (xa, ya), (xb, yb) in zip(joined, whole):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "json-garbage", "json-other-list"])
+def test_a_damaged_cache_is_built_again_with_a_warning(demo_data, tmp_path, capsys, damage):
+    image_list = read_list(demo_data / "data" / "annotation_val.txt")
+    images = demo_data / "coco" / "images" / "val2017"
+    good = cache.load_or_build(image_list, images, 32, tmp_path, progress=False)
+    expected = good.tensor().clone()
+    meta = good.path.with_suffix(".json")
+    if damage == "truncated":  # a disk that filled up, a copy that stopped
+        with open(good.path, "r+b") as f:
+            f.truncate(good.path.stat().st_size // 2)
+    elif damage == "json-garbage":
+        meta.write_bytes(b"\x00{not json")
+    else:
+        meta.write_text(json.dumps({"size": 37, "count": 3, "bad": {}}))
+    capsys.readouterr()
+    rebuilt = cache.load_or_build(image_list, images, 32, tmp_path, progress=False)
+    assert f"warning: the image cache {good.path} is damaged" in capsys.readouterr().out
+    assert torch.equal(rebuilt.tensor(), expected)
+    again = cache.load_or_build(image_list, images, 32, tmp_path, progress=False)
+    assert torch.equal(again.tensor(), expected)
+    assert "damaged" not in capsys.readouterr().out  # whole again: no second rebuild
+
+
+FILL_THE_DISK = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+from coco4 import cli
+from coco4.data import cache
+from coco4.data.lists import read_list
+def main(_):
+    cache.load_or_build(read_list(sys.argv[1]), sys.argv[2], 224, sys.argv[4], progress=False)
+cli.run(main, __import__("argparse").ArgumentParser(), [])
+"""
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real 1 MiB file system, where this machine lets the test mount one."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                          capture_output=True)
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_during_the_cache_build_is_a_one_line_error(demo_data, small_tmpfs):
+    """26 images at 256 px are 5 MB, on a 1 MiB file system: an error, not a SIGBUS, and no
+    partial file left to fill the disk."""
+    from conftest import REPO
+
+    proc = subprocess.run([sys.executable, "-c", FILL_THE_DISK,
+                           str(demo_data / "data" / "annotation_val.txt"),
+                           str(demo_data / "coco" / "images" / "val2017"), str(REPO),
+                           str(small_tmpfs)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: could not write ") and "No space left on device" in last
+    assert list(small_tmpfs.iterdir()) == []

@@ -60,15 +60,38 @@ def load_or_build(image_list: ImageList, image_dir: str | Path, image_size: int,
                   cache_dir: str | Path, workers: int = 0, progress: bool = True) -> ImageCache:
     """Return the list's ImageCache, building it first if no valid one exists."""
     path, paths, size = cache_file(image_list, image_dir, image_size, cache_dir)
-    meta_path = path.with_suffix(".json")
-    if not (path.is_file() and meta_path.is_file()):
+    meta = _valid_meta(path, len(paths), size) if path.is_file() else None
+    if meta is None:
         if Path(cache_dir).is_dir():
             remove_stale_temporaries(cache_dir, tqdm.write)
-        _write_cache(path, paths, size, workers, progress)
-    meta = json.loads(meta_path.read_text())
+        meta = _write_cache(path, paths, size, workers, progress)
     # copy-on-write mapping: torch gets a writable view without ever writing to the file
     images = np.memmap(path, dtype=np.uint8, mode="c", shape=(len(paths), size, size, 3))
     return ImageCache(images, {int(i): why for i, why in meta["bad"].items()}, path)
+
+
+def _valid_meta(path: Path, count: int, size: int) -> dict | None:
+    """The cache's metadata when the cache and its JSON are whole and agree with the list;
+    None (with a warning when something is there but damaged) when it must be built again."""
+    meta_path = path.with_suffix(".json")
+    if not meta_path.is_file():
+        return None
+    expected = count * size * size * 3
+    problem = None
+    try:
+        meta = json.loads(meta_path.read_text())
+        bad = {int(i): str(why) for i, why in meta["bad"].items()}
+        if (meta["size"], meta["count"]) != (size, count) or any(
+                not 0 <= i < count for i in bad):
+            problem = f"{meta_path.name} describes another list"
+        elif path.stat().st_size != expected:
+            problem = f"{path.stat().st_size:,} bytes where {expected:,} belong"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        problem = f"unreadable {meta_path.name} ({type(e).__name__})"
+    if problem:
+        tqdm.write(f"warning: the image cache {path} is damaged ({problem}); building it again")
+        return None
+    return meta
 
 
 class _DecodeDataset(torch.utils.data.Dataset):
@@ -93,7 +116,12 @@ def _write_cache(path, paths, size, workers, progress):
                                          num_workers=workers, collate_fn=list,
                                          worker_init_fn=ignore_sigint)
     with atomic_path(path) as tmp:
-        images = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(len(paths), size, size, 3))
+        # reserve the whole file first: writing through a memory map into a sparse file on a
+        # full disk is a SIGBUS that kills the process without a word; this is an OSError,
+        # which atomic_path turns into a one-line error after removing the partial file
+        with open(tmp, "r+b") as f:  # (a list is never empty: read_list refuses one)
+            os.posix_fallocate(f.fileno(), 0, len(paths) * size * size * 3)
+        images = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=(len(paths), size, size, 3))
         with tqdm(total=len(paths), desc=f"caching {path.name}", unit="img",
                   disable=not progress) as bar:
             for batch in loader:
@@ -105,9 +133,10 @@ def _write_cache(path, paths, size, workers, progress):
                 bar.update(len(batch))
         images.flush()
         del images
-    atomic_write_text(path.with_suffix(".json"), json.dumps(
-        {"size": size, "count": len(paths), "bad": bad}))
+    meta = {"size": size, "count": len(paths), "bad": bad}
+    atomic_write_text(path.with_suffix(".json"), json.dumps(meta))
     _remove_stale(path)
+    return json.loads(json.dumps(meta))  # string keys, as a later run reads them
 
 
 def _remove_stale(path):
