@@ -1,5 +1,9 @@
 """Reading images as RGB, the list dataset, the unusable-image scan, and the image transforms."""
+import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -345,3 +349,66 @@ def test_crops_of_a_constant_image_stay_constant():
         for out in _crops(images, seed):
             assert out.shape == (4, 3, 32, 32)
             assert torch.equal(out, colours.view(4, 3, 1, 1).expand(4, 3, 32, 32))
+
+
+ODD_FILES = """
+import json, os, sys
+from pathlib import Path
+from PIL import Image
+sys.path.insert(0, sys.argv[2])
+from coco4.data import cache, images
+from coco4.data.lists import write_list, read_list
+folder = Path(sys.argv[1])
+Image.new("RGB", (40, 30), (200, 10, 10)).save(folder / "good.jpg")
+os.mkfifo(folder / "fifo.jpg")                       # would block an open() forever
+os.symlink("loop_b.jpg", folder / "loop_a.jpg")      # a symlink loop
+os.symlink("loop_a.jpg", folder / "loop_b.jpg")
+(folder / "file.jpg").write_bytes(b"x")              # file.jpg/inner.jpg: a path through a file
+(folder / "folder.jpg").mkdir()
+os.symlink("/dev/null", folder / "device.jpg")       # a character device
+names = ["good.jpg", "fifo.jpg", "loop_a.jpg", "file.jpg/inner.jpg", "folder.jpg",
+         "device.jpg", "x" * 300 + ".jpg"]
+write_list(folder / "list.txt", names, [0] * len(names))
+built = cache.load_or_build(read_list(folder / "list.txt"), folder, 32, folder / "cache",
+                            progress=False)
+pil = images.find_unusable(read_list(folder / "list.txt"), folder, progress=False)
+print(json.dumps({"fast": {names[i]: why for i, why in built.bad.items()},
+                  "pil": {names[i]: why for i, why in pil.items()}}))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+def test_odd_files_are_unusable_with_a_reason_and_never_hang(tmp_path):
+    """Real FIFOs, symlink loops, devices, folders, paths through a file and names too long, on
+    both data paths: each image is left out with why, the good one is kept, nothing blocks."""
+    from conftest import REPO
+
+    proc = subprocess.run([sys.executable, "-c", ODD_FILES, str(tmp_path), str(REPO)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout)
+    for path in ("fast", "pil"):
+        bad = found[path]
+        assert "good.jpg" not in bad
+        assert bad["fifo.jpg"] == "unreadable: not a regular file (a FIFO)"
+        assert bad["device.jpg"] == "unreadable: not a regular file (a character device)"
+        assert bad["folder.jpg"] == "unreadable: not a regular file (a folder)"
+        assert "Too many levels of symbolic links" in bad["loop_a.jpg"]
+        assert "Not a directory" in bad["file.jpg/inner.jpg"]
+        assert "File name too long" in bad["x" * 300 + ".jpg"]
+
+
+def test_any_decoder_exception_makes_the_image_unusable(tmp_path, monkeypatch):
+    """PIL's decoders raise more than OSError (NotImplementedError for some TIFF compressions,
+    ValueError, SyntaxError): each is one unusable image, never the run."""
+    import coco4.data.images as images
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.jpg")
+
+    def fails(*args, **kwargs):
+        raise NotImplementedError("unsupported compression")
+
+    monkeypatch.setattr(images.Image, "open", fails)
+    with pytest.raises(UnreadableImage, match="unsupported compression"):
+        read_rgb(tmp_path / "a.jpg")
+    assert images.probe(tmp_path / "a.jpg") == (None, "unreadable: unsupported compression")

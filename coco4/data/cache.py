@@ -43,8 +43,8 @@ def cache_key(paths: list[Path], size: int) -> str:
         try:
             st = os.stat(p)
             h.update(f"{p.name} {st.st_size} {st.st_mtime_ns}\n".encode())
-        except FileNotFoundError:
-            h.update(f"{p.name} missing\n".encode())
+        except (OSError, ValueError) as e:  # missing, a symlink loop, a name too long, ...
+            h.update(f"{p.name} {type(e).__name__}\n".encode())
     return h.hexdigest()[:16]
 
 

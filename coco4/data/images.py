@@ -1,9 +1,11 @@
 """Reading images as RGB, and the dataset over (list file, image folder)."""
+import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from ..cli import Coco4Error
@@ -22,14 +24,27 @@ def read_rgb(path: str | Path) -> Image.Image:
     convert("RGB") gives every model input three channels.
     """
     try:
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):  # opening a FIFO would wait forever for a writer
+            raise UnreadableImage(f"{path}: not a regular file ({_kind(mode)})")
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
             return im.convert("RGB")
-    except FileNotFoundError:
+    except (FileNotFoundError, UnreadableImage):
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError,
-            SyntaxError) as e:
+    except Exception as e:  # decoders fail in many ways (NotImplementedError, ValueError,
+        # SyntaxError, ...) and the file system too (a symlink loop, a name too long, a path
+        # through a file): one image is unusable, never the run
         raise UnreadableImage(f"{path}: {e}") from e
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a file"
 
 
 def image_paths(image_list: ImageList, image_dir: str | Path) -> list[Path]:
