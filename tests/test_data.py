@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -412,3 +413,30 @@ def test_any_decoder_exception_makes_the_image_unusable(tmp_path, monkeypatch):
     with pytest.raises(UnreadableImage, match="unsupported compression"):
         read_rgb(tmp_path / "a.jpg")
     assert images.probe(tmp_path / "a.jpg") == (None, "unreadable: unsupported compression")
+
+
+def test_16_bit_and_float_grayscale_keep_their_brightness(tmp_path):
+    """Worked by hand: a 16-bit value v is v / 257 in 8 bits (65535 -> 255), a float in [0, 1]
+    is v * 255. PIL's own convert("RGB") saturates the first (mean 254 where 127 is right)
+    and blackens the second."""
+    ramp = np.arange(64 * 64).reshape(64, 64)
+    Image.fromarray((ramp * 16).astype(np.uint16)).save(tmp_path / "deep.png")
+    got = np.asarray(read_rgb(tmp_path / "deep.png"), dtype=np.float64)
+    assert got.shape == (64, 64, 3)
+    assert np.abs(got[..., 0] - np.round(ramp * 16 / 257)).max() <= 1
+    floats = (ramp / ramp.max()).astype(np.float32)
+    Image.fromarray(floats).save(tmp_path / "float.tiff")
+    got = np.asarray(read_rgb(tmp_path / "float.tiff"), dtype=np.float64)
+    assert np.abs(got[..., 1] - np.round(floats * 255)).max() <= 1
+    assert got.mean() == pytest.approx(127.5, abs=0.5)
+
+
+@pytest.mark.parametrize("values, fragment", [
+    (np.full((8, 8), -3.0, np.float32), "float pixels from -3 to -3, neither in [0, 1] nor"),
+    (np.full((8, 8), np.nan, np.float32), "F pixels that are not finite numbers"),
+    (np.full((8, 8), 2**20, np.int32), "I pixels from 1.04858e+06 to 1.04858e+06, beyond 16"),
+], ids=["negative-float", "nan", "32-bit"])
+def test_pixels_with_no_range_to_trust_are_unusable_with_the_reason(tmp_path, values, fragment):
+    Image.fromarray(values).save(tmp_path / "odd.tiff")
+    with pytest.raises(UnreadableImage, match=re.escape(fragment)):
+        read_rgb(tmp_path / "odd.tiff")

@@ -4,6 +4,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
@@ -29,13 +30,39 @@ def read_rgb(path: str | Path) -> Image.Image:
             raise UnreadableImage(f"{path}: not a regular file ({_kind(mode)})")
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
-            return im.convert("RGB")
+            return _to_8_bits(im, path).convert("RGB")
     except (FileNotFoundError, UnreadableImage):
         raise
     except Exception as e:  # decoders fail in many ways (NotImplementedError, ValueError,
         # SyntaxError, ...) and the file system too (a symlink loop, a name too long, a path
         # through a file): one image is unusable, never the run
         raise UnreadableImage(f"{path}: {e}") from e
+
+
+def _to_8_bits(im: Image.Image, path) -> Image.Image:
+    """Grayscale pixels of more than 8 bits scaled by their real range: PIL's convert("RGB")
+    clips 16-bit values (a mid-grey 16-bit PNG turns white) and truncates floats in [0, 1]
+    (turning them black). Integers beyond 16 bits and floats outside [0, 255] have no range
+    to trust: the image is unusable, with the reason."""
+    if not (im.mode.startswith("I") or im.mode == "F"):
+        return im
+    values = np.asarray(im, dtype=np.float64)
+    low, high = (values.min(), values.max()) if values.size else (0.0, 0.0)
+    if not np.isfinite(values).all():
+        raise UnreadableImage(f"{path}: {im.mode} pixels that are not finite numbers")
+    if im.mode == "F":
+        if low < 0 or high > 255:
+            raise UnreadableImage(f"{path}: float pixels from {low:g} to {high:g}, neither "
+                                  "in [0, 1] nor in [0, 255]")
+        scale = 255 if high <= 1 else 1  # [0, 1] floats, or [0, 255] ones
+    elif im.mode.startswith("I;16") or 255 < high <= 65535 and low >= 0:
+        scale = 255 / 65535  # 16-bit data
+    elif low >= 0 and high <= 255:
+        scale = 1  # 8-bit values stored in 32-bit integers
+    else:
+        raise UnreadableImage(f"{path}: {im.mode} pixels from {low:g} to {high:g}, beyond "
+                              "16 bits")
+    return Image.fromarray(np.clip(np.round(values * scale), 0, 255).astype(np.uint8), "L")
 
 
 def _kind(mode: int) -> str:
