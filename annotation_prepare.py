@@ -13,6 +13,7 @@ from pathlib import Path
 from coco4 import cli
 from coco4.data.coco_filter import prepare_lists
 from coco4.data.lists import DEFAULT_CLASSES
+from coco4.fileio import check_writable
 
 
 def get_args_parser():
@@ -32,6 +33,7 @@ def get_args_parser():
 
 
 def main(args):
+    check_writable(args.out_dir)  # before reading hundreds of megabytes of JSON
     ann = args.coco_root / "annotations"
     counts = prepare_lists(args.train_json or ann / "instances_train2017.json",
                            args.val_json or ann / "instances_val2017.json",

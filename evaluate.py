@@ -13,6 +13,7 @@ from pathlib import Path
 from coco4 import cli
 from coco4.cli import Coco4Error, GateFailed, add_source_args, default_out_dir
 from coco4.evaluation import predict_from_args, write_results
+from coco4.fileio import check_writable
 from coco4.metrics import classes_below, confusion_text, report_text
 from coco4.plots import confusion_matrix_figure, save
 
@@ -32,6 +33,7 @@ def main(args):
     if gate is not None and not 0 <= gate <= 1:  # nan fails both comparisons
         raise Coco4Error(f"--min-class-acc must be between 0 and 1, got {gate}")
     out_dir = default_out_dir(args, "eval")
+    check_writable(out_dir)  # before the predictions, not after them
     predictor, predictions = predict_from_args(args)
     metrics = write_results(out_dir, predictor, predictions)
     save(confusion_matrix_figure(metrics["confusion_matrix"], predictor.classes,

@@ -14,8 +14,10 @@ import numpy as np
 
 from coco4 import cli
 from coco4 import plots as vis
-from coco4.cli import add_source_args, default_out_dir
+from coco4.cli import Coco4Error, add_source_args, default_out_dir
 from coco4.evaluation import predict_from_args, predict_images
+from coco4.fileio import check_writable
+from coco4.run_log import read_metrics_csv
 
 
 def get_args_parser():
@@ -36,7 +38,16 @@ def get_args_parser():
 
 def main(args):
     out = default_out_dir(args, "vis")
-    # predicting first checks the list, its classes and its images before anything is drawn
+    # everything cheap is checked before the list is predicted
+    check_writable(out)
+    for path in args.image or ():
+        if not path.is_file():
+            raise Coco4Error(f"--image {path}: no such file")
+    if args.metrics and not args.metrics.is_file():
+        raise Coco4Error(f"--metrics {args.metrics}: no such file (the run's metrics.csv)")
+    metrics_csv = args.metrics or Path(args.checkpoint).parent / "metrics.csv"
+    if metrics_csv.is_file():
+        read_metrics_csv(metrics_csv)  # a file train.py did not write is an error now
     predictor, predictions = predict_from_args(args)
     written = [vis.samples_png(predictions, predictor.classes, out / "samples.png", args.num,
                                args.seed)]
@@ -50,7 +61,6 @@ def main(args):
     written.append(vis.predictions_png(paths, probs, predictor.classes, out / "predictions.png",
                                        truth))
     written.append(vis.errors_png(predictions, predictor.classes, out / "errors.png", args.num))
-    metrics_csv = args.metrics or Path(args.checkpoint).parent / "metrics.csv"
     if metrics_csv.is_file():
         written.append(vis.curves_png(metrics_csv, out / "training_curves.png"))
     for path in written:

@@ -100,7 +100,8 @@ def _remove_quietly(path):
 def check_writable(folder: str | Path) -> None:
     """Fail before hours of work if ``folder`` cannot take the files we will write there.
 
-    Creates nothing: a run that fails later on bad input must not leave empty folders behind.
+    Leaves nothing behind (what it tries is removed at once): a run that fails later on bad
+    input must not leave empty folders behind.
     """
     folder = Path(folder).absolute()
     existing = next(p for p in (folder, *folder.parents) if p.exists())
@@ -109,10 +110,13 @@ def check_writable(folder: str | Path) -> None:
         problem = f"{existing} is not a folder"
     elif not os.access(existing, os.W_OK | os.X_OK):
         problem = f"no write permission on {existing}"
-    elif existing == folder:
+    else:  # permission bits are not all: a read-only mount, /proc, a full inode table
         try:
-            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-                pass
+            if existing == folder:
+                with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+                    pass
+            else:  # the folder will be made in ``existing``: try making one there
+                os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".write-test-"))
         except OSError as e:
             problem = e.strerror or str(e)
     if problem:

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from .cli import Coco4Error
 from .config import TrainConfig
 from .distributed import DistEnv
 from .fileio import atomic_write_text
@@ -76,6 +77,16 @@ def write_metrics_csv(path: str | Path, rows: Sequence[dict]) -> None:
 
 
 def read_metrics_csv(path: str | Path) -> list[dict[str, float | None]]:
-    with open(path, newline="") as f:
-        return [{k: float(v) if v else None for k, v in row.items()}
-                for row in csv.DictReader(f)]
+    """The rows of a metrics.csv as numbers (None where empty); anything else that train.py
+    did not write is a one-line error."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = [{k: float(v) if v else None for k, v in row.items() if k is not None}
+                    for row in csv.DictReader(f)]
+    except (OSError, UnicodeDecodeError, ValueError, csv.Error) as e:
+        raise Coco4Error(f"{path} is not a metrics.csv written by train.py ({e})") from None
+    missing = [c for c in _FIRST if rows and c not in rows[0]]
+    if not rows or missing:
+        raise Coco4Error(f"{path} is not a metrics.csv written by train.py (" + (
+            f"no {', '.join(missing)} column" if missing else "no epoch in it") + ")")
+    return rows

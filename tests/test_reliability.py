@@ -20,7 +20,7 @@ from coco4.cli import Coco4Error
 from coco4.data.lists import read_list, write_list
 from coco4.trainer import fit
 
-from conftest import REPO, CreatesFile, train_args, train_cli
+from conftest import REPO, CreatesFile, eval_argv, train_args, train_cli
 
 
 def bad_image_data(demo_data, tmp_path):
@@ -409,3 +409,68 @@ def test_only_this_machines_dead_writers_temporaries_are_stale(tmp_path):
     assert remove_stale_temporaries(tmp_path, lambda message: None) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         names[k] for k in ("alive", "other machine", "a user's file"))
+
+
+def never_predicted(*args, **kwargs):
+    raise AssertionError("the list was predicted before the arguments were checked")
+
+
+@pytest.mark.parametrize("script, extra, fragment", [
+    ("evaluate", ("--out-dir", "{tmp}/file"), "cannot write to {tmp}/file: "),
+    ("visualize", ("--out-dir", "{tmp}/file/vis"), "cannot write to {tmp}/file/vis: "),
+    ("visualize", ("--out-dir", "/proc/coco4-vis"), "cannot write to /proc/coco4-vis: "),
+    ("visualize", ("--image", "{tmp}/my_brid.jpg"), "--image {tmp}/my_brid.jpg: no such file"),
+    ("visualize", ("--metrics", "{tmp}/nope.csv"), "--metrics {tmp}/nope.csv: no such file"),
+    ("visualize", ("--metrics", "{tmp}/file"), "{tmp}/file is not a metrics.csv written by "),
+], ids=["eval-out-is-a-file", "vis-out-under-a-file", "vis-out-under-proc", "image-typo",
+        "metrics-missing", "metrics-not-csv"])
+def test_evaluate_and_visualize_check_cheap_things_before_predicting(demo_data, tmp_path,
+                                                                      monkeypatch, script,
+                                                                      extra, fragment):
+    import importlib
+
+    module = importlib.import_module(script)
+    monkeypatch.setattr(module, "predict_from_args", never_predicted)
+    (tmp_path / "file").write_text("not a folder, not a metrics.csv\n")
+    argv = eval_argv(demo_data, tmp_path / "model.pt", tmp_path / "out",
+                     *(e.format(tmp=tmp_path) for e in extra))
+    with pytest.raises(Coco4Error, match="^" + re.escape(fragment.format(tmp=tmp_path))):
+        module.main(module.get_args_parser().parse_args(argv))
+
+
+def test_annotation_prepare_checks_its_output_folder_before_reading_coco(tmp_path):
+    import annotation_prepare
+
+    (tmp_path / "file").write_text("x")
+    args = annotation_prepare.get_args_parser().parse_args(
+        ["--coco-root", str(tmp_path / "no-coco-needed"), "--out-dir", str(tmp_path / "file")])
+    with pytest.raises(Coco4Error, match=f"^cannot write to {re.escape(str(tmp_path))}/file: "):
+        annotation_prepare.main(args)
+
+
+@pytest.fixture
+def read_only_mount(tmp_path):
+    """A real read-only file system (a dataset mount), where this machine lets us mount one."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)],
+                          capture_output=True)
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_read_only_cache_folder_falls_back_to_the_users_cache(demo_data, tmp_path,
+                                                                 read_only_mount, monkeypatch,
+                                                                 capsys):
+    from coco4.data import cache
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home-cache"))
+    image_list = read_list(demo_data / "data" / "annotation_val.txt")
+    built = cache.load_or_build(image_list, demo_data / "coco" / "images" / "val2017", 32,
+                                read_only_mount / "cache", progress=False)
+    assert built.path.parent == tmp_path / "home-cache" / "coco4"
+    assert (f"warning: cannot write the image cache to {read_only_mount / 'cache'}; using "
+            f"{tmp_path / 'home-cache' / 'coco4'}") in capsys.readouterr().out
+    assert list(read_only_mount.iterdir()) == []

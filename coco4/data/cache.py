@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..fileio import atomic_path, atomic_write_text, remove_stale_temporaries
+from ..cli import Coco4Error
+from ..fileio import atomic_path, atomic_write_text, check_writable, remove_stale_temporaries
 from .images import image_paths, probe
 from .lists import ImageList
 from .loaders import ignore_sigint
@@ -61,6 +62,15 @@ def load_or_build(image_list: ImageList, image_dir: str | Path, image_size: int,
     """Return the list's ImageCache, building it first if no valid one exists."""
     path, paths, size = cache_file(image_list, image_dir, image_size, cache_dir)
     meta = _valid_meta(path, len(paths), size) if path.is_file() else None
+    if meta is None and not _writable(cache_dir):
+        # a read-only dataset mount holding data/: the user's own cache folder instead
+        fallback = user_cache_dir()
+        tqdm.write(f"warning: cannot write the image cache to {cache_dir}; using {fallback} "
+                   "(--cache-dir chooses another folder)")
+        check_writable(fallback)
+        cache_dir = fallback
+        path = Path(cache_dir) / path.name
+        meta = _valid_meta(path, len(paths), size) if path.is_file() else None
     if meta is None:
         if Path(cache_dir).is_dir():
             remove_stale_temporaries(cache_dir, tqdm.write)
@@ -68,6 +78,20 @@ def load_or_build(image_list: ImageList, image_dir: str | Path, image_size: int,
     # copy-on-write mapping: torch gets a writable view without ever writing to the file
     images = np.memmap(path, dtype=np.uint8, mode="c", shape=(len(paths), size, size, 3))
     return ImageCache(images, {int(i): why for i, why in meta["bad"].items()}, path)
+
+
+def user_cache_dir() -> Path:
+    """This user's cache folder for coco4: $XDG_CACHE_HOME/coco4, or ~/.cache/coco4."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "coco4"
+
+
+def _writable(folder) -> bool:
+    try:
+        check_writable(folder)
+        return True
+    except Coco4Error:
+        return False
 
 
 def _valid_meta(path: Path, count: int, size: int) -> dict | None:
