@@ -1,6 +1,7 @@
 """The fast data path (decode once, augment in batches) against the original PIL pipeline."""
 import dataclasses
 import json
+import os
 import re
 import subprocess
 import sys
@@ -184,3 +185,28 @@ def test_a_full_disk_during_the_cache_build_is_a_one_line_error(demo_data, small
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: could not write ") and "No space left on device" in last
     assert list(small_tmpfs.iterdir()) == []
+
+
+def test_an_image_replaced_by_one_of_the_same_size_and_time_rebuilds_the_cache(demo_data,
+                                                                              tmp_path):
+    """A copy that keeps modification times (cp -p, rsync -t, a restored backup) can swap an
+    image for another of the same byte size: the key reads each file's first and last 4 KB."""
+    image_list = read_list(demo_data / "data" / "annotation_val.txt")
+    source = demo_data / "coco" / "images" / "val2017"
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in image_list.files:
+        (images / name).write_bytes((source / name).read_bytes())
+    first = cache.load_or_build(image_list, images, 32, tmp_path / "c", progress=False)
+    a, b = (images / image_list.files[i] for i in (0, 1))
+    if b.stat().st_size > a.stat().st_size:
+        a, b = b, a
+    stat_a = a.stat()
+    # b's JPEG, padded after its end marker (decoders ignore it) to exactly a's size
+    a.write_bytes(b.read_bytes().ljust(stat_a.st_size, b"\0"))
+    os.utime(a, ns=(stat_a.st_atime_ns, stat_a.st_mtime_ns))
+    assert (a.stat().st_size, a.stat().st_mtime_ns) == (stat_a.st_size, stat_a.st_mtime_ns)
+    changed = cache.load_or_build(image_list, images, 32, tmp_path / "c", progress=False)
+    assert changed.path != first.path
+    index = {name: i for i, name in enumerate(image_list.files)}
+    assert torch.equal(changed.tensor()[index[a.name]], first.tensor()[index[b.name]])

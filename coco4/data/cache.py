@@ -2,12 +2,14 @@
 
 The original pipeline decoded each 640x480 JPEG and resized it every epoch; here a list is
 decoded once, in parallel, and every later epoch (and run) reads a flat uint8 array. The cache
-file's name carries a hash of the list's file names, the pre-crop size and each image's size
-and mtime, so a changed list or image builds a new cache instead of serving stale pixels.
+file's name carries a hash of the list's file names, the pre-crop size and each image's size,
+mtime and first and last 4 KB, so a changed list or image builds a new cache instead of
+serving stale pixels.
 """
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,14 +41,27 @@ class ImageCache:
 
 
 def cache_key(paths: list[Path], size: int) -> str:
-    h = hashlib.sha1(f"v2 {size}".encode())  # v2: NHWC layout
+    """A hash of the pre-crop size and, for each image, its name, size, modification time and
+    first and last ``EDGE`` bytes: an image replaced by another of the same size and time (a
+    copy that keeps times, a restored backup) changes the key too, as JPEG headers and ends
+    differ between images. Measured: 15-20 ms per 512 files in the page cache, 280-470 ms
+    cold (after dropping it), on the development VM."""
+    h = hashlib.sha1(f"v3 {size}".encode())  # v3: content edges; v2: NHWC layout
     for p in paths:
         try:
             st = os.stat(p)
             h.update(f"{p.name} {st.st_size} {st.st_mtime_ns}\n".encode())
+            if stat.S_ISREG(st.st_mode):  # a FIFO is never opened
+                with open(p, "rb") as f:
+                    h.update(f.read(EDGE))
+                    f.seek(max(0, st.st_size - EDGE))
+                    h.update(f.read(EDGE))
         except (OSError, ValueError) as e:  # missing, a symlink loop, a name too long, ...
             h.update(f"{p.name} {type(e).__name__}\n".encode())
     return h.hexdigest()[:16]
+
+
+EDGE = 4096
 
 
 def cache_file(image_list: ImageList, image_dir: str | Path, image_size: int,
