@@ -1,6 +1,7 @@
 """The training configuration: one frozen dataclass, validated on construction, stored in
 every checkpoint so evaluation and resume rebuild the run from the file alone."""
 import dataclasses
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +55,7 @@ class TrainConfig:
             (2 * self.accum_steps <= self.batch_size, f"--accum-steps {self.accum_steps} splits "
              f"--batch-size {self.batch_size} into micro-batches of fewer than 2 images, and "
              "BatchNorm cannot train on one: at most half the batch size"),
-            (self.lr > 0, f"--lr must be positive, got {self.lr}"),
+            (0 < self.lr < math.inf, f"--lr must be a positive number, got {self.lr}"),
             (self.image_size >= 32, f"--image-size must be at least 32 (every backbone "
              f"downsamples 32x), got {self.image_size}"),
             (0 < self.val_fraction < 1, f"--val-fraction must be between 0 and 1 (exclusive), "

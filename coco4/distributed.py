@@ -26,15 +26,30 @@ class DistEnv:
 
 def init_distributed(device_kind: str) -> DistEnv:
     """Join the process group torchrun describes in the environment; a single process otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = _env_int("WORLD_SIZE", 1)
     if world == 1:
         return DistEnv()
-    env = DistEnv(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    missing = [n for n in ("RANK", "MASTER_ADDR", "MASTER_PORT") if n not in os.environ]
+    if missing:
+        raise Coco4Error(f"WORLD_SIZE={world} is set but {', '.join(missing)} is not: start "
+                         "several processes with torchrun, or unset WORLD_SIZE for one")
+    env = DistEnv(_env_int("RANK", 0), world, _env_int("LOCAL_RANK", 0))
+    if not 0 <= env.rank < world:
+        raise Coco4Error(f"RANK={env.rank} is outside 0..{world - 1} (WORLD_SIZE={world})")
     backend = "nccl" if device_kind == "cuda" else "gloo"
     if device_kind == "cuda":
         torch.cuda.set_device(env.local_rank)
     dist.init_process_group(backend)
     return env
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, str(default))
+    try:
+        return int(value)
+    except ValueError:
+        raise Coco4Error(f"the environment variable {name}={value!r} is not a whole number; "
+                         "torchrun sets it: start through torchrun, or unset it") from None
 
 
 def close_distributed(env: DistEnv) -> None:

@@ -89,7 +89,7 @@ class Training:
             if ignored and env.is_main:
                 tqdm.write(f"resuming keeps the checkpoint's settings, not {ignored}")
         self.cfg = cfg
-        done = resumed.checkpoint["run"]["epoch"] if resumed else 0
+        done = resumed.checkpoint["run"].get("epoch", 0) if resumed else 0
         if done >= cfg.epochs:  # checked before any work, not a silent exit 0
             raise Coco4Error(f"{cfg.resume} has already trained {done} epochs, and --epochs "
                              f"{cfg.epochs} is the total: pass a larger --epochs to train on")
@@ -254,10 +254,36 @@ def make_room_for_a_new_run(cfg: TrainConfig) -> None:
 
 def _load_resume(path: str) -> LoadedModel:
     loaded = load_model(path, "cpu")
-    if "run" not in loaded.checkpoint:
+    ckpt = loaded.checkpoint
+    if "run" not in ckpt:
         raise Coco4Error(f"{path} holds no training state (optimizer, epoch) to resume; "
                          "to start a new run from its weights use --weights PATH instead")
+    problem = _run_state_problem(ckpt)
+    if problem:
+        raise Coco4Error(f"{path} holds a training state this coco4 cannot resume ({problem}); "
+                         "start a new run from its weights with --weights PATH")
     return loaded
+
+
+def _run_state_problem(ckpt: dict) -> str | None:
+    """What is wrong with a checkpoint's resumable state, or None: every field RunState and
+    build_learner read, of the type they need."""
+    run, fields = ckpt["run"], {f.name: f for f in dataclasses.fields(RunState)}
+    if not isinstance(run, dict):
+        return f"'run' is a {type(run).__name__}"
+    unknown = sorted(set(run) - set(fields))
+    if unknown:
+        return f"'run' has fields {unknown} that a newer coco4 wrote"
+    numbers = {"epoch": int, "step": int, "best_metric": (int, float), "best_epoch": int}
+    for name, kind in numbers.items():
+        if name in run and (not isinstance(run[name], kind) or isinstance(run[name], bool)):
+            return f"run.{name} is {run[name]!r}"
+    if run.get("epoch", 0) < 0:
+        return f"run.epoch is {run['epoch']!r}"
+    for name in ("optimizer", "scheduler", "scaler"):
+        if not isinstance(ckpt.get(name), dict):
+            return f"no {name} state"
+    return None
 
 
 def build_learner(cfg: TrainConfig, data: TrainData, device: torch.device, env: DistEnv,

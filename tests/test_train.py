@@ -1,6 +1,7 @@
 """train.py: the recipe (what trains, what stays frozen), outputs, resume, seeds, accumulation,
 torchrun, and the errors a user gets instead of a traceback."""
 import os
+import re
 import subprocess
 import sys
 
@@ -175,7 +176,8 @@ def test_cuda_requested_without_cuda(demo_data, tmp_path):
     ("--batch-size", "0", "--batch-size"), ("--epochs", "0", "--epochs"),
     ("--val-fraction", "1.5", "--val-fraction"), ("--accum-steps", "16", "--accum-steps"),
     ("--accum-steps", "5", "BatchNorm cannot train on one"),
-    ("--batch-size", "1", "BatchNorm cannot train on one")])
+    ("--batch-size", "1", "BatchNorm cannot train on one"), ("--lr", "inf", "--lr"),
+    ("--lr", "nan", "--lr")])
 @pytest.mark.slow
 def test_bad_arguments_are_one_line_errors(demo_data, tmp_path, flag, value, fragment):
     assert_one_line_error(run_cli(demo_data, tmp_path, flag, value), fragment)
@@ -281,3 +283,39 @@ def test_too_few_images_for_the_micro_batches_is_a_one_line_error(demo_data, tmp
                                          r"--batch-size or lower --accum-steps"):
         fit(train_args(demo_data, tmp_path, batch_size=40, accum_steps=20), progress=False)
     assert not (tmp_path / "last.pt").exists()
+
+
+@pytest.mark.parametrize("env, fragment", [
+    ({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 is set but RANK, MASTER_ADDR, MASTER_PORT is not"),
+    ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' is not a whole number"),
+    ({"WORLD_SIZE": "2", "RANK": "5", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"},
+     "RANK=5 is outside 0..1 (WORLD_SIZE=2)"),
+], ids=["half-set", "not-a-number", "rank-out-of-range"])
+def test_torchrun_variables_set_wrongly_are_one_line_errors(monkeypatch, env, fragment):
+    from coco4.distributed import init_distributed
+
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(Coco4Error, match=re.escape(fragment)):
+        init_distributed("cpu")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change, fragment", [
+    (lambda c: c["run"].update(ema_decay=0.999), "'run' has fields ['ema_decay'] that a newer"),
+    (lambda c: c["run"].update(epoch="1"), "run.epoch is '1'"),
+    (lambda c: c.update(run=[1]), "'run' is a list"),
+    (lambda c: c.pop("optimizer"), "no optimizer state"),
+], ids=["newer-field", "wrong-type", "not-a-dict", "no-optimizer"])
+def test_a_checkpoint_whose_run_state_cannot_be_resumed_is_refused(demo_data, tmp_path, change,
+                                                                    fragment):
+    fit(train_args(demo_data, tmp_path / "run"), progress=False)
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    change(ckpt)
+    torch.save(ckpt, tmp_path / "odd.pt")
+    with pytest.raises(Coco4Error, match=r"odd\.pt holds a training state this coco4 cannot "
+                                         r"resume \(" + re.escape(fragment)):
+        fit(train_args(demo_data, tmp_path / "run", epochs=2, resume=str(tmp_path / "odd.pt")),
+            progress=False)
