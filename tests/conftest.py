@@ -1,7 +1,9 @@
 """Shared fixtures: one small synthetic COCO dataset with its lists, built once per session."""
 import argparse
+import contextlib
 import csv
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -139,3 +141,18 @@ def original_model():
     model = torchvision.models.resnet50(weights=None)
     model.fc = nn.Sequential(nn.Linear(2048, 256), nn.ReLU(), nn.Dropout(0.5), nn.Linear(256, 4))
     return model
+
+
+@contextlib.contextmanager
+def tmpfs(folder, options):
+    """A real small file system (tmpfs, mount ``options``) at ``folder``, for the test's block;
+    the test is skipped where this machine does not let it mount one (it needs root)."""
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                          capture_output=True)
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)

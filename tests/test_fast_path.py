@@ -20,7 +20,7 @@ from coco4.devtools.synthetic import make_synthetic_coco
 from coco4.evaluation import load_predictor, predict_list
 from coco4.trainer import fit
 
-from conftest import train_args
+from conftest import tmpfs, train_args
 
 
 def test_fast_eval_input_equals_the_pil_path(demo_data, tmp_path):
@@ -161,15 +161,9 @@ cli.run(main, __import__("argparse").ArgumentParser(), [])
 
 @pytest.fixture
 def small_tmpfs(tmp_path):
-    """A real 1 MiB file system, where this machine lets the test mount one."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                          capture_output=True)
-    if done.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+    """A real 1 MiB file system."""
+    with tmpfs(tmp_path / "small", "size=1m") as mount:
+        yield mount
 
 
 def test_a_full_disk_during_the_cache_build_is_a_one_line_error(demo_data, small_tmpfs):

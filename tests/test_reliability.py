@@ -20,7 +20,7 @@ from coco4.cli import Coco4Error
 from coco4.data.lists import read_list, write_list
 from coco4.trainer import fit
 
-from conftest import REPO, CreatesFile, eval_argv, train_args, train_cli
+from conftest import REPO, CreatesFile, eval_argv, tmpfs, train_args, train_cli
 
 
 def bad_image_data(demo_data, tmp_path):
@@ -450,15 +450,9 @@ def test_annotation_prepare_checks_its_output_folder_before_reading_coco(tmp_pat
 
 @pytest.fixture
 def read_only_mount(tmp_path):
-    """A real read-only file system (a dataset mount), where this machine lets us mount one."""
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)],
-                          capture_output=True)
-    if done.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+    """A real read-only file system, as a dataset mount is."""
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as mount:
+        yield mount
 
 
 def test_a_read_only_cache_folder_falls_back_to_the_users_cache(demo_data, tmp_path,
