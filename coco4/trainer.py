@@ -189,10 +189,9 @@ class Training:
         validation. Under torchrun this process then exits at once: the other ranks' next
         stop vote fails on the lost peer, and torchrun ends them, instead of all waiting for
         the NCCL timeout."""
-        learner = self.learner
-        learner.optimizer.zero_grad(set_to_none=True)
-        probe = self.data.train if during == "training" else None
-        return Coco4Error(out_of_memory_advice(self.cfg, learner, probe, self.env, during))
+        self.learner.optimizer.zero_grad(set_to_none=True)
+        return Coco4Error(out_of_memory_advice(self.cfg, self.learner, self.data.train,
+                                               self.env, during))
 
     def _save(self, best: bool) -> None:
         if not self.env.is_main:
@@ -323,22 +322,26 @@ def build_learner(cfg: TrainConfig, data: TrainData, device: torch.device, env: 
                    scaler, cfg.accum_steps)
 
 
-def out_of_memory_advice(cfg: TrainConfig, learner: Learner, batches: Batches | None,
-                         env: DistEnv, during: str = "training") -> str:
-    """A one-line message naming an --accum-steps that fits. On one GPU it is found by running
-    real training steps (the optimizer's state, the uint8 batch and its crops included) on
-    ``batches`` with more and more micro-batches, then a quarter more for a margin; under
-    torchrun (a lone rank cannot step a DDP model), on other devices, or for ``validation``
-    (which runs in micro-batches of the same size), it is doubled."""
-    local = math.ceil(cfg.batch_size / env.world)
+def out_of_memory_advice(cfg: TrainConfig, learner: Learner, batches: Batches, env: DistEnv,
+                         during: str = "training") -> str:
+    """A one-line message naming an --accum-steps that fits ``batches``' steps. On one GPU,
+    for ``training``, it is found by running real training steps (the optimizer's state, the
+    uint8 batch and its crops included) with more and more micro-batches, then a quarter more
+    for a margin; under torchrun (a lone rank cannot step a DDP model), on other devices, or
+    for ``validation`` (which runs in micro-batches of the same size), it is doubled."""
+    local = batches.smallest_batch()  # this rank's images per step: every step has as many
     micro = math.ceil(local / cfg.accum_steps)
     most = max(1, local // 2)  # micro-batches of at least 2 images: BatchNorm needs them
+    what = (f"CUDA out of memory in {during} with micro-batches of {micro} images at "
+            f"{cfg.image_size}px")
+    if cfg.accum_steps >= most:
+        return (f"{what}, and they cannot shrink below 2 images; lower --batch-size or "
+                "--image-size, or use a GPU with more memory")
     fits = None
-    if batches is not None and not env.enabled:
+    if during == "training" and not env.enabled:
         fits = _accum_steps_that_fit(learner, batches, cfg.accum_steps * 2, most)
     accum = fits or min(cfg.accum_steps * 2, most)
-    return (f"CUDA out of memory in {during} with micro-batches of {micro} images at "
-            f"{cfg.image_size}px; rerun with --accum-steps {accum} (micro-batches of "
+    return (f"{what}; rerun with --accum-steps {accum} (micro-batches of "
             f"{math.ceil(local / accum)}, the same effective batch; BatchNorm sees each "
             "micro-batch alone)")
 

@@ -137,7 +137,8 @@ def test_out_of_memory_names_an_accum_steps_that_then_fits(many_images, tmp_path
     failed = capped_train(many_images, tmp_path / "oom", tmp_path)
     assert failed.returncode != 0 and "Traceback" not in failed.stderr, failed.stderr
     last = failed.stderr.strip().splitlines()[-1]
-    found = re.fullmatch(r"error: CUDA out of memory in training with micro-batches of 512 "
+    # 667 training images at batch 512 are 2 equal steps of 333
+    found = re.fullmatch(r"error: CUDA out of memory in training with micro-batches of 333 "
                          r"images at 224px; "
                          r"rerun with --accum-steps (\d+) .*", last)
     assert found, last

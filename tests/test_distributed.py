@@ -85,13 +85,14 @@ def test_out_of_memory_on_one_rank_ends_every_rank_promptly_with_the_advice(demo
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(REPO / "tests" / "scripts" / "oom_on_rank_1.py"),
-           *train_cli(demo_data, tmp_path / "run", "--epochs", "2", "--batch-size", "4")[2:]]
+           *train_cli(demo_data, tmp_path / "run", "--epochs", "2", "--batch-size", "16")[2:]]
     tic = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     seconds = time.monotonic() - tic
     assert proc.returncode != 0
-    assert "error: CUDA out of memory in training with micro-batches of 2 images at 32px; " \
+    # 36 training images over 2 ranks at batch 16: 3 steps of 6 images on each rank
+    assert "error: CUDA out of memory in training with micro-batches of 6 images at 32px; " \
            "rerun with --accum-steps 2 " in proc.stderr, proc.stderr[-3000:]
     assert seconds < 120, seconds
 

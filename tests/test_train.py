@@ -253,8 +253,10 @@ def test_out_of_memory_in_validation_names_the_accum_steps_too(demo_data, tmp_pa
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(coco4.trainer, "evaluate", oom)
+    # about 36 training images at batch 8: 5 steps of 7, in 2 micro-batches of up to 4; 3
+    # micro-batches is the most that keeps 2 images in each
     with pytest.raises(Coco4Error, match=r"^CUDA out of memory in validation with micro-batches "
-                                         r"of 4 images at 32px; rerun with --accum-steps 4 "):
+                                         r"of 4 images at 32px; rerun with --accum-steps 3 "):
         fit(train_args(demo_data, tmp_path, accum_steps=2), progress=False)
     assert not (tmp_path / "last.pt").exists()
 
@@ -319,3 +321,17 @@ def test_a_checkpoint_whose_run_state_cannot_be_resumed_is_refused(demo_data, tm
                                          r"resume \(" + re.escape(fragment)):
         fit(train_args(demo_data, tmp_path / "run", epochs=2, resume=str(tmp_path / "odd.pt")),
             progress=False)
+
+
+def test_out_of_memory_when_micro_batches_cannot_shrink_says_what_else_to_do(demo_data, tmp_path,
+                                                                             monkeypatch):
+    import coco4.loop
+
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(coco4.loop, "train_step", oom)
+    # 7 images a step in 3 micro-batches: 4 would leave one image alone
+    with pytest.raises(Coco4Error, match=r"micro-batches of 3 images at 32px, and they cannot "
+                                         r"shrink below 2 images; lower --batch-size or "):
+        fit(train_args(demo_data, tmp_path, accum_steps=3), progress=False)
