@@ -15,7 +15,7 @@ from coco4.loop import Amp, EpochState, Learner, non_finite_loss, train_one_epoc
 from coco4.model import build_model
 from coco4.trainer import fit
 
-from conftest import read_csv, train_args, train_cli
+from conftest import out_of_memory, read_csv, train_args, train_cli
 
 FROZEN = ("conv1", "bn1", "layer1", "layer2")  # the original recipe's frozen part
 
@@ -236,10 +236,7 @@ def test_non_finite_loss_stops_a_run_before_saving(demo_data, tmp_path, monkeypa
 def test_cuda_out_of_memory_names_the_accum_steps_to_use(demo_data, tmp_path, monkeypatch):
     import coco4.loop
 
-    def oom(*args, **kwargs):
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-    monkeypatch.setattr(coco4.loop, "train_step", oom)
+    monkeypatch.setattr(coco4.loop, "train_step", out_of_memory)
     with pytest.raises(Coco4Error, match=r"--accum-steps 2\b"):
         fit(train_args(demo_data, tmp_path), progress=False)
     assert not (tmp_path / "last.pt").exists()
@@ -249,10 +246,7 @@ def test_out_of_memory_in_validation_names_the_accum_steps_too(demo_data, tmp_pa
                                                                monkeypatch):
     import coco4.trainer
 
-    def oom(*args, **kwargs):
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-    monkeypatch.setattr(coco4.trainer, "evaluate", oom)
+    monkeypatch.setattr(coco4.trainer, "evaluate", out_of_memory)
     # about 36 training images at batch 8: 5 steps of 7, in 2 micro-batches of up to 4; 3
     # micro-batches is the most that keeps 2 images in each
     with pytest.raises(Coco4Error, match=r"^CUDA out of memory in validation with micro-batches "
@@ -327,10 +321,7 @@ def test_out_of_memory_when_micro_batches_cannot_shrink_says_what_else_to_do(dem
                                                                              monkeypatch):
     import coco4.loop
 
-    def oom(*args, **kwargs):
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-    monkeypatch.setattr(coco4.loop, "train_step", oom)
+    monkeypatch.setattr(coco4.loop, "train_step", out_of_memory)
     # 7 images a step in 3 micro-batches: 4 would leave one image alone
     with pytest.raises(Coco4Error, match=r"micro-batches of 3 images at 32px, and they cannot "
                                          r"shrink below 2 images; lower --batch-size or "):

@@ -76,7 +76,7 @@ def load_or_build(image_list: ImageList, image_dir: str | Path, image_size: int,
                   cache_dir: str | Path, workers: int = 0, progress: bool = True) -> ImageCache:
     """Return the list's ImageCache, building it first if no valid one exists."""
     path, paths, size = cache_file(image_list, image_dir, image_size, cache_dir)
-    meta = _valid_meta(path, len(paths), size) if path.is_file() else None
+    meta = _valid_meta(path, len(paths), size)
     if meta is None and not _writable(cache_dir):
         # a read-only dataset mount holding data/: the user's own cache folder instead
         fallback = user_cache_dir()
@@ -85,7 +85,7 @@ def load_or_build(image_list: ImageList, image_dir: str | Path, image_size: int,
         check_writable(fallback)
         cache_dir = fallback
         path = Path(cache_dir) / path.name
-        meta = _valid_meta(path, len(paths), size) if path.is_file() else None
+        meta = _valid_meta(path, len(paths), size)
     if meta is None:
         if Path(cache_dir).is_dir():
             remove_stale_temporaries(cache_dir, tqdm.write)
@@ -113,7 +113,7 @@ def _valid_meta(path: Path, count: int, size: int) -> dict | None:
     """The cache's metadata when the cache and its JSON are whole and agree with the list;
     None (with a warning when something is there but damaged) when it must be built again."""
     meta_path = path.with_suffix(".json")
-    if not meta_path.is_file():
+    if not (path.is_file() and meta_path.is_file()):
         return None
     expected = count * size * size * 3
     problem = None

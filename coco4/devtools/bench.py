@@ -121,13 +121,17 @@ class Concatenated:
 
     def iterate(self, epoch):
         parts = []
-        for x, y in self.small.iterate(epoch):
-            parts.append((x, y))
+        for part in self.small.iterate(epoch):
+            parts.append(part)
             if len(parts) == self.join:
-                yield torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+                yield _joined(parts)
                 parts = []
         if parts:
-            yield torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+            yield _joined(parts)
+
+
+def _joined(parts):
+    return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
 
 
 PIL_BATCH = 64
