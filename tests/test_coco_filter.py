@@ -4,6 +4,7 @@ The rule: an image is kept for class C when the set of category ids over ALL its
 (crowd annotations included) is exactly {C}.
 """
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -332,3 +333,36 @@ def test_script_help(script):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage:") and "--help" in proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+def _broken(change):
+    data = make_coco({1: [("bird", 0)], 2: [("boat", 0)]})
+    change(data)
+    return data
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (lambda d: d["annotations"][1].update(image_id=99),
+     "annotations[1] (id 2) names image_id 99, but there is no such image"),
+    (lambda d: d["annotations"][0].update(category_id=1000),
+     "annotations[0] (id 1) names category_id 1000, but there is no such category"),
+    (lambda d: d["annotations"][0].pop("category_id"),
+     "annotations[0] has category_id None; expected an integer"),
+    (lambda d: d["images"][0].update(id="1"), "images[0] has id '1'; expected an integer"),
+    (lambda d: d["images"][1].update(id=1), "images[1] repeats id 1; each id names one entry"),
+    (lambda d: d["images"][1].update(file_name=fname(1)),
+     "images repeat the file_name '000000000001.jpg'"),
+    (lambda d: d["images"][0].update(file_name="my bird.jpg"),
+     "images[0] (id 1) has the file name 'my bird.jpg', which a list line cannot hold"),
+    (lambda d: d["categories"].append({"id": 999, "name": "bird", "supercategory": "animal"}),
+     "categories repeat the name 'bird'; the rule could not tell which is meant"),
+    (lambda d: d["categories"][0].update(id=True), "categories[0] has id True; expected an"),
+    (lambda d: d["annotations"].append("bird"), "annotations[2] is a str, not an object"),
+    (lambda d: d.update(images={}), "'images' is a dict, not a list"),
+], ids=["dangling-image", "dangling-category", "missing-field", "id-of-wrong-type",
+        "repeated-image-id", "repeated-file-name", "unlistable-file-name", "repeated-category",
+        "bool-id", "entry-not-an-object", "section-not-a-list"])
+def test_every_entry_the_rule_reads_is_checked_and_named(tmp_path, change, fragment):
+    path = write_json(tmp_path / "instances_val2017.json", _broken(change))
+    with pytest.raises(Coco4Error, match="^" + re.escape(f"{path}: {fragment}")):
+        load_coco(path)

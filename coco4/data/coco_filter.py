@@ -6,12 +6,14 @@ gives 4,587 train and 172 val images, the lists the original project published.
 """
 import contextlib
 import io
+import json
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..cli import Coco4Error
+from .coco_check import check_instances
 from .lists import write_classes, write_list
 
 if TYPE_CHECKING:
@@ -27,16 +29,15 @@ def load_coco(json_path: str | Path) -> "COCO":
         raise Coco4Error(f"COCO annotations {json_path} not found; download "
                          "annotations_trainval2017.zip and unzip it into --coco-root "
                          "(see README), or pass --train-json/--val-json")
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco = COCO(str(json_path))
-    except (ValueError, KeyError, TypeError, AssertionError) as e:
-        raise Coco4Error(f"{json_path} is not a COCO instances file "
-                         f"({e or type(e).__name__})") from e
-    missing = [k for k in ("images", "annotations", "categories") if k not in coco.dataset]
-    if missing:
-        raise Coco4Error(f"{json_path} is not a COCO instances file: it has no {missing}; "
-                         "use annotations/instances_{train,val}2017.json")
+    try:  # read here, not by pycocotools, so that every entry is checked before indexing
+        data = json.loads(json_path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise Coco4Error(f"{json_path} is not a COCO instances file (not JSON: {e})") from None
+    check_instances(data, json_path)
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
     return coco
 
 
