@@ -112,7 +112,7 @@ def _prepare_on_two_machines(env, tmp_path):
 
     cache._write_cache = write
     machine = env.rank // 2
-    cfg = train_args(tmp_path / "demo", tmp_path / "run", workers=0,
+    cfg = train_args(tmp_path / "demo", tmp_path / "run", workers=0, batch_size=16,
                      cache_dir=str(tmp_path / f"machine{machine}"))
     data = prepare_train_data(cfg, env, torch.device("cpu"), False, lambda message: None)
     (x, _), *_ = data.train.iterate(0)  # every rank reads pixels from its machine's cache
