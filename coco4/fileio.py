@@ -52,15 +52,19 @@ def _new_file(folder, prefix, suffix):
 
 
 def _owner(host: str | None = None, pid: int | None = None) -> str:
-    host = re.sub(r"[^A-Za-z0-9]", "_", host or socket.gethostname())
-    return f"{host}-{pid or os.getpid()}"
+    return f"{_host(host)}-{pid or os.getpid()}"
+
+
+def _host(host: str | None = None) -> str:
+    """This machine's name (or ``host``) as it appears in temporary file names."""
+    return re.sub(r"[^A-Za-z0-9]", "_", host or socket.gethostname())
 
 
 def remove_stale_temporaries(folder: str | Path, say: Callable[[str], None]) -> int:
     """Delete the temporary files in ``folder`` that a coco4 process of this machine, no longer
     running (killed mid-write), left behind: a checkpoint's or a cache's, up to a gigabyte
     each. Files of live processes and of other machines are left alone. Returns the count."""
-    host = re.escape(_owner().rsplit("-", 1)[0])
+    host = re.escape(_host())
     stale = []
     for tmp in Path(folder).glob(".*.tmp"):
         found = re.fullmatch(rf"\..+\.{host}-(\d+)-[0-9a-f]{{8}}.*\.tmp", tmp.name)

@@ -175,7 +175,7 @@ def _write_cache(path, paths, size, workers, progress):
     meta = {"size": size, "count": len(paths), "bad": bad}
     atomic_write_text(path.with_suffix(".json"), json.dumps(meta))
     _remove_stale(path)
-    return json.loads(json.dumps(meta))  # string keys, as a later run reads them
+    return meta
 
 
 def _remove_stale(path):
