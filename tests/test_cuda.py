@@ -115,7 +115,7 @@ def test_train_on_cuda_with_amp_then_evaluate_on_either_device(demo_data, tmp_pa
 
 @pytest.fixture(scope="module")
 def many_images(tmp_path_factory):
-    """About 740 train-list images, so a batch of 512 is a real batch."""
+    """Several hundred train-list images, so a batch of 512 is a real batch."""
     root = tmp_path_factory.mktemp("many")
     make_synthetic_coco(root / "coco", num_train=1000, num_val=20, seed=3,
                         image_sizes=((64, 48),), progress=False, lists_dir=root / "data")
@@ -137,8 +137,11 @@ def test_out_of_memory_names_an_accum_steps_that_then_fits(many_images, tmp_path
     failed = capped_train(many_images, tmp_path / "oom", tmp_path)
     assert failed.returncode != 0 and "Traceback" not in failed.stderr, failed.stderr
     last = failed.stderr.strip().splitlines()[-1]
-    # 667 training images at batch 512 are 2 equal steps of 333
-    found = re.fullmatch(r"error: CUDA out of memory in training with micro-batches of 333 "
+    # N training images at batch 512 are ceil(N/512) equal steps of floor(N/steps): the step
+    # that ran out is that size, not 512 (the list's length depends on the generator's draw)
+    n_train = int(re.search(r"data: (\d+) train /", failed.stdout + failed.stderr).group(1))
+    step = n_train // math.ceil(n_train / 512)
+    found = re.fullmatch(rf"error: CUDA out of memory in training with micro-batches of {step} "
                          r"images at 224px; "
                          r"rerun with --accum-steps (\d+) .*", last)
     assert found, last
