@@ -40,6 +40,8 @@ def main(args):
     out = default_out_dir(args, "vis")
     # everything cheap is checked before the list is predicted
     check_writable(out)
+    if args.seed < 0:
+        raise Coco4Error(f"--seed must be 0 or more, got {args.seed}")
     for path in args.image or ():
         if not path.is_file():
             raise Coco4Error(f"--image {path}: no such file")

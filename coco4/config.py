@@ -11,6 +11,8 @@ from .data.loaders import DataOptions
 from .metrics import SELECTABLE
 from .model import ARCHITECTURES, DEFAULT_ARCH
 
+# above this the cache (one uint8 square per image, 8/7 of the crop's side) outgrows most disks
+MAX_IMAGE_SIZE = 1024
 # Settings that say where and how fast a run executes, not what it computes: on --resume these
 # come from the command line, everything else from the checkpoint being resumed.
 RUNTIME_FIELDS = ("coco_root", "data_dir", "train_list", "train_images", "cache_dir", "epochs",
@@ -58,6 +60,11 @@ class TrainConfig:
             (0 < self.lr < math.inf, f"--lr must be a positive number, got {self.lr}"),
             (self.image_size >= 32, f"--image-size must be at least 32 (every backbone "
              f"downsamples 32x), got {self.image_size}"),
+            (self.image_size <= MAX_IMAGE_SIZE, f"--image-size must be at most "
+             f"{MAX_IMAGE_SIZE} (COCO's photos are about 640x480, and the decoded-image cache "
+             f"grows with its square: about 19 GB for COCO's train list at 1024), got "
+             f"{self.image_size}"),
+            (self.seed >= 0, f"--seed must be 0 or more, got {self.seed}"),
             (0 < self.val_fraction < 1, f"--val-fraction must be between 0 and 1 (exclusive), "
              f"got {self.val_fraction}"),
             (self.workers >= 0, f"--workers must be 0 or more, got {self.workers}"),

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from . import run_log
 from .checkpoint import CheckpointWriter, LoadedModel, load_model, model_state, starting_model
 from .cli import Coco4Error
+from .compiling import check_compile_tools, compile_errors, compile_failed
 from .config import RUNTIME_FIELDS, TrainConfig
 from .data.loaders import Batches
 from .data.prepare import TrainData, prepare_train_data
@@ -99,6 +100,8 @@ class Training:
             remove_stale_temporaries(cfg.output_dir, self.log.info)
             if not resumed:
                 make_room_for_a_new_run(cfg)
+        if cfg.compile:
+            check_compile_tools(self.device)
         self.data = prepare_train_data(cfg, env, self.device, progress, self.log.info)
         if resumed and resumed.classes != list(self.data.classes):
             raise Coco4Error(f"{cfg.resume} was trained on classes {resumed.classes}, but "
@@ -110,10 +113,13 @@ class Training:
         self.stop_vote = StopVote(env)
 
     def run(self) -> dict:
+        failed_compile = compile_errors() if self.cfg.compile else ()
         try:
             with StopRequest() as stop:
                 for epoch in range(self.state.epoch, self.cfg.epochs):
                     self._one_epoch(epoch, stop)
+        except failed_compile as e:  # a compiler that is there but fails, at its first use
+            raise compile_failed(e) from None
         finally:
             self.log.close()
             self.writer.wait()  # the last checkpoint is on disk before fit returns or raises

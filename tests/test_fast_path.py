@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from coco4.cli import Coco4Error
 from coco4.data import cache
 from coco4.data.coco_filter import prepare_lists
 from coco4.data.images import ListDataset
@@ -109,6 +110,23 @@ def test_benchmark_runs_in_a_tiny_mode(tmp_path, capsys):
                      r"64 per worker batch", out)
 
 
+@pytest.mark.parametrize("extra, message", [
+    (("--train-steps", "-1"), "--train-steps must be at least 0, got -1"),  # it used to hang
+    (("--num-images", "3"), "--num-images must be at least 8, got 3"),
+    (("--load", "-2"), "--load must be at least 0, got -2"),
+    (("--json", "{tmp}/file/bench.json"), "cannot write to {tmp}/file: "),
+    (("--image-size", "4096"), "--image-size must be at most 1024"),
+])
+def test_benchmark_arguments_are_checked_before_any_timing(tmp_path, monkeypatch, extra,
+                                                           message):
+    monkeypatch.setattr(bench, "run_benchmark", lambda args: pytest.fail("ran with bad input"))
+    (tmp_path / "file").write_text("a file, not a folder\n")
+    args = bench.get_args_parser().parse_args(
+        ["--device", "cpu", *(e.format(tmp=tmp_path) for e in extra)])
+    with pytest.raises(Coco4Error, match="^" + re.escape(message.format(tmp=tmp_path))):
+        bench.main(args)
+
+
 def test_the_fair_pil_baseline_joins_small_batches_into_the_training_batch(demo_data):
     """Workers decode 64-image batches (at batch 2048 the original configuration keeps only
     three workers busy); joined, they are the same images as the training batch would hold."""
@@ -151,6 +169,7 @@ import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
 from coco4 import cli
+from coco4.cli import Coco4Error
 from coco4.data import cache
 from coco4.data.lists import read_list
 def main(_):

@@ -422,8 +422,9 @@ def never_predicted(*args, **kwargs):
     ("visualize", ("--image", "{tmp}/my_brid.jpg"), "--image {tmp}/my_brid.jpg: no such file"),
     ("visualize", ("--metrics", "{tmp}/nope.csv"), "--metrics {tmp}/nope.csv: no such file"),
     ("visualize", ("--metrics", "{tmp}/file"), "{tmp}/file is not a metrics.csv written by "),
+    ("visualize", ("--seed", "-1"), "--seed must be 0 or more, got -1"),
 ], ids=["eval-out-is-a-file", "vis-out-under-a-file", "vis-out-under-proc", "image-typo",
-        "metrics-missing", "metrics-not-csv"])
+        "metrics-missing", "metrics-not-csv", "negative-seed"])
 def test_evaluate_and_visualize_check_cheap_things_before_predicting(demo_data, tmp_path,
                                                                       monkeypatch, script,
                                                                       extra, fragment):

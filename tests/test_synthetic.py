@@ -224,6 +224,8 @@ def test_cli_and_bad_arguments(tmp_path, capsys):
         make_synthetic_coco(tmp_path / "bad", num_train=10, num_val=3, progress=False)
     with pytest.raises(Coco4Error, match="image_sizes"):
         make_synthetic_coco(tmp_path / "bad", image_sizes=((20, 20),), progress=False)
+    with pytest.raises(Coco4Error, match=r"^seed=-1: must be 0 or more$"):  # was numpy's error
+        make_synthetic_coco(tmp_path / "bad", seed=-1, progress=False)
 
 
 def test_lists_written_without_pycocotools_are_annotation_prepares(dataset, tmp_path):

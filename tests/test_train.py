@@ -177,7 +177,8 @@ def test_cuda_requested_without_cuda(demo_data, tmp_path):
     ("--val-fraction", "1.5", "--val-fraction"), ("--accum-steps", "16", "--accum-steps"),
     ("--accum-steps", "5", "BatchNorm cannot train on one"),
     ("--batch-size", "1", "BatchNorm cannot train on one"), ("--lr", "inf", "--lr"),
-    ("--lr", "nan", "--lr")])
+    ("--lr", "nan", "--lr"), ("--seed", "-1", "--seed must be 0 or more"),
+    ("--image-size", "5000", "--image-size must be at most 1024")])
 @pytest.mark.slow
 def test_bad_arguments_are_one_line_errors(demo_data, tmp_path, flag, value, fragment):
     assert_one_line_error(run_cli(demo_data, tmp_path, flag, value), fragment)
@@ -326,3 +327,31 @@ def test_out_of_memory_when_micro_batches_cannot_shrink_says_what_else_to_do(dem
     with pytest.raises(Coco4Error, match=r"micro-batches of 3 images at 32px, and they cannot "
                                          r"shrink below 2 images; lower --batch-size or "):
         fit(train_args(demo_data, tmp_path, accum_steps=3), progress=False)
+
+
+@pytest.mark.slow
+def test_compile_without_a_cpp_compiler_is_refused_before_the_data_is_prepared(demo_data,
+                                                                              tmp_path):
+    cache = tmp_path / "cache"
+    proc = subprocess.run(train_cli(demo_data, tmp_path / "run", "--compile", "--cache-dir",
+                                    str(cache)),
+                          env={**os.environ, "CXX": str(tmp_path / "no-such-g++")},
+                          capture_output=True, text=True)
+    assert_one_line_error(proc, f"--compile needs a C++ compiler, and "
+                          f"'{tmp_path / 'no-such-g++'}' was not found", "without --compile")
+    assert not list(cache.glob("*.u8")), "the cache was built before the check"
+
+
+@pytest.mark.slow
+def test_a_cpp_compiler_that_fails_is_one_line_not_a_page_of_traceback(demo_data, tmp_path):
+    """The compiler is found (it answers --version) but cannot compile: torch.compile fails at
+    the first step, deep inside inductor."""
+    fake = tmp_path / "fake-g++"
+    fake.write_text('#!/bin/sh\ncase "$*" in *--version*) echo "fake 1.0";;\n'
+                    '*) echo "fake: cannot compile" >&2; exit 1;; esac\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "CXX": str(fake), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    proc = subprocess.run(train_cli(demo_data, tmp_path / "run", "--compile", "--arch",
+                                    "resnet18", "--epochs", "1"),
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert_one_line_error(proc, "--compile failed: ", "without --compile")

@@ -31,8 +31,10 @@ from ..data import cache
 from ..data.lists import read_list, write_list
 from ..data.loaders import BatchPlan, CachedBatches, PilBatches
 from ..distributed import DistEnv, pick_device
+from ..fileio import atomic_write_text, check_writable
 from ..loop import Amp, Learner, train_step
 from ..model import ARCHITECTURES, DEFAULT_ARCH, build_model, trainable_parameters
+from .synthetic import CASES
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -244,14 +246,18 @@ def busy_processes(n: int):
 def main(args: argparse.Namespace) -> dict:
     TrainConfig(batch_size=args.batch_size, image_size=args.image_size, epochs=args.epochs,
                 workers=args.workers)  # the same argument checks as train.py
-    if args.load < 0:
-        raise cli.Coco4Error(f"--load must be 0 or more busy processes, got {args.load}")
+    generated = 0 if args.list else len(CASES)  # the generator's least: one image per case
+    for name, least in (("load", 0), ("train_steps", 0), ("num_images", generated)):
+        if getattr(args, name) < least:
+            raise cli.Coco4Error(f"--{name.replace('_', '-')} must be at least {least}, got "
+                                 f"{getattr(args, name)}")
+    for path in (args.json.parent if args.json else None, args.work_dir):
+        if path is not None:  # before the minutes of timing, not after
+            check_writable(path)
     with busy_processes(args.load):
         figures = run_benchmark(args)
     print(format_table(figures))
     if args.json:
-        from ..fileio import atomic_write_text
-
         atomic_write_text(args.json, json.dumps(figures, indent=2) + "\n")
     return figures
 

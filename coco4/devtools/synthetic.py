@@ -259,6 +259,8 @@ def make_synthetic_coco(root: str | Path, num_train: int = 240, num_val: int = 8
         if not len(CASES) <= n < ID_SPAN:
             raise Coco4Error(f"{name}={n}: need between {len(CASES)} (one image per case) "
                              f"and {ID_SPAN - 1} images per split")
+    if seed < 0:
+        raise Coco4Error(f"seed={seed}: must be 0 or more")
     if not image_sizes or any(min(s) < MIN_SIDE for s in image_sizes):
         raise Coco4Error(f"image_sizes {image_sizes!r}: give (width, height) pairs with both "
                          f"sides at least {MIN_SIDE} pixels")
