@@ -40,6 +40,16 @@ def default_workers() -> int:
     return min(8, os.cpu_count() or 1)
 
 
+def workers_problem(workers: int) -> str | None:
+    """What is wrong with ``--workers``, if anything. Far more processes than cores only slow
+    decoding down, and thousands of them exhaust the machine's process and file limits."""
+    most = max(64, os.cpu_count() or 1)
+    if not 0 <= workers <= most:
+        return (f"--workers must be between 0 and {most} (64, or this machine's core count if "
+                f"larger), got {workers}")
+    return None
+
+
 DEVICE_HELP = "auto (CUDA when present), cpu, cuda or cuda:N"
 
 
@@ -71,8 +81,8 @@ def resolve_sources(args: argparse.Namespace, split: str = "val") -> tuple[Path,
         if getattr(args, name, 1) < 1:
             raise Coco4Error(f"--{name.replace('_', '-')} must be at least 1, got "
                              f"{getattr(args, name)}")
-    if args.workers < 0:
-        raise Coco4Error(f"--workers must be 0 or more, got {args.workers}")
+    if workers_problem(args.workers):
+        raise Coco4Error(workers_problem(args.workers))
     list_path = args.list or args.data_dir / f"annotation_{split}.txt"
     images = args.images or args.coco_root / "images" / f"{split}2017"
     cache_dir = args.cache_dir or args.data_dir / "cache"

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli import Coco4Error, default_workers
+from .cli import Coco4Error, default_workers, workers_problem
 from .data.loaders import DataOptions
 from .metrics import SELECTABLE
 from .model import ARCHITECTURES, DEFAULT_ARCH
@@ -67,7 +67,7 @@ class TrainConfig:
             (self.seed >= 0, f"--seed must be 0 or more, got {self.seed}"),
             (0 < self.val_fraction < 1, f"--val-fraction must be between 0 and 1 (exclusive), "
              f"got {self.val_fraction}"),
-            (self.workers >= 0, f"--workers must be 0 or more, got {self.workers}"),
+            (workers_problem(self.workers) is None, workers_problem(self.workers)),
             (re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
              f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}"),
             (self.data_path in ("fast", "pil"), f"--data-path must be fast or pil, got "

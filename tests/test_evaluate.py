@@ -158,6 +158,16 @@ def test_min_class_acc_out_of_range_is_refused_before_predicting(demo_data, tmp_
     assert not (tmp_path / "metrics.json").exists()
 
 
+@pytest.mark.parametrize("flag, value, message", [
+    ("--workers", "100000", "--workers must be between 0 and "),
+    ("--workers", "-1", "--workers must be between 0 and "),
+    ("--batch-size", "0", "--batch-size must be at least 1, got 0")])
+def test_numeric_flags_are_checked_before_the_checkpoint_is_read(demo_data, tmp_path, flag,
+                                                                 value, message):
+    with pytest.raises(Coco4Error, match="^" + message):  # never-read.pt does not exist
+        run_evaluate(*eval_argv(demo_data, tmp_path / "never-read.pt", tmp_path), flag, value)
+
+
 def test_the_gate_fails_a_class_with_no_test_images(demo_data, trained, tmp_path):
     """A class never seen is not known to pass: --min-class-acc 0 fails on it."""
     lines = (demo_data / "data" / "annotation_val.txt").read_text().splitlines()

@@ -116,6 +116,7 @@ def test_benchmark_runs_in_a_tiny_mode(tmp_path, capsys):
     (("--load", "-2"), "--load must be at least 0, got -2"),
     (("--json", "{tmp}/file/bench.json"), "cannot write to {tmp}/file: "),
     (("--image-size", "4096"), "--image-size must be at most 1024"),
+    (("--workers", "100000"), "--workers must be between 0 and "),
 ])
 def test_benchmark_arguments_are_checked_before_any_timing(tmp_path, monkeypatch, extra,
                                                            message):

@@ -178,7 +178,8 @@ def test_cuda_requested_without_cuda(demo_data, tmp_path):
     ("--accum-steps", "5", "BatchNorm cannot train on one"),
     ("--batch-size", "1", "BatchNorm cannot train on one"), ("--lr", "inf", "--lr"),
     ("--lr", "nan", "--lr"), ("--seed", "-1", "--seed must be 0 or more"),
-    ("--image-size", "5000", "--image-size must be at most 1024")])
+    ("--image-size", "5000", "--image-size must be at most 1024"),
+    ("--workers", "100000", "--workers must be between 0 and ")])
 @pytest.mark.slow
 def test_bad_arguments_are_one_line_errors(demo_data, tmp_path, flag, value, fragment):
     assert_one_line_error(run_cli(demo_data, tmp_path, flag, value), fragment)
