@@ -1,0 +1,159 @@
+"""Classify your own images with a trained checkpoint: files, folders (recursively), globs.
+
+    python predict.py photos/                        # a table for a few images, else a CSV
+    python predict.py photos/ --out preds.csv --top-k 2 --min-prob 0.6
+    python predict.py --list paths.txt --out preds.jsonl      # one path per line; JSON lines
+
+One row per image: the path, the predicted class (``unknown`` below --min-prob), its
+probability, and every class's probability. Rows stream to the file as batches are predicted.
+Images that cannot be read are left out, named in a warning and in OUT's .skipped.tsv.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from coco4 import cli
+from coco4.cli import Coco4Error
+from coco4.evaluation import load_predictor
+from coco4.fileio import atomic_write_text, check_writable
+from coco4.predicting import RowFormat, RowWriter, find_images, predict_stream, table
+
+TABLE_AT_MOST = 20  # more images than this, and no --out: a CSV beside the checkpoint
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description="Classify your own images with a checkpoint.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("paths", nargs="*", help="image files, folders (recursive) or globs")
+    p.add_argument("--checkpoint", type=Path, default=Path("checkpoint/best.pt"),
+                   help="a train.py checkpoint, or the original project's")
+    p.add_argument("--list", type=Path, default=None, help="a file of image paths, one a line")
+    p.add_argument("--out", type=Path, default=None, help=f"CSV or JSON-lines file (default: "
+                   f"a table for up to {TABLE_AT_MOST} images, else CHECKPOINT_DIR/"
+                   "predictions.csv)")
+    p.add_argument("--format", choices=("csv", "jsonl"), default=None,
+                   help="default: jsonl when --out ends in .jsonl, else csv")
+    p.add_argument("--top-k", type=int, default=1, help="also give the K most likely classes")
+    p.add_argument("--min-prob", type=float, default=0.0,
+                   help="below this top probability an image is labelled 'unknown'")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto", help=cli.DEVICE_HELP)
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                   help="mixed precision on CUDA")
+    p.add_argument("--workers", type=int, default=cli.default_workers())
+    p.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    return p
+
+
+def check_args(args) -> None:
+    if not 0 <= args.min_prob <= 1:  # nan fails both comparisons
+        raise Coco4Error(f"--min-prob must be between 0 and 1, got {args.min_prob}")
+    for name in ("top_k", "batch_size"):
+        if getattr(args, name) < 1:
+            raise Coco4Error(f"--{name.replace('_', '-')} must be at least 1, got "
+                             f"{getattr(args, name)}")
+    if cli.workers_problem(args.workers):
+        raise Coco4Error(cli.workers_problem(args.workers))
+
+
+def output_paths(args, count: int) -> tuple[Path | None, Path | None]:
+    """(rows file, skipped file), both checked now; (None, None) for a table on the terminal."""
+    out = args.out
+    if out is None:
+        if count <= TABLE_AT_MOST:
+            return None, None
+        out = Path(args.checkpoint).parent / "predictions.csv"
+        n = 1
+        while out.exists() or skipped_path(out).exists():  # never another run's results
+            n += 1
+            out = out.with_name(f"predictions-{n}.csv")
+    check_writable(out.parent)
+    for path in (out, skipped_path(out)):
+        if path.exists() and not args.overwrite:
+            raise Coco4Error(f"{path} exists; choose another --out, or pass --overwrite")
+    return out, skipped_path(out)
+
+
+def skipped_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".skipped.tsv")
+
+
+def main(args):
+    check_args(args)
+    paths = find_images(args.paths, args.list)
+    out, skipped_out = output_paths(args, len(paths))
+    predictor = load_predictor(args.checkpoint, args.device, args.amp)
+    if args.top_k > len(predictor.classes):
+        raise Coco4Error(f"--top-k {args.top_k}: the checkpoint has only "
+                         f"{len(predictor.classes)} classes")
+    rows = RowFormat(tuple(predictor.classes), args.top_k, args.min_prob)
+    fmt = args.format or ("jsonl" if out and out.suffix == ".jsonl" else "csv")
+    if out is None:
+        shown, skipped = run_to_table(predictor, paths, rows, args)
+        print(table(shown, args.top_k))
+    else:
+        skipped = run_to_file(predictor, paths, rows, args, out, fmt)
+    report_skipped(skipped, skipped_out)
+    done = len(paths) - len(skipped)
+    if out:
+        print(f"predicted {done} images -> {out}")
+    return {"out": out and str(out), "predicted": done, "skipped": [str(p) for p, _ in skipped]}
+
+
+def _batches(predictor, paths, args, out):
+    """The stream of predicted batches with a progress bar; a GPU out-of-memory error and a
+    --strict stop say what was written."""
+    so_far = f"; the rows so far are in {out}" if out else ""
+    bar = tqdm(total=len(paths), unit="img", desc="predicting")
+    try:
+        for batch in predict_stream(predictor, paths, args.batch_size, args.workers):
+            if batch.skipped and args.strict:
+                path, why = batch.skipped[0]
+                raise Coco4Error(f"cannot use image {path} ({why}) and --strict is set{so_far}")
+            bar.update(len(batch.paths) + len(batch.skipped))
+            yield batch
+    except torch.cuda.OutOfMemoryError:
+        raise Coco4Error(f"CUDA out of memory predicting batches of {args.batch_size} images "
+                         f"at {predictor.image_size}px; rerun with --batch-size "
+                         f"{max(1, args.batch_size // 2)}{so_far}") from None
+    finally:
+        bar.close()
+
+
+def run_to_table(predictor, paths, rows, args):
+    shown, skipped = [], []
+    for batch in _batches(predictor, paths, args, None):
+        shown += rows.rows(batch)
+        skipped += batch.skipped
+    return shown, skipped
+
+
+def run_to_file(predictor, paths, rows, args, out, fmt):
+    skipped = []
+    # written as predicted ("x": never over a file that appeared since the check)
+    with open(out, "w" if args.overwrite else "x", newline="", encoding="utf-8") as f:
+        writer = RowWriter(f, fmt, rows)
+        for batch in _batches(predictor, paths, args, out):
+            writer.write(batch)
+            skipped += batch.skipped
+    return skipped
+
+
+def report_skipped(skipped, skipped_out) -> None:
+    if not skipped:
+        return
+    if skipped_out:
+        atomic_write_text(skipped_out, "path\treason\n" + "".join(
+            f"{p}\t{why}\n" for p, why in skipped))
+    names = ", ".join(f"{p} ({why})" for p, why in skipped[:5])
+    more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+    where = f"; all listed in {skipped_out}" if skipped_out else ""
+    print(f"warning: {len(skipped)} images skipped: {names}{more}{where}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    cli.run(main, get_args_parser())

@@ -1,0 +1,213 @@
+"""predict.py on the user's own images: what it finds, what it writes, and that its
+probabilities are evaluate.py's and a direct computation's."""
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from coco4.cli import Coco4Error
+from coco4.trainer import fit
+
+import evaluate
+import predict
+from conftest import (
+    REPO,
+    CreatesFile,
+    direct_predictions,
+    eval_argv,
+    original_model,
+    read_csv,
+    train_args,
+)
+from test_data import truncated_jpeg
+
+CLASSES = ["bird", "airplane", "train", "boat"]
+
+
+@pytest.fixture(scope="module")
+def trained(demo_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    fit(train_args(demo_data, out, epochs=2), progress=False)
+    return out / "best.pt"
+
+
+def val_images(demo_data):
+    return sorted((demo_data / "coco" / "images" / "val2017").iterdir())
+
+
+def run_predict(checkpoint, *argv):
+    return predict.main(predict.get_args_parser().parse_args(
+        ["--checkpoint", str(checkpoint), "--device", "cpu", "--workers", "0", *map(str, argv)]))
+
+
+def probs_of(rows):
+    return np.array([[float(r[f"prob_{c}"]) for c in CLASSES] for r in rows])
+
+
+def test_a_folder_with_a_truncated_jpeg_and_a_text_file_named_jpg(demo_data, trained, tmp_path,
+                                                                  capsys):
+    folder = tmp_path / "photos"
+    (folder / "nested").mkdir(parents=True)
+    good = val_images(demo_data)[:10]
+    for p in good[:9]:
+        shutil.copy(p, folder / p.name)
+    shutil.copy(good[9], folder / "nested" / "no_suffix")  # taken by its content
+    truncated_jpeg(folder / "broken.jpg")
+    (folder / "notes.jpg").write_text("not an image\n")
+    (folder / "README.txt").write_text("a note beside the photos, not an image\n")
+    out = tmp_path / "preds.csv"
+    result = run_predict(trained, folder, "--out", out)
+    rows = read_csv(out)
+    assert len(rows) == 10 and result["predicted"] == 10
+    assert {r["path"] for r in rows} == ({str(folder / p.name) for p in good[:9]}
+                                         | {str(folder / "nested" / "no_suffix")})
+    assert all(r["class"] in CLASSES for r in rows)
+    np.testing.assert_allclose(probs_of(rows).sum(1), 1, atol=1e-5)
+    warning = capsys.readouterr().err
+    assert "warning: 2 images skipped" in warning
+    assert "broken.jpg" in warning and "notes.jpg" in warning
+    skipped = (tmp_path / "preds.skipped.tsv").read_text().splitlines()
+    assert skipped[0] == "path\treason"
+    reasons = dict(line.split("\t") for line in skipped[1:])
+    assert set(reasons) == {str(folder / "broken.jpg"), str(folder / "notes.jpg")}
+    assert "truncated" in reasons[str(folder / "broken.jpg")]
+    assert "cannot identify image file" in reasons[str(folder / "notes.jpg")]
+
+
+def test_probabilities_equal_evaluate_and_a_direct_computation(demo_data, trained, tmp_path):
+    """The evaluation list's images through predict.py, evaluate.py (its cache path) and by
+    hand (PIL, torchvision's transforms and ImageNet's constants, the bare network)."""
+    run_evaluate = evaluate.main(evaluate.get_args_parser().parse_args(
+        eval_argv(demo_data, trained, tmp_path / "eval")))
+    assert run_evaluate["num_images"] > 20
+    listed = read_csv(tmp_path / "eval" / "predictions.csv")
+    image_dir = demo_data / "coco" / "images" / "val2017"
+    paths = tmp_path / "paths.txt"
+    paths.write_text("".join(f"{image_dir / r['file']}\n" for r in listed))
+    run_predict(trained, "--list", paths, "--out", tmp_path / "preds.csv", "--batch-size", 7)
+    rows = read_csv(tmp_path / "preds.csv")
+    assert [r["path"] for r in rows] == [str(image_dir / r["file"]) for r in listed]
+    ours = probs_of(rows)
+    assert np.abs(ours - probs_of(listed)).max() < 2e-6  # both written to 6 decimals
+    from coco4.evaluation import load_predictor
+
+    image_list, direct = direct_predictions(load_predictor(trained, "cpu").model.net,
+                                            demo_data, 32)
+    by_file = dict(zip(image_list.files, direct.numpy()))
+    assert np.abs(ours - np.array([by_file[r["file"]] for r in listed])).max() < 1e-4
+    assert [r["class"] for r in rows] == [r["predicted_label"] for r in listed]
+
+
+def test_the_original_checkpoint_format_at_its_224_px_protocol(demo_data, tmp_path):
+    torch.manual_seed(0)
+    model = original_model()
+    path = tmp_path / "original.pth"
+    torch.save({"model_state_dict": model.state_dict(), "epoch": 69}, path)
+    image_list, direct = direct_predictions(model, demo_data, 224)
+    image_dir = demo_data / "coco" / "images" / "val2017"
+    files = image_list.files[:6]
+    run_predict(path, *(image_dir / f for f in files), "--out", tmp_path / "p.csv")
+    got = probs_of(read_csv(tmp_path / "p.csv"))
+    assert np.abs(got - direct[:6].numpy()).max() < 1e-4
+
+
+def test_top_k_min_prob_and_json_lines(demo_data, trained, tmp_path):
+    images = val_images(demo_data)[:12]
+    out = tmp_path / "p.jsonl"
+    run_predict(trained, *images, "--out", out, "--top-k", 3)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["path"] for r in rows] == [str(p) for p in images]
+    for r in rows:
+        ranked = sorted(r["probs"].items(), key=lambda kv: -kv[1])[:3]
+        assert [t["class"] for t in r["top_k"]] == [c for c, _ in ranked]
+        assert r["class"] == ranked[0][0] and r["prob"] == pytest.approx(ranked[0][1])
+    # a threshold between the least and most confident image: the least sure become unknown
+    tops = sorted(r["prob"] for r in rows)
+    threshold = (tops[len(tops) // 2 - 1] + tops[len(tops) // 2]) / 2
+    run_predict(trained, *images, "--out", tmp_path / "p.csv", "--min-prob", threshold,
+                "--top-k", 2)
+    thresholded = read_csv(tmp_path / "p.csv")
+    for r, plain in zip(thresholded, rows):
+        assert r["class"] == (plain["class"] if plain["prob"] >= threshold else "unknown")
+        assert r["top1"].startswith(plain["class"] + ":")  # the top-k keep the model's ranking
+    assert sum(r["class"] == "unknown" for r in thresholded) == len(rows) // 2
+
+
+def test_a_few_images_are_a_table_and_many_a_csv_beside_the_checkpoint(demo_data, trained,
+                                                                       tmp_path, capsys):
+    ckpt = tmp_path / "ckpt" / "best.pt"
+    ckpt.parent.mkdir()
+    shutil.copy(trained, ckpt)
+    images = val_images(demo_data)
+    assert run_predict(ckpt, *images[:3])["out"] is None
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].split() == ["image", "class", "prob"] and len(printed) == 4
+    assert not list(ckpt.parent.glob("*.csv"))
+    first = run_predict(ckpt, *images[:25])
+    second = run_predict(ckpt, *images[:25])  # never over the first run's file
+    assert first["out"] == str(ckpt.parent / "predictions.csv")
+    assert second["out"] == str(ckpt.parent / "predictions-2.csv")
+    assert read_csv(first["out"]) == read_csv(second["out"])
+    with pytest.raises(Coco4Error, match=r"predictions.csv exists; choose another --out, or "
+                                         r"pass --overwrite$"):
+        run_predict(ckpt, *images[:25], "--out", first["out"])
+    run_predict(ckpt, *images[:2], "--out", first["out"], "--overwrite")
+    assert len(read_csv(first["out"])) == 2
+
+
+def test_globs_and_lists_find_each_image_once(demo_data, trained, tmp_path):
+    folder = demo_data / "coco" / "images" / "val2017"
+    listed = tmp_path / "list.txt"
+    listed.write_text(f"{val_images(demo_data)[0]}\n\n{val_images(demo_data)[1]}\n")
+    run_predict(trained, str(folder / "*.jpg"), "--list", listed, "--out", tmp_path / "p.csv")
+    rows = read_csv(tmp_path / "p.csv")
+    assert len(rows) == len(list(folder.glob("*.jpg"))) == len({r["path"] for r in rows})
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["IMAGE", "--min-prob", "1.5"], "--min-prob must be between 0 and 1, got 1.5"),
+    (["IMAGE", "--min-prob", "nan"], "--min-prob must be between 0 and 1, got nan"),
+    (["IMAGE", "--top-k", "0"], "--top-k must be at least 1, got 0"),
+    (["IMAGE", "--top-k", "5"], "--top-k 5: the checkpoint has only 4 classes"),
+    (["{tmp}/nope.jpg"], "{tmp}/nope.jpg: no such file or folder"),
+    (["{tmp}/empty"], "no images found in {tmp}/empty; "),
+    (["{tmp}/*.png"], "no images found in {tmp}/*.png; "),
+    (["IMAGE", "--out", "{tmp}/file/p.csv"], "cannot write to {tmp}/file: "),
+])
+def test_bad_input_is_one_line_before_any_prediction(demo_data, trained, tmp_path, argv,
+                                                     message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file").write_text("a file, not a folder\n")
+    argv = [str(val_images(demo_data)[0]) if a == "IMAGE" else a.format(tmp=tmp_path)
+            for a in argv]
+    with pytest.raises(Coco4Error, match="^" + re.escape(message.format(tmp=tmp_path))):
+        run_predict(trained, *argv)
+
+
+@pytest.mark.slow
+def test_strict_stops_at_an_unreadable_image_and_an_unsafe_checkpoint_is_refused(
+        demo_data, trained, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(val_images(demo_data)[0], folder)
+    (folder / "notes.jpg").write_text("not an image\n")
+    script = [sys.executable, str(REPO / "predict.py"), "--device", "cpu", "--workers", "0"]
+    proc = subprocess.run([*script, "--checkpoint", str(trained), str(folder), "--strict"],
+                          capture_output=True, text=True)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert last.startswith(f"error: cannot use image {folder / 'notes.jpg'} (unreadable")
+    marker = tmp_path / "pwned"
+    payload = torch.load(trained, weights_only=True)
+    payload["extra"] = CreatesFile(marker)
+    torch.save(payload, tmp_path / "bad.pt")
+    proc = subprocess.run([*script, "--checkpoint", str(tmp_path / "bad.pt"), str(folder),
+                           "--out", str(tmp_path / "p.csv")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: refusing")
+    assert not marker.exists() and not (tmp_path / "p.csv").exists()
