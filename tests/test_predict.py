@@ -211,3 +211,20 @@ def test_strict_stops_at_an_unreadable_image_and_an_unsafe_checkpoint_is_refused
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: refusing")
     assert not marker.exists() and not (tmp_path / "p.csv").exists()
+
+
+def test_the_unseen_kind_of_the_min_prob_tradeoff_is_the_generators_distractor_images(tmp_path):
+    """``python -m coco4.devtools.unknowns`` measures --min-prob on images that hold only
+    other categories: exactly the generator's distractors-only case, in both splits."""
+    from coco4.devtools.synthetic import make_synthetic_coco
+    from coco4.devtools.unknowns import unseen_kind
+
+    summary = make_synthetic_coco(tmp_path / "coco", num_train=60, num_val=40, seed=2,
+                                  image_sizes=((48, 48),), progress=False,
+                                  lists_dir=tmp_path / "data")
+    found = unseen_kind(tmp_path / "coco", CLASSES)
+    assert len(found) == sum(summary[s]["cases"]["distractors_only"] for s in ("train", "val"))
+    assert all(p.is_file() for p in found)
+    listed = {f for s in ("train", "val") for f in
+              (tmp_path / "data" / f"annotation_{s}.txt").read_text().split()}
+    assert not {p.name for p in found} & listed  # training never saw them

@@ -1,0 +1,152 @@
+"""export.py's work: the whole classifier as one graph (uint8 RGB pixels in, class
+probabilities out, normalisation inside) in ONNX or TorchScript, with what a caller needs to
+know in the file, and a parity check of the exported file against PyTorch on real inputs.
+
+ONNX goes through torch's dynamo exporter (``torch.onnx.export(dynamo=True)``): the TorchScript-
+based one is deprecated and slated for removal, and both export this network alike, so the
+one with a future is the one used and tested. TorchScript is offered for C++ (libtorch)
+callers; torch marks it deprecated too."""
+import io
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .cli import Coco4Error
+from .data.transforms import precrop_size
+from .evaluation import Predictor
+from .fileio import atomic_path
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+INPUT, OUTPUT = "images", "probs"
+METADATA_FILE = "coco4.json"  # TorchScript's extra file holding the metadata
+
+
+class Probabilities(torch.nn.Module):
+    """The classifier with softmax: what a caller outside PyTorch wants back."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images).softmax(1)
+
+
+def metadata(predictor: Predictor) -> dict[str, str]:
+    """What a caller must know, as strings (ONNX metadata_props hold strings)."""
+    side = precrop_size(predictor.image_size)
+    return {"classes": json.dumps(predictor.classes),
+            "input_size": str(side),
+            "input": f"{INPUT}: uint8 RGB, NCHW, [batch, 3, {side}, {side}]; any batch size",
+            "preprocessing": f"decode as RGB (applying the EXIF orientation), resize the whole "
+                             f"image to {side}x{side} (aspect ratio not kept, no crop), bilinear "
+                             f"with antialiasing as PIL's Image.resize; no normalisation: it is "
+                             f"inside the graph",
+            "output": f"{OUTPUT}: float32 [batch, {len(predictor.classes)}], class "
+                      f"probabilities in the order of 'classes'",
+            "arch": predictor.model.spec.name,
+            "source_checkpoint": str(predictor.checkpoint)}
+
+
+def example_input(predictor: Predictor, n: int = 2, seed: int = 0) -> torch.Tensor:
+    """``n`` generated images at the model's input size: smooth colour fields (random 4x4
+    pixels, scaled up) with a little noise, nearer to photos than uniform noise is."""
+    side = precrop_size(predictor.image_size)
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 3, 4, 4, generator=g) * 255
+    images = torch.nn.functional.interpolate(coarse, size=(side, side), mode="bilinear")
+    images += torch.randn(images.shape, generator=g) * 8
+    return images.clamp(0, 255).to(torch.uint8)
+
+
+def export(predictor: Predictor, fmt: str, out: Path) -> None:
+    """Write ``predictor``'s model, on the CPU in fp32, to ``out`` atomically."""
+    model = Probabilities(predictor.model).cpu().float().eval()
+    data = (_onnx_bytes if fmt == "onnx" else _torchscript_bytes)(model, predictor)
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(data)
+
+
+def _onnx_bytes(model: torch.nn.Module, predictor: Predictor) -> bytes:
+    import onnx
+
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        program = torch.onnx.export(model, (example_input(predictor),), dynamo=True,
+                                    verbose=False, input_names=[INPUT], output_names=[OUTPUT],
+                                    dynamic_shapes={"images": {0: batch}})
+    except Exception as e:  # the exporter fails in many ways: one line, not pages
+        raise Coco4Error(f"ONNX export failed: {str(e).splitlines()[0]}") from None
+    proto = program.model_proto
+    onnx.helper.set_model_props(proto, metadata(predictor))
+    return proto.SerializeToString()
+
+
+def _torchscript_bytes(model: torch.nn.Module, predictor: Predictor) -> bytes:
+    buf = io.BytesIO()
+    with warnings.catch_warnings():  # torch's deprecation notice, said once in the README
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        traced = torch.jit.trace(model, example_input(predictor))
+        torch.jit.save(traced, buf, _extra_files={METADATA_FILE: json.dumps(
+            metadata(predictor))})
+    return buf.getvalue()
+
+
+def run_exported(path: Path, fmt: str, images: torch.Tensor) -> np.ndarray:
+    """Probabilities from the exported file alone: ONNX Runtime, or the loaded TorchScript."""
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run([OUTPUT], {INPUT: images.numpy()})[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = torch.jit.load(str(path), map_location="cpu")
+    with torch.no_grad():
+        return module(images).numpy()
+
+
+def read_metadata(path: Path, fmt: str) -> dict:
+    if fmt == "onnx":
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+        return {p.key: p.value for p in model.metadata_props}
+    extra = {METADATA_FILE: ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    return json.loads(extra[METADATA_FILE])
+
+
+@dataclass
+class Parity:
+    images: int
+    max_abs_diff: float
+    top1_disagree: int  # images whose top-1 class differs
+
+    def passed(self, atol: float) -> bool:
+        return self.max_abs_diff <= atol and self.top1_disagree == 0
+
+    def __str__(self):
+        return (f"parity on {self.images} images: max |probability difference| "
+                f"{self.max_abs_diff:.2e}; top-1 class "
+                + ("agrees on every image" if not self.top1_disagree
+                   else f"differs on {self.top1_disagree}"))
+
+
+@torch.no_grad()
+def parity(predictor: Predictor, path: Path, fmt: str, images: torch.Tensor) -> Parity:
+    """The exported file against the checkpoint's model in fp32 on the CPU, on ``images``."""
+    reference = Probabilities(predictor.model).cpu().float().eval()(images).numpy()
+    got = run_exported(path, fmt, images)
+    if got.shape != reference.shape or not np.isfinite(got).all():
+        return Parity(len(images), float("inf"), len(images))
+    return Parity(len(images), float(np.abs(got - reference).max()),
+                  int((got.argmax(1) != reference.argmax(1)).sum()))

@@ -1,0 +1,154 @@
+"""export.py: the exported file alone (ONNX Runtime, a loaded TorchScript module) gives the
+checkpoint's probabilities, carries what a caller needs, and a corrupted one fails the check."""
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+
+from coco4.cli import Coco4Error, GateFailed
+from coco4.exporting import read_metadata
+from coco4.trainer import fit
+
+import export
+import predict
+from conftest import REPO, read_csv, train_args
+
+CLASSES = ["bird", "airplane", "train", "boat"]
+
+
+@pytest.fixture(scope="module")
+def trained(demo_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    fit(train_args(demo_data, out, epochs=2), progress=False)
+    return out / "best.pt"
+
+
+@pytest.fixture(scope="module")
+def onnx_file(trained, demo_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    run_export(trained, "--out", out, *val_source(demo_data))
+    return out
+
+
+def run_export(checkpoint, *argv):
+    return export.main(export.get_args_parser().parse_args(
+        ["--checkpoint", str(checkpoint), *map(str, argv)]))
+
+
+def val_source(demo_data):
+    return ("--list", demo_data / "data" / "annotation_val.txt",
+            "--images", demo_data / "coco" / "images" / "val2017")
+
+
+def val_predictions(demo_data, trained, tmp_path):
+    """predict.py's rows for the demo's val images, and those images' paths."""
+    image_dir = demo_data / "coco" / "images" / "val2017"
+    paths = sorted(image_dir.iterdir())
+    predict.main(predict.get_args_parser().parse_args(
+        ["--checkpoint", str(trained), "--device", "cpu", "--workers", "0", str(image_dir),
+         "--out", str(tmp_path / "preds.csv")]))
+    return read_csv(tmp_path / "preds.csv"), paths
+
+
+def test_onnx_probabilities_match_predict_on_the_demo_val_images(demo_data, trained, onnx_file,
+                                                                  tmp_path):
+    rows, paths = val_predictions(demo_data, trained, tmp_path)
+    session = onnxruntime.InferenceSession(str(onnx_file))
+    meta = session.get_modelmeta().custom_metadata_map
+    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    assert (inp.name, inp.type, out.name) == ("images", "tensor(uint8)", "probs")
+    side = int(meta["input_size"])
+    assert inp.shape[1:] == [3, side, side] and isinstance(inp.shape[0], str)  # dynamic batch
+    assert json.loads(meta["classes"]) == CLASSES and side == round(32 * 256 / 224)
+    assert "resize the whole image to 37x37" in meta["preprocessing"]
+    from coco4.data.images import read_rgb
+    from coco4.data.transforms import pil_eval_transform
+
+    transform = pil_eval_transform(32)
+    x = torch.stack([transform(read_rgb(p)) for p in paths]).numpy()
+    got = np.concatenate([session.run(None, {"images": x[i:i + 9]})[0]  # batches of 9, and 1
+                          for i in range(0, len(x), 9)])
+    by_path = {r["path"]: [float(r[f"prob_{c}"]) for c in CLASSES] for r in rows}
+    expected = np.array([by_path[str(p)] for p in paths])
+    assert len(paths) > 20 and np.abs(got - expected).max() < 1e-4
+
+
+def test_torchscript_export_passes_its_parity_check_and_carries_the_metadata(demo_data, trained,
+                                                                             tmp_path):
+    out = tmp_path / "model.torchscript.pt"
+    result = run_export(trained, "--format", "torchscript", "--out", out)  # generated images
+    assert result["parity"].passed(1e-4) and result["parity"].images == 16
+    meta = read_metadata(out, "torchscript")
+    assert json.loads(meta["classes"]) == CLASSES and meta["input_size"] == "37"
+    module = torch.jit.load(str(out))
+    probs = module(torch.zeros(3, 3, 37, 37, dtype=torch.uint8))
+    assert probs.shape == (3, 4) and torch.allclose(probs.sum(1), torch.ones(3))
+
+
+def corrupt_last_bias(source, target):
+    """The ONNX file with one class's logit shifted by 3: a wrong graph, still a valid one."""
+    model = onnx.load(str(source))
+    biases = [t for t in model.graph.initializer if tuple(t.dims) == (4,)]
+    assert biases, "the 4-class head's bias is an initializer"
+    values = onnx.numpy_helper.to_array(biases[-1]).copy()
+    values[0] += 3
+    biases[-1].CopyFrom(onnx.numpy_helper.from_array(values, biases[-1].name))
+    onnx.save(model, str(target))
+
+
+def test_a_corrupted_graph_fails_the_parity_check_with_exit_1(trained, onnx_file, tmp_path,
+                                                              capsys):
+    assert run_export(trained, "--verify", onnx_file)["parity"].passed(1e-4)
+    bad = tmp_path / "corrupted.onnx"
+    corrupt_last_bias(onnx_file, bad)
+    with pytest.raises(GateFailed, match=r"corrupted.onnx fails the parity check against .* "
+                                         r"\(--atol 0.0001\): parity on 16 images: max "):
+        run_export(trained, "--verify", bad)
+    proc = subprocess.run([sys.executable, str(REPO / "export.py"), "--checkpoint", str(trained),
+                           "--verify", str(bad)], capture_output=True, text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_an_existing_file_is_never_replaced_unasked(trained, tmp_path):
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"a user's file")
+    with pytest.raises(Coco4Error, match=re.escape(f"{out} exists; choose another --out, or "
+                                                   "pass --overwrite")):
+        run_export(trained, "--out", out)
+    assert out.read_bytes() == b"a user's file"
+    with pytest.raises(Coco4Error, match="--list needs --images"):
+        run_export(trained, "--out", tmp_path / "x.onnx", "--list", tmp_path / "l.txt")
+
+
+def readme_snippet() -> str:
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    found = [b for b in blocks if "onnxruntime as ort" in b]
+    assert len(found) == 1, "the README has one standalone ONNX snippet"
+    return found[0]
+
+
+def test_the_readmes_standalone_snippet_needs_no_torch_and_agrees_with_predict(
+        demo_data, trained, onnx_file, tmp_path):
+    snippet = readme_snippet()
+    assert len(snippet.strip().splitlines()) <= 10
+    (tmp_path / "classify.py").write_text(snippet)
+    (tmp_path / "blocked").mkdir()  # importing torch or torchvision there fails
+    for name in ("torch", "torchvision"):
+        (tmp_path / "blocked" / f"{name}.py").write_text(
+            f"raise ImportError('the snippet must not need {name}')\n")
+    rows, paths = val_predictions(demo_data, trained, tmp_path)
+    env = {"PYTHONPATH": str(tmp_path / "blocked"), "PATH": "/usr/bin:/bin"}
+    for row in rows[:3]:
+        proc = subprocess.run([sys.executable, str(tmp_path / "classify.py"), str(onnx_file),
+                               row["path"]], capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stderr
+        name, prob = proc.stdout.split()
+        assert name == row["class"] and float(prob) == pytest.approx(float(row["prob"]),
+                                                                      abs=1e-4)
