@@ -113,6 +113,30 @@ def test_train_on_cuda_with_amp_then_evaluate_on_either_device(demo_data, tmp_pa
     assert mean < 0.02 and max(diffs) < 0.15, (mean, max(diffs))
 
 
+def test_predict_and_export_from_a_gpu_trained_checkpoint(demo_data, tmp_path):
+    """predict.py on the GPU (bf16) agrees with the CPU (fp32); the ONNX export of a checkpoint
+    trained on the GPU passes its parity check, under this machine's torch and onnxruntime."""
+    out = tmp_path / "run"
+    assert run(train_cli(demo_data, out, "--device", "cuda", "--epochs", "1"), tmp_path
+               ).returncode == 0
+    image_dir = demo_data / "coco" / "images" / "val2017"
+    probs = {}
+    for device in ("cuda", "cpu"):
+        proc = run([sys.executable, str(REPO / "predict.py"), "--checkpoint", str(out / "best.pt"),
+                    str(image_dir), "--device", device, "--out", str(tmp_path / f"{device}.csv")],
+                   tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        rows = (tmp_path / f"{device}.csv").read_text().splitlines()[1:]
+        probs[device] = [[float(v) for v in r.split(",")[3:]] for r in rows]
+    diffs = [abs(a - b) for ra, rb in zip(probs["cuda"], probs["cpu"]) for a, b in zip(ra, rb)]
+    assert len(diffs) == 4 * len(probs["cpu"]) > 0
+    assert sum(diffs) / len(diffs) < 0.02 and max(diffs) < 0.15
+    proc = run([sys.executable, str(REPO / "export.py"), "--checkpoint", str(out / "best.pt"),
+                "--images", str(image_dir)], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "top-1 class agrees on every image" in proc.stdout
+
+
 @pytest.fixture(scope="module")
 def many_images(tmp_path_factory):
     """Several hundred train-list images, so a batch of 512 is a real batch."""
