@@ -4,8 +4,9 @@
     python evaluate.py --checkpoint checkpoint/model.pth    # the original project's checkpoint
     python evaluate.py --min-class-acc 0.95                 # exit 1 if any class is below 95%
 
-Writes metrics.json, predictions.csv and confusion_matrix.png to --out-dir (default: eval/
-beside the checkpoint).
+Writes metrics.json, predictions.csv, confusion_matrix.png and reliability_diagram.png to
+--out-dir (default: eval/ beside the checkpoint). Probabilities are divided by the checkpoint's
+temperature (fitted on the held-out validation split) unless --no-calibration.
 """
 import argparse
 from pathlib import Path
@@ -15,7 +16,7 @@ from coco4.cli import Coco4Error, GateFailed, add_source_args, default_out_dir
 from coco4.evaluation import predict_from_args, write_results
 from coco4.fileio import check_writable
 from coco4.metrics import classes_below, confusion_text, report_text
-from coco4.plots import confusion_matrix_figure, save
+from coco4.plots import confusion_matrix_figure, reliability_figure, save
 
 
 def get_args_parser():
@@ -39,10 +40,14 @@ def main(args):
     save(confusion_matrix_figure(metrics["confusion_matrix"], predictor.classes,
                                  f"{Path(args.checkpoint).name} on {predictions.list_path.name}"),
          out_dir / "confusion_matrix.png")
+    save(reliability_figure(metrics), out_dir / "reliability_diagram.png")
     print(confusion_text(metrics["confusion_matrix"], predictor.classes))
     print(report_text(metrics["confusion_matrix"], predictor.classes))
     for c, acc in metrics["per_class_accuracy"].items():
         print(f"{c:>12s}: {'n/a' if acc is None else f'{acc:.2%}'}")
+    print(f"calibration: temperature {metrics['temperature']:.3g}, ECE "
+          f"{metrics['ece_uncalibrated']:.4f} raw, {metrics['ece']:.4f} calibrated; NLL "
+          f"{metrics['nll_uncalibrated']:.4f} raw, {metrics['nll']:.4f} calibrated")
     print(f"accuracy {metrics['accuracy']:.2%} on {metrics['num_images']} images; "
           f"written to {out_dir}")
     if args.min_class_acc is not None:

@@ -45,6 +45,7 @@ def get_args_parser():
                    help="parity images: a folder (or the folder of --list's images); "
                         "default: generated ones")
     p.add_argument("--num-images", type=int, default=16, help="parity images used")
+    cli.add_calibration_arg(p)
     p.add_argument("--atol", type=float, default=1e-4,
                    help="largest probability difference the parity check accepts")
     return p
@@ -89,7 +90,7 @@ def main(args):
     out = output_path(args)
     # a file to verify says its format by its name; an export writes the one asked for
     fmt = ("onnx" if out.suffix == ".onnx" else "torchscript") if args.verify else args.format
-    predictor = load_predictor(args.checkpoint, "cpu", amp=False)
+    predictor = load_predictor(args.checkpoint, "cpu", amp=False, calibrated=args.calibration)
     images = (parity_images(args, predictor.image_size) if args.list or args.images
               else example_input(predictor, args.num_images))
     if not args.verify:

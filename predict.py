@@ -33,7 +33,7 @@ def get_args_parser():
     p.add_argument("--list", type=Path, default=None, help="a file of image paths, one a line")
     p.add_argument("--out", type=Path, default=None, help=f"CSV or JSON-lines file (default: "
                    f"a table for up to {TABLE_AT_MOST} images, else CHECKPOINT_DIR/"
-                   "predictions.csv)")
+                   "predictions.csv or .jsonl)")
     p.add_argument("--format", choices=("csv", "jsonl"), default=None,
                    help="default: jsonl when --out ends in .jsonl, else csv")
     p.add_argument("--top-k", type=int, default=1, help="also give the K most likely classes")
@@ -44,6 +44,7 @@ def get_args_parser():
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                    help="mixed precision on CUDA")
     p.add_argument("--workers", type=int, default=cli.default_workers())
+    cli.add_calibration_arg(p)
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     return p
@@ -66,11 +67,12 @@ def output_paths(args, count: int) -> tuple[Path | None, Path | None]:
     if out is None:
         if count <= TABLE_AT_MOST:
             return None, None
-        out = Path(args.checkpoint).parent / "predictions.csv"
+        ext = ".jsonl" if args.format == "jsonl" else ".csv"
+        out = Path(args.checkpoint).parent / f"predictions{ext}"
         n = 1
         while out.exists() or skipped_path(out).exists():  # never another run's results
             n += 1
-            out = out.with_name(f"predictions-{n}.csv")
+            out = out.with_name(f"predictions-{n}{ext}")
     check_writable(out.parent)
     for path in (out, skipped_path(out)):
         if path.exists() and not args.overwrite:
@@ -86,7 +88,7 @@ def main(args):
     check_args(args)
     paths = find_images(args.paths, args.list)
     out, skipped_out = output_paths(args, len(paths))
-    predictor = load_predictor(args.checkpoint, args.device, args.amp)
+    predictor = load_predictor(args.checkpoint, args.device, args.amp, args.calibration)
     if args.top_k > len(predictor.classes):
         raise Coco4Error(f"--top-k {args.top_k}: the checkpoint has only "
                          f"{len(predictor.classes)} classes")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from .calibration import stored_temperature
 from .cli import Coco4Error
 from .data.lists import DEFAULT_CLASSES
 from .fileio import atomic_path
@@ -183,6 +184,7 @@ class LoadedModel:
     arch: str
     source: str
     checkpoint: dict  # the upgraded file: optimizer, scheduler, run state, config, ...
+    temperature: float = 1.0  # divides the logits (calibration.py); 1 where none is stored
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
@@ -193,7 +195,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     model = build_model(config["arch"], len(classes))
     load_state_into(model, ckpt["model"], str(path))
     return LoadedModel(model.to(device), classes, int(config["image_size"]), config["arch"],
-                       str(path), ckpt)
+                       str(path), ckpt, stored_temperature(ckpt, str(path)))
 
 
 def starting_model(arch: str, num_classes: int, weights: str) -> Classifier:

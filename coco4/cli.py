@@ -68,11 +68,18 @@ def add_source_args(p: argparse.ArgumentParser, default_split: str = "val") -> N
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                    help="mixed precision on CUDA (bf16, or fp16 where bf16 is emulated)")
     p.add_argument("--workers", type=int, default=default_workers())
+    add_calibration_arg(p)
     p.add_argument("--data-path", choices=("fast", "pil"), default="fast",
                    help="fast: decoded-image cache; pil: decode every image each time")
     p.add_argument("--cache-dir", type=Path, default=None, help="default: DATA_DIR/cache")
     p.add_argument("--strict", action="store_true",
                    help="stop on a missing or unreadable image instead of leaving it out")
+
+
+def add_calibration_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calibration", action=argparse.BooleanOptionalAction, default=True,
+                   help="divide the logits by the checkpoint's temperature (fitted on the "
+                        "held-out validation split); --no-calibration for raw probabilities")
 
 
 def resolve_sources(args: argparse.Namespace, split: str = "val") -> tuple[Path, Path, Path]:

@@ -71,6 +71,16 @@ def all_reduce_sum(values: list, env: DistEnv, device: torch.device) -> list:
     return all_reduce_tensor(torch.tensor(values, dtype=torch.float64, device=device), env).tolist()
 
 
+def all_gather_cat(t: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Every rank's ``t`` (on the CPU, of any length) joined in rank order; ``t`` for one
+    process. Small tensors only (the validation logits): they travel as pickled objects."""
+    if not env.enabled:
+        return t
+    parts = [None] * env.world
+    dist.all_gather_object(parts, t.cpu())
+    return torch.cat(parts)
+
+
 def any_rank(flag: bool, env: DistEnv, device: torch.device) -> bool:
     """True on every rank if ``flag`` is true on any: ranks must stop at the same step."""
     return bool(all_reduce_sum([float(flag)], env, device)[0]) if env.enabled else flag

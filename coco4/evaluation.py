@@ -33,17 +33,24 @@ class Predictor:
     device: torch.device
     amp: Amp
     checkpoint: str
+    temperature: float = 1.0  # the logits are divided by it before the softmax
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return (logits.float() / self.temperature).softmax(1)
 
 
-def load_predictor(checkpoint: str | Path, device: str = "auto", amp: bool = True) -> Predictor:
-    """The model, classes and image size stored in ``checkpoint`` (any layout), ready to use."""
+def load_predictor(checkpoint: str | Path, device: str = "auto", amp: bool = True,
+                   calibrated: bool = True) -> Predictor:
+    """The model, classes, image size and temperature stored in ``checkpoint`` (any layout),
+    ready to use; ``calibrated=False`` leaves the temperature out (raw probabilities)."""
     device = pick_device(device, DistEnv())
     loaded = load_model(checkpoint, device)
     loaded.model.eval()
     if device.type == "cuda":
         loaded.model.to(memory_format=torch.channels_last)  # as the model lays out its input
     return Predictor(loaded.model, loaded.classes, loaded.image_size, device,
-                     Amp.for_device(device, amp), loaded.source)
+                     Amp.for_device(device, amp), loaded.source,
+                     loaded.temperature if calibrated else 1.0)
 
 
 @dataclass
@@ -52,9 +59,10 @@ class Predictions:
     image_dir: Path  # where ``files`` are
     files: list
     labels: list
-    probs: torch.Tensor  # [N, classes], softmax
+    probs: torch.Tensor  # [N, classes], softmax of the logits divided by the temperature
     metrics: MetricAccumulator  # the same sums that validation during training keeps
     left_out: dict
+    raw_metrics: MetricAccumulator | None = None  # before the temperature, where there is one
 
     @property
     def preds(self) -> list:
@@ -77,25 +85,27 @@ def predict_list(predictor: Predictor, list_path: str | Path, image_dir: str | P
     keep = source.usable()
     plan = BatchPlan(batch_size, predictor.device, predictor.image_size, train=False)
     try:
-        metrics, logits = evaluate(predictor.model, make_batches(source, keep, plan),
-                                   predictor.amp, len(predictor.classes),
-                                   desc="predicting" if progress else None)
+        raw, logits, labels = evaluate(predictor.model, make_batches(source, keep, plan),
+                                       predictor.amp, len(predictor.classes),
+                                       desc="predicting" if progress else None)
     except torch.cuda.OutOfMemoryError:
-        metrics = None  # the advice once the failed batch's tensors are released
-    if metrics is None:
+        raw = None  # the advice once the failed batch's tensors are released
+    if raw is None:
         raise Coco4Error(f"CUDA out of memory predicting batches of {batch_size} images at "
                          f"{predictor.image_size}px; rerun with --batch-size "
                          f"{max(1, batch_size // 2)}")
+    metrics = MetricAccumulator(len(predictor.classes))  # the same sums, on the scaled logits
+    metrics.update(logits / predictor.temperature, labels)
     return Predictions(list_path, Path(image_dir), [image_list.files[i] for i in keep],
-                       [image_list.labels[i] for i in keep], logits.softmax(1), metrics,
-                       report["left_out"])
+                       [image_list.labels[i] for i in keep], predictor.probabilities(logits),
+                       metrics, report["left_out"], raw)
 
 
 def predict_from_args(args: argparse.Namespace) -> tuple[Predictor, Predictions]:
     """What evaluate.py and visualize.py start with: the checkpoint's predictions for the list
     their shared arguments (``cli.add_source_args``) name, arguments checked first."""
     list_path, images, cache_dir = resolve_sources(args)
-    predictor = load_predictor(args.checkpoint, args.device, args.amp)
+    predictor = load_predictor(args.checkpoint, args.device, args.amp, args.calibration)
     return predictor, predict_list(predictor, list_path, images, args.batch_size, DataOptions(
         args.data_path, cache_dir, args.workers, args.strict))
 
@@ -121,14 +131,17 @@ def predict_images(predictor: Predictor, paths: Sequence[str | Path]) -> torch.T
     except UnreadableImage as e:
         raise Coco4Error(f"cannot read image {e}") from None
     with predictor.amp.autocast():
-        return predictor.model(x).float().softmax(1).cpu()
+        return predictor.probabilities(predictor.model(x)).cpu()
 
 
 def write_results(out_dir: str | Path, predictor: Predictor, predictions: Predictions) -> dict:
     """metrics.json and predictions.csv (atomically); returns the metrics dict."""
     out_dir = Path(out_dir)
     metrics = predictions.metrics.summary(predictor.classes)
-    metrics.update(checkpoint=predictor.checkpoint, left_out=predictions.left_out)
+    raw = predictions.raw_metrics.summary(predictor.classes)
+    metrics.update(checkpoint=predictor.checkpoint, left_out=predictions.left_out,
+                   temperature=predictor.temperature, ece_uncalibrated=raw["ece"],
+                   nll_uncalibrated=raw["nll"], reliability_uncalibrated=raw["reliability"])
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     buf = io.StringIO()
     writer = csv.writer(buf)

@@ -26,14 +26,15 @@ METADATA_FILE = "coco4.json"  # TorchScript's extra file holding the metadata
 
 
 class Probabilities(torch.nn.Module):
-    """The classifier with softmax: what a caller outside PyTorch wants back."""
+    """The classifier with its temperature and the softmax: what a caller outside PyTorch
+    wants back."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, predictor: Predictor):
         super().__init__()
-        self.model = model
+        self.model, self.temperature = predictor.model, predictor.temperature
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images).softmax(1)
+        return (self.model(images) / self.temperature).softmax(1)
 
 
 def metadata(predictor: Predictor) -> dict[str, str]:
@@ -49,6 +50,7 @@ def metadata(predictor: Predictor) -> dict[str, str]:
             "output": f"{OUTPUT}: float32 [batch, {len(predictor.classes)}], class "
                       f"probabilities in the order of 'classes'",
             "arch": predictor.model.spec.name,
+            "temperature": repr(predictor.temperature),
             "source_checkpoint": str(predictor.checkpoint)}
 
 
@@ -65,7 +67,7 @@ def example_input(predictor: Predictor, n: int = 2, seed: int = 0) -> torch.Tens
 
 def export(predictor: Predictor, fmt: str, out: Path) -> None:
     """Write ``predictor``'s model, on the CPU in fp32, to ``out`` atomically."""
-    model = Probabilities(predictor.model).cpu().float().eval()
+    model = Probabilities(predictor).cpu().float().eval()
     data = (_onnx_bytes if fmt == "onnx" else _torchscript_bytes)(model, predictor)
     with atomic_path(out) as tmp:
         tmp.write_bytes(data)
@@ -144,7 +146,7 @@ class Parity:
 @torch.no_grad()
 def parity(predictor: Predictor, path: Path, fmt: str, images: torch.Tensor) -> Parity:
     """The exported file against the checkpoint's model in fp32 on the CPU, on ``images``."""
-    reference = Probabilities(predictor.model).cpu().float().eval()(images).numpy()
+    reference = Probabilities(predictor).cpu().float().eval()(images).numpy()
     got = run_exported(path, fmt, images)
     if got.shape != reference.shape or not np.isfinite(got).all():
         return Parity(len(images), float("inf"), len(images))

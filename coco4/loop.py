@@ -179,17 +179,21 @@ def non_finite_loss(bad_step: int | None, epoch: int, saved: bool = True) -> Coc
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Batches, amp: Amp, num_classes: int,
-             desc: str | None = None) -> tuple[MetricAccumulator, torch.Tensor]:
-    """The metric sums over ``batches`` (epoch 0's order: the list's, for evaluation batches)
-    and the logits, on the CPU, in that order. A progress bar is shown when ``desc`` is given."""
+             desc: str | None = None
+             ) -> tuple[MetricAccumulator, torch.Tensor, torch.Tensor]:
+    """The metric sums over ``batches`` (epoch 0's order: the list's, for evaluation batches),
+    and the logits and labels, on the CPU, in that order. A progress bar is shown when ``desc``
+    is given."""
     model.eval()
     device = batches.plan.device
-    metrics, all_logits = MetricAccumulator(num_classes, device), []
+    metrics, all_logits, all_labels = MetricAccumulator(num_classes, device), [], []
     for x, y in tqdm(batches.iterate(0), total=len(batches), desc=desc, leave=False,
                      disable=desc is None, unit="step"):
         with amp.autocast():
             logits = model(x).float()
         metrics.update(logits, y)  # kept on the device: the GPU never waits for the host
         all_logits.append(logits)
-    logits = torch.cat(all_logits).cpu() if all_logits else torch.zeros(0, num_classes)
-    return metrics, logits
+        all_labels.append(y)
+    if not all_logits:
+        return metrics, torch.zeros(0, num_classes), torch.zeros(0, dtype=torch.long)
+    return metrics, torch.cat(all_logits).cpu(), torch.cat(all_labels).cpu()

@@ -87,7 +87,16 @@ class MetricAccumulator:
             "min_class_accuracy": float(recall[present].min()) if n else None,
             "ece": float(np.abs(confidence - correct).sum() / n) if n else None,
             "per_class": per_class,
+            "reliability": _reliability(count, confidence, correct),
         }
+
+
+def _reliability(count, confidence, correct) -> dict:
+    """Per confidence bin: how many images, their mean confidence and their accuracy (None in
+    an empty bin): the points of a reliability diagram."""
+    mean = lambda sums: [float(s / k) if k else None for s, k in zip(sums, count)]
+    return {"count": [int(k) for k in count], "confidence": mean(confidence),
+            "accuracy": mean(correct)}
 
 
 def _expand(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

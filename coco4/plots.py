@@ -45,6 +45,28 @@ def confusion_matrix_figure(cm: np.ndarray | list[list[int]], classes: Sequence[
     return fig
 
 
+def reliability_figure(metrics: dict) -> Figure:
+    """Confidence against accuracy per confidence bin, before and after the temperature
+    (``evaluate.py``'s metrics.json): a calibrated model's points lie on the diagonal."""
+    fig = Figure(figsize=(5.5, 5))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="calibrated")
+    for key, ece, name, marker in (("reliability_uncalibrated", "ece_uncalibrated", "raw", "s"),
+                                   ("reliability", "ece", f"T = {metrics['temperature']:.3g}",
+                                    "o")):
+        bins = metrics[key]
+        points = [(c, a, k) for c, a, k in zip(bins["confidence"], bins["accuracy"],
+                                               bins["count"]) if k]
+        if points:
+            conf, acc, count = zip(*points)
+            ax.plot(conf, acc, "-" + marker, label=f"{name}: ECE {metrics[ece]:.3f}")
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="confidence (top probability, mean per bin)",
+           ylabel="accuracy in the bin", title=f"Reliability, {metrics['num_images']} images")
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+    return fig
+
+
 def image_grid_figure(images: Sequence[Image.Image | np.ndarray], titles: Sequence[str],
                       cols: int = 6, colors: Sequence[str] | None = None,
                       suptitle: str | None = None) -> Figure:

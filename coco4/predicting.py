@@ -112,7 +112,7 @@ def predict_stream(predictor: Predictor, paths: Sequence[Path], batch_size: int,
         probs = torch.empty(0, len(predictor.classes))
         if x is not None:
             with predictor.amp.autocast():
-                probs = predictor.model(x.to(predictor.device)).float().softmax(1).cpu()
+                probs = predictor.probabilities(predictor.model(x.to(predictor.device))).cpu()
         yield Batch([paths[i] for i in index], probs, [(paths[i], why) for i, why in bad])
 
 

@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from . import run_log
+from .calibration import fit_temperature
 from .checkpoint import CheckpointWriter, LoadedModel, load_model, model_state, starting_model
 from .cli import Coco4Error
 from .compiling import check_compile_tools, compile_errors, compile_failed
@@ -29,6 +30,7 @@ from .data.prepare import TrainData, prepare_train_data
 from .distributed import (
     DistEnv,
     StopVote,
+    all_gather_cat,
     all_reduce_sum,
     any_rank,
     barrier,
@@ -109,6 +111,8 @@ class Training:
                              " resume with the lists it was trained on")
         self.learner = build_learner(cfg, self.data, self.device, env, resumed)
         self.state = RunState(**resumed.checkpoint["run"]) if resumed else RunState()
+        # fitted on each validation's logits, stored with the checkpoint written after it
+        self.temperature = resumed.checkpoint.get("temperature") if resumed else None
         self.writer = CheckpointWriter()
         self.stop_vote = StopVote(env)
 
@@ -178,12 +182,15 @@ class Training:
         model = unwrap(learner.model)
         broadcast_buffers(model, env)
         try:
-            metrics, _ = evaluate(model, self.data.val, learner.amp, len(self.data.classes))
+            metrics, logits, labels = evaluate(model, self.data.val, learner.amp,
+                                               len(self.data.classes))
         except torch.cuda.OutOfMemoryError:
             metrics = None
         if metrics is None:
             raise self._out_of_memory("validation")
         val = metrics.all_reduce(env).summary(self.data.classes)
+        self.temperature = fit_temperature(all_gather_cat(logits, env),
+                                           all_gather_cat(labels, env))
         learner.scheduler.step(val["nll"])
         row = {"epoch": state.epoch + 1, "train_loss": loss_sum / count,
                "train_acc": correct / count, **csv_row(val), "lr": lr,
@@ -209,7 +216,8 @@ class Training:
                    "scaler": learner.scaler.state_dict(),
                    "epoch": run.epoch, "run": dataclasses.asdict(run),
                    "best_metric": run.best_metric, "classes": list(self.data.classes),
-                   "config": self.cfg.to_dict(), "data": self.data.report}
+                   "config": self.cfg.to_dict(), "data": self.data.report,
+                   "temperature": self.temperature}
         out = Path(self.cfg.output_dir)
         # best.pt a file of its own, not a link: changing last.pt in place must not change it
         self.writer.save([out / "last.pt", out / "best.pt"] if best else [out / "last.pt"],

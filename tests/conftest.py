@@ -108,9 +108,10 @@ def train_cli(data_root, out, *extra):
 # come from the code under test: torchvision's own network and transforms, published constants
 
 
-def direct_predictions(model, demo_data, image_size):
+def direct_predictions(model, demo_data, image_size, temperature=1.0):
     """Predictions computed by hand: PIL decode, the original eval transform written out with
-    torchvision and ImageNet's published constants, and the bare torchvision network."""
+    torchvision and ImageNet's published constants, the bare torchvision network, and the
+    logits divided by ``temperature`` (a checkpoint's, read from the file) before the softmax."""
     image_list = read_list(demo_data / "data" / "annotation_val.txt")
     side = round(image_size * 256 / 224)
     transform = T.Compose([T.Resize((side, side)), T.ToTensor(),
@@ -119,7 +120,7 @@ def direct_predictions(model, demo_data, image_size):
     with torch.no_grad():
         x = torch.stack([transform(read_rgb(demo_data / "coco" / "images" / "val2017" / f))
                          for f in image_list.files])
-        probs = model(x).softmax(1)
+        probs = (model(x) / temperature).softmax(1)
     return image_list, probs
 
 
@@ -139,6 +140,11 @@ def check_against_direct(out, image_list, probs, classes):
     assert np.abs(got - probs.numpy()).max() < 1e-4
     assert Image.open(out / "confusion_matrix.png").format == "PNG"
     return metrics
+
+
+def stored_temperature(checkpoint):
+    """The temperature a checkpoint file holds, read with torch alone (1 where there is none)."""
+    return torch.load(checkpoint, weights_only=True).get("temperature") or 1.0
 
 
 def original_model():

@@ -20,6 +20,7 @@ from conftest import (
     eval_argv,
     original_model,
     read_csv,
+    stored_temperature,
     train_args,
 )
 
@@ -184,7 +185,8 @@ def test_other_architectures_train_then_evaluate_and_visualize_without_arch(demo
     loaded = load_model(out / "best.pt")
     assert loaded.arch == arch and type(loaded.model.net).__name__ == (
         "ResNet" if arch == "resnet18" else "ConvNeXt")
-    image_list, probs = direct_predictions(loaded.model.net, demo_data, 32)
+    image_list, probs = direct_predictions(loaded.model.net, demo_data, 32,
+                                           stored_temperature(out / "best.pt"))
     check_against_direct(tmp_path / "eval", image_list, probs, CLASSES)
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == metrics
     written = visualize.main(visualize.get_args_parser().parse_args(

@@ -20,6 +20,7 @@ from conftest import (
     eval_argv,
     original_model,
     out_of_memory,
+    stored_temperature,
     train_args,
 )
 
@@ -41,7 +42,8 @@ def test_evaluate_a_coco4_checkpoint_matches_direct_computation(demo_data, train
     run_evaluate(*eval_argv(demo_data, trained, tmp_path))
     predictor = load_predictor(trained, "cpu")
     assert predictor.image_size == 32  # taken from the checkpoint, not repeated by the user
-    image_list, probs = direct_predictions(predictor.model.net, demo_data, 32)
+    image_list, probs = direct_predictions(predictor.model.net, demo_data, 32,
+                                           stored_temperature(trained))
     metrics = check_against_direct(tmp_path, image_list, probs, predictor.classes)
     assert metrics["classes"] == ["bird", "airplane", "train", "boat"]
     assert metrics["checkpoint"] == str(trained)

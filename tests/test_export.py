@@ -72,8 +72,8 @@ def test_onnx_probabilities_match_predict_on_the_demo_val_images(demo_data, trai
 
     transform = pil_eval_transform(32)
     x = torch.stack([transform(read_rgb(p)) for p in paths]).numpy()
-    got = np.concatenate([session.run(None, {"images": x[i:i + 9]})[0]  # batches of 9, and 1
-                          for i in range(0, len(x), 9)])
+    got = np.concatenate([session.run(None, {"images": x[i:i + 9]})[0]  # the batch size is
+                          for i in range(0, len(x), 9)])  # free: 9s, then the rest
     by_path = {r["path"]: [float(r[f"prob_{c}"]) for c in CLASSES] for r in rows}
     expected = np.array([by_path[str(p)] for p in paths])
     assert len(paths) > 20 and np.abs(got - expected).max() < 1e-4

@@ -22,6 +22,7 @@ from conftest import (
     eval_argv,
     original_model,
     read_csv,
+    stored_temperature,
     train_args,
 )
 from test_data import truncated_jpeg
@@ -97,7 +98,7 @@ def test_probabilities_equal_evaluate_and_a_direct_computation(demo_data, traine
     from coco4.evaluation import load_predictor
 
     image_list, direct = direct_predictions(load_predictor(trained, "cpu").model.net,
-                                            demo_data, 32)
+                                            demo_data, 32, stored_temperature(trained))
     by_file = dict(zip(image_list.files, direct.numpy()))
     assert np.abs(ours - np.array([by_file[r["file"]] for r in listed])).max() < 1e-4
     assert [r["class"] for r in rows] == [r["predicted_label"] for r in listed]

@@ -1,0 +1,131 @@
+"""Temperature scaling: the fit against a search with scikit-learn's log loss, the temperature
+each checkpoint stores, and every consumer applying it (or not, with --no-calibration)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import log_loss
+
+from coco4.calibration import fit_temperature
+from coco4.cli import Coco4Error
+from coco4.data.prepare import prepare_train_data
+from coco4.devtools.synthetic import make_synthetic_coco
+from coco4.distributed import DistEnv
+from coco4.evaluation import load_predictor
+from coco4.loop import evaluate as evaluate_batches
+from coco4.metrics import MetricAccumulator
+from coco4.trainer import fit
+
+import evaluate
+import predict
+from conftest import direct_predictions, eval_argv, read_csv, train_args
+
+
+def sklearn_nll(logits, labels, t):
+    return log_loss(labels, (logits / t).softmax(1).numpy(), labels=list(range(logits.shape[1])))
+
+
+def test_the_fit_finds_the_temperature_an_overconfident_model_was_given():
+    """Labels drawn from softmax(z) are calibrated for z by construction; a model that outputs
+    3z is overconfident by exactly T = 3."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(4000, 4, generator=g, dtype=torch.float64) * 1.5
+    labels = torch.multinomial(z.softmax(1), 1, generator=g).squeeze(1)
+    t = fit_temperature(3 * z, labels)
+    assert t == pytest.approx(3, rel=0.08)
+    # the NLL is at its minimum there, by scikit-learn's arithmetic on a fine grid around it
+    grid = np.exp(np.linspace(np.log(t) - 0.2, np.log(t) + 0.2, 81))
+    best = grid[np.argmin([sklearn_nll(3 * z, labels, g_) for g_ in grid])]
+    assert t == pytest.approx(best, rel=0.01)
+    assert fit_temperature(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)) == 1.0
+
+
+@pytest.fixture(scope="module")
+def calibrated_run(tmp_path_factory):
+    """~190 train-list images, so the held-out split has ~40: a trained checkpoint and the
+    configuration that reproduces its split."""
+    root = tmp_path_factory.mktemp("calibration")
+    make_synthetic_coco(root / "coco", num_train=260, num_val=40, seed=5,
+                        image_sizes=((64, 48), (48, 64)), progress=False, lists_dir=root / "data")
+    cfg = train_args(root, root / "run", epochs=4)
+    fit(cfg, progress=False)
+    return root, cfg
+
+
+def test_each_checkpoint_stores_a_temperature_that_does_not_worsen_the_held_out_ece(
+        calibrated_run):
+    root, cfg = calibrated_run
+    best = torch.load(root / "run" / "best.pt", weights_only=True)
+    last = torch.load(root / "run" / "last.pt", weights_only=True)
+    assert 0.05 <= best["temperature"] <= 20 and 0.05 <= last["temperature"] <= 20
+    # the held-out split again, and best.pt's logits on it
+    data = prepare_train_data(cfg, DistEnv(), torch.device("cpu"), False, lambda m: None)
+    predictor = load_predictor(root / "run" / "best.pt", "cpu")
+    _, logits, labels = evaluate_batches(predictor.model, data.val, predictor.amp, 4)
+    assert len(labels) >= 30
+    t = best["temperature"]
+    nll = lambda s: sklearn_nll(logits.double(), labels.numpy(), s)  # noqa: E731
+    assert nll(t) <= min(nll(t * 1.05), nll(t / 1.05), nll(1.0)) + 1e-9  # the NLL's minimum
+
+    def ece(scale):
+        acc = MetricAccumulator(4)
+        acc.update(logits / scale, labels)
+        return acc.summary(["a", "b", "c", "d"])["ece"]
+
+    assert ece(t) <= ece(1.0), (t, ece(t), ece(1.0))
+
+
+def test_evaluate_reports_both_and_draws_the_reliability_diagram(calibrated_run, tmp_path):
+    root, _ = calibrated_run
+    ckpt = root / "run" / "best.pt"
+    t = torch.load(ckpt, weights_only=True)["temperature"]
+    metrics = evaluate.main(evaluate.get_args_parser().parse_args(
+        eval_argv(root, ckpt, tmp_path / "cal")))
+    raw = evaluate.main(evaluate.get_args_parser().parse_args(
+        eval_argv(root, ckpt, tmp_path / "raw", "--no-calibration")))
+    assert metrics["temperature"] == t and raw["temperature"] == 1.0
+    assert metrics["ece_uncalibrated"] == pytest.approx(raw["ece"])
+    assert metrics["nll_uncalibrated"] == pytest.approx(raw["nll"])
+    assert metrics["accuracy"] == raw["accuracy"]  # dividing by T changes no prediction
+    image_list, probs = direct_predictions(load_predictor(ckpt, "cpu").model.net, root, 32)
+    got = np.array([[float(r[f"prob_{c}"]) for c in metrics["classes"]]
+                    for r in read_csv(tmp_path / "raw" / "predictions.csv")])
+    assert np.abs(got - probs.numpy()).max() < 1e-4  # --no-calibration: the plain softmax
+    bins = metrics["reliability"]
+    assert sum(bins["count"]) == metrics["num_images"]
+    with Image.open(tmp_path / "cal" / "reliability_diagram.png") as im:
+        assert im.format == "PNG" and min(im.size) > 200
+    saved = json.loads((tmp_path / "cal" / "metrics.json").read_text())
+    assert saved["reliability_uncalibrated"]["count"] == raw["reliability"]["count"]
+
+
+def test_predict_applies_the_temperature_unless_told_not_to(calibrated_run, tmp_path):
+    root, _ = calibrated_run
+    ckpt = root / "run" / "best.pt"
+    t = torch.load(ckpt, weights_only=True)["temperature"]
+    assert abs(np.log(t)) > 0.05, t  # else the two would be alike whatever predict.py did
+    images = sorted((root / "coco" / "images" / "val2017").iterdir())[:5]
+    rows = {}
+    for name, flag in (("cal", "--calibration"), ("raw", "--no-calibration")):
+        predict.main(predict.get_args_parser().parse_args(
+            ["--checkpoint", str(ckpt), "--device", "cpu", "--workers", "0", flag,
+             *map(str, images), "--out", str(tmp_path / f"{name}.csv")]))
+        rows[name] = np.array([[float(r[f"prob_{c}"]) for c in ("bird", "airplane", "train",
+                                                                "boat")]
+                               for r in read_csv(tmp_path / f"{name}.csv")])
+    # the calibrated probabilities are the raw ones at power 1/T, renormalised
+    expected = rows["raw"] ** (1 / t)
+    expected /= expected.sum(1, keepdims=True)
+    assert np.abs(rows["cal"] - expected).max() < 1e-4
+
+
+@pytest.mark.parametrize("value", [-1.0, 0.0, float("nan"), "warm"])
+def test_a_bad_stored_temperature_is_refused(calibrated_run, tmp_path, value):
+    root, _ = calibrated_run
+    payload = torch.load(root / "run" / "best.pt", weights_only=True)
+    payload["temperature"] = value
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(Coco4Error, match=r"holds temperature .*, not a positive number"):
+        load_predictor(tmp_path / "bad.pt", "cpu")
