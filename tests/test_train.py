@@ -89,6 +89,11 @@ def test_resume_gives_the_same_weights_and_same_seed_the_same_run(demo_data, tmp
     full_rows = read_csv(tmp_path / "full" / "metrics.csv")
     half_rows = read_csv(tmp_path / "half" / "metrics.csv")
     assert [r["val_loss"] for r in full_rows] == [r["val_loss"] for r in half_rows]
+    # the LR schedule continues where it stopped (its best loss, its patience count, its
+    # epoch), not from scratch: a resumed ReduceLROnPlateau would drop the LR at another epoch
+    full_sched = read_file(tmp_path / "full" / "last.pt")["scheduler"]
+    half_sched = read_file(tmp_path / "half" / "last.pt")["scheduler"]
+    assert full_sched == half_sched and full_sched["last_epoch"] == 2
     with pytest.raises(Coco4Error, match=r"has already trained 2 epochs, and --epochs 2 is the "
                                          r"total: pass a larger --epochs to train on"):
         fit(train_args(demo_data, tmp_path / "half", epochs=2,
