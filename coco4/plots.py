@@ -59,9 +59,14 @@ def reliability_figure(metrics: dict) -> Figure:
                                                bins["count"]) if k]
         if points:
             conf, acc, count = zip(*points)
-            ax.plot(conf, acc, "-" + marker, label=f"{name}: ECE {metrics[ece]:.3f}")
+            line, = ax.plot(conf, acc, "-", lw=1, alpha=0.6)
+            # a bin of 2 images says little: the marker's area shows how many it holds
+            ax.scatter(conf, acc, s=[12 + 300 * k / max(count) for k in count], marker=marker,
+                       color=line.get_color(), alpha=0.8,
+                       label=f"{name}: ECE {metrics[ece]:.3f}")
     ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="confidence (top probability, mean per bin)",
-           ylabel="accuracy in the bin", title=f"Reliability, {metrics['num_images']} images")
+           ylabel="accuracy in the bin",
+           title=f"Reliability, {metrics['num_images']} images (marker area: images per bin)")
     ax.legend(loc="upper left")
     ax.grid(alpha=0.3)
     return fig
