@@ -57,6 +57,17 @@ class CreatesFile:
         return (Path.touch, (Path(self.marker),))
 
 
+@pytest.fixture(scope="session")
+def trained(demo_data, tmp_path_factory):
+    """best.pt of a 2-epoch run on ``demo_data``, shared by the tests that only read it (a test
+    that changes a checkpoint copies it first)."""
+    from coco4.trainer import fit
+
+    out = tmp_path_factory.mktemp("run")
+    fit(train_args(demo_data, out, epochs=2), progress=False)
+    return out / "best.pt"
+
+
 def read_csv(path):
     """The rows of a CSV file as dicts of strings."""
     with open(path, newline="") as f:

@@ -8,7 +8,6 @@ import torch
 from PIL import Image
 
 from coco4.cli import Coco4Error
-from coco4.trainer import fit
 
 import evaluate
 import visualize
@@ -21,15 +20,7 @@ from conftest import (
     original_model,
     out_of_memory,
     stored_temperature,
-    train_args,
 )
-
-
-@pytest.fixture(scope="module")
-def trained(demo_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    fit(train_args(demo_data, out, epochs=2), progress=False)
-    return out / "best.pt"
 
 
 def run_evaluate(*argv):

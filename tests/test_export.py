@@ -13,20 +13,12 @@ import torch
 
 from coco4.cli import Coco4Error, GateFailed
 from coco4.exporting import read_metadata
-from coco4.trainer import fit
 
 import export
 import predict
-from conftest import REPO, read_csv, train_args
+from conftest import REPO, read_csv
 
 CLASSES = ["bird", "airplane", "train", "boat"]
-
-
-@pytest.fixture(scope="module")
-def trained(demo_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    fit(train_args(demo_data, out, epochs=2), progress=False)
-    return out / "best.pt"
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from coco4.cli import Coco4Error
-from coco4.trainer import fit
 
 import evaluate
 import predict
@@ -23,18 +22,10 @@ from conftest import (
     original_model,
     read_csv,
     stored_temperature,
-    train_args,
 )
 from test_data import truncated_jpeg
 
 CLASSES = ["bird", "airplane", "train", "boat"]
-
-
-@pytest.fixture(scope="module")
-def trained(demo_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    fit(train_args(demo_data, out, epochs=2), progress=False)
-    return out / "best.pt"
 
 
 def val_images(demo_data):
