@@ -23,7 +23,7 @@ from coco4.data.images import probe
 from coco4.data.lists import read_list
 from coco4.data.transforms import pil_eval_transform
 from coco4.evaluation import load_predictor
-from coco4.exporting import FORMATS, example_input, export, parity, read_metadata
+from coco4.exporting import FORMATS, example_input, export, file_format, parity, read_metadata
 from coco4.fileio import check_writable
 from coco4.predicting import find_images
 
@@ -88,8 +88,8 @@ def main(args):
         raise Coco4Error(f"--num-images must be at least 1 and --atol 0 or more, got "
                          f"{args.num_images} and {args.atol}")
     out = output_path(args)
-    # a file to verify says its format by its name; an export writes the one asked for
-    fmt = ("onnx" if out.suffix == ".onnx" else "torchscript") if args.verify else args.format
+    # a file to verify says its format by its content; an export writes the one asked for
+    fmt = file_format(out) if args.verify else args.format
     predictor = load_predictor(args.checkpoint, "cpu", amp=False, calibrated=args.calibration)
     images = (parity_images(args, predictor.image_size) if args.list or args.images
               else example_input(predictor, args.num_images))

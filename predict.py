@@ -136,6 +136,7 @@ def run_to_table(predictor, paths, rows, args):
 
 def run_to_file(predictor, paths, rows, args, out, fmt):
     skipped = []
+    out.parent.mkdir(parents=True, exist_ok=True)
     # written as predicted ("x": never over a file that appeared since the check)
     with open(out, "w" if args.overwrite else "x", newline="", encoding="utf-8") as f:
         writer = RowWriter(f, fmt, rows)
@@ -147,6 +148,8 @@ def run_to_file(predictor, paths, rows, args, out, fmt):
 
 def report_skipped(skipped, skipped_out) -> None:
     if not skipped:
+        if skipped_out and skipped_out.exists():  # an earlier run's (--overwrite): not this one's
+            skipped_out.unlink()
         return
     if skipped_out:
         atomic_write_text(skipped_out, "path\treason\n" + "".join(

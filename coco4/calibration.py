@@ -12,16 +12,18 @@ import torch
 
 from .cli import Coco4Error
 
-# beyond these the fit has found a degenerate set (every image right, or labels that ignore
-# the logits), not a calibration: T is kept inside them
+# a fit at or beyond these has found a degenerate set, not a calibration (labels that ignore
+# the logits drive T up): then T = 1, as for a set with no mistake, where the NLL keeps falling
+# as T shrinks and a tiny T would push every later prediction, wrong ones too, to certainty
 T_RANGE = (0.05, 20.0)
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The T minimising the mean NLL of ``softmax(logits / T)`` on ``labels``; 1 for no images."""
-    if len(labels) == 0:
-        return 1.0
+    """The T minimising the mean NLL of ``softmax(logits / T)`` on ``labels``; 1 where there
+    is no such minimum (no images, every one right) or it lies outside ``T_RANGE``."""
     logits, labels = logits.detach().double().cpu(), labels.cpu()
+    if len(labels) == 0 or bool((logits.argmax(1) == labels).all()):
+        return 1.0  # no images, or no mistake: then the NLL falls without end as T shrinks
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)  # T = exp(log_t) > 0
     optimizer = torch.optim.LBFGS([log_t], lr=1.0, max_iter=100, line_search_fn="strong_wolfe")
 
@@ -33,7 +35,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
     optimizer.step(nll)
     t = float(log_t.detach().exp())
-    return min(max(t, T_RANGE[0]), T_RANGE[1]) if math.isfinite(t) else 1.0
+    return t if T_RANGE[0] < t < T_RANGE[1] else 1.0
 
 
 def stored_temperature(ckpt: dict, source: str) -> float:

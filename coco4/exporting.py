@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cli import Coco4Error
+from .cli import Coco4Error, GateFailed
 from .data.transforms import precrop_size
 from .evaluation import Predictor
 from .fileio import atomic_path
@@ -82,7 +82,7 @@ def _onnx_bytes(model: torch.nn.Module, predictor: Predictor) -> bytes:
                                     verbose=False, input_names=[INPUT], output_names=[OUTPUT],
                                     dynamic_shapes={"images": {0: batch}})
     except Exception as e:  # the exporter fails in many ways: one line, not pages
-        raise Coco4Error(f"ONNX export failed: {str(e).splitlines()[0]}") from None
+        raise Coco4Error(f"ONNX export failed: {_first_line(e)}") from None
     proto = program.model_proto
     onnx.helper.set_model_props(proto, metadata(predictor))
     return proto.SerializeToString()
@@ -114,7 +114,31 @@ def run_exported(path: Path, fmt: str, images: torch.Tensor) -> np.ndarray:
         return module(images).numpy()
 
 
+def file_format(path: Path) -> str:
+    """A file's format by its content: TorchScript files are zip archives, ONNX ones are not."""
+    with open(path, "rb") as f:
+        return "torchscript" if f.read(4) == b"PK\x03\x04" else "onnx"
+
+
 def read_metadata(path: Path, fmt: str) -> dict:
+    """The metadata an export wrote; a file export.py did not write is a one-line error."""
+    try:
+        meta = _metadata(path, fmt)
+    except Exception as e:  # a training checkpoint, a foreign model, a damaged file
+        raise Coco4Error(f"{path} is not a model export.py wrote ({_first_line(e)}); export "
+                         "one with export.py") from None
+    missing = [k for k in ("classes", "input", "preprocessing", "output") if k not in meta]
+    if missing:
+        raise Coco4Error(f"{path} has no {', '.join(missing)} in its metadata: not a model "
+                         "export.py wrote; export one with export.py")
+    return meta
+
+
+def _first_line(e: BaseException) -> str:
+    return next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+
+
+def _metadata(path: Path, fmt: str) -> dict:
     if fmt == "onnx":
         import onnx
 
@@ -147,7 +171,12 @@ class Parity:
 def parity(predictor: Predictor, path: Path, fmt: str, images: torch.Tensor) -> Parity:
     """The exported file against the checkpoint's model in fp32 on the CPU, on ``images``."""
     reference = Probabilities(predictor).cpu().float().eval()(images).numpy()
-    got = run_exported(path, fmt, images)
+    try:
+        got = run_exported(path, fmt, images)
+    except Exception as e:  # e.g. an input size other than this checkpoint's
+        raise GateFailed(f"{path} does not run on {predictor.checkpoint}'s input "
+                         f"({_first_line(e)}): it was not exported from that "
+                         "checkpoint") from None
     if got.shape != reference.shape or not np.isfinite(got).all():
         return Parity(len(images), float("inf"), len(images))
     return Parity(len(images), float(np.abs(got - reference).max()),

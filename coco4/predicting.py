@@ -2,6 +2,7 @@
 image (class, probability, every class's probability) to a CSV or JSON-lines file as batches
 are predicted: memory for one batch, however many images."""
 import csv
+import fnmatch
 import glob
 import json
 import os
@@ -39,11 +40,28 @@ def looks_like_image(path: Path) -> bool:
 
 
 def _folder_images(folder: Path) -> list[Path]:
+    return [p for p in _walk(folder) if p.is_file() and looks_like_image(p)]
+
+
+def _glob(pattern: str) -> list[Path]:
+    """The paths ``pattern`` matches. A ``**`` pattern is matched over a walk that follows no
+    symlinked folder: glob's own ``**`` follows them, and one link to a parent folder would
+    give each image over and over (two, exponentially many times)."""
+    if "**" not in pattern:
+        return [Path(p) for p in sorted(glob.glob(pattern))]
+    parts = Path(pattern).parts
+    fixed = next(i for i, part in enumerate(parts) if any(c in part for c in "*?["))
+    root = Path(*parts[:fixed]) if fixed else Path(".")
+    # fnmatch's * crosses folders, so "a/**/*.jpg" becomes "a/*.jpg": any depth under a/
+    flat = pattern.replace("/**/", "/").replace("**/", "").replace("**", "*")
+    return [p for p in _walk(root) if fnmatch.fnmatch(str(p), flat)]
+
+
+def _walk(root: Path) -> list[Path]:
     found = []
-    for root, dirs, files in os.walk(folder):  # symlinked folders are not followed: no loops
+    for folder, dirs, files in os.walk(root):  # symlinked folders are not followed: no loops
         dirs.sort()
-        found += [p for p in (Path(root) / f for f in sorted(files))
-                  if p.is_file() and looks_like_image(p)]
+        found += [Path(folder) / f for f in sorted(files)]
     return found
 
 
@@ -51,6 +69,8 @@ def find_images(inputs: Sequence[str], list_file: Path | None = None) -> list[Pa
     """Every image the inputs name, in order, each once: files as given, folders recursively,
     globs expanded; ``list_file`` holds one path per line (relative to the current folder)."""
     names = list(inputs)
+    if list_file is not None and not list_file.is_file():
+        raise Coco4Error(f"--list {list_file}: no such file (one image path per line)")
     if list_file is not None:
         names += [line.strip() for line in read_text(list_file, "--list").splitlines()
                   if line.strip()]
@@ -62,9 +82,8 @@ def find_images(inputs: Sequence[str], list_file: Path | None = None) -> list[Pa
         elif os.path.lexists(path):
             found.append(path)  # a file, or something odd that decoding will report
         elif any(c in name for c in "*?["):
-            matches = sorted(glob.glob(name, recursive=True))
-            found += [p for m in matches
-                      for p in (_folder_images(Path(m)) if Path(m).is_dir() else [Path(m)])]
+            found += [p for m in _glob(name)
+                      for p in (_folder_images(m) if m.is_dir() else [m])]
         else:
             raise Coco4Error(f"{name}: no such file or folder")
     unique = list(dict.fromkeys(found))
@@ -162,6 +181,8 @@ class RowWriter:
 
 def table(rows: list[dict], top_k: int) -> str:
     """A few predictions as an aligned text table, for the terminal."""
+    if not rows:
+        return "no image could be read"
     width = max(len(r["path"]) for r in rows)
     lines = [f"{'image':<{width}}  {'class':<10} prob" + ("   top" if top_k > 1 else "")]
     for r in rows:

@@ -98,12 +98,12 @@ class Training:
                              f"{cfg.epochs} is the total: pass a larger --epochs to train on")
         self.log = run_log.RunLog(cfg.output_dir, env.is_main, resumed is not None)
         self.log.config(cfg, self.device, env)
+        if cfg.compile:  # before an earlier run's files are removed to make room
+            check_compile_tools(self.device)
         if env.is_main:  # the folder is checked and locked (fit) by now
             remove_stale_temporaries(cfg.output_dir, self.log.info)
             if not resumed:
                 make_room_for_a_new_run(cfg)
-        if cfg.compile:
-            check_compile_tools(self.device)
         self.data = prepare_train_data(cfg, env, self.device, progress, self.log.info)
         if resumed and resumed.classes != list(self.data.classes):
             raise Coco4Error(f"{cfg.resume} was trained on classes {resumed.classes}, but "

@@ -40,6 +40,9 @@ def test_the_fit_finds_the_temperature_an_overconfident_model_was_given():
     best = grid[np.argmin([sklearn_nll(3 * z, labels, g_) for g_ in grid])]
     assert t == pytest.approx(best, rel=0.01)
     assert fit_temperature(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)) == 1.0
+    # every held-out image right: the NLL falls without end as T shrinks, which says nothing
+    # about new images; T stays 1 rather than 0.05, which would make every prediction certain
+    assert fit_temperature(5 * torch.eye(4).repeat(10, 1), torch.arange(4).repeat(10)) == 1.0
 
 
 @pytest.fixture(scope="module")

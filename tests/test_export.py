@@ -107,6 +107,20 @@ def test_a_corrupted_graph_fails_the_parity_check_with_exit_1(trained, onnx_file
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
 
 
+def test_verifying_a_file_export_py_did_not_write_is_one_line(trained, tmp_path):
+    """A training checkpoint given to --verify (a likely slip), a foreign ONNX model."""
+    with pytest.raises(Coco4Error, match=r"best.pt is not a model export.py wrote \("):
+        run_export(trained, "--verify", trained)
+    foreign = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])]))
+    onnx.save(foreign, str(tmp_path / "foreign.onnx"))
+    with pytest.raises(Coco4Error, match=r"foreign.onnx has no classes, input, preprocessing, "
+                                         r"output in its metadata"):
+        run_export(trained, "--verify", tmp_path / "foreign.onnx")
+
+
 def test_an_existing_file_is_never_replaced_unasked(trained, tmp_path):
     out = tmp_path / "model.onnx"
     out.write_bytes(b"a user's file")

@@ -69,6 +69,18 @@ def test_a_folder_with_a_truncated_jpeg_and_a_text_file_named_jpg(demo_data, tra
     assert set(reasons) == {str(folder / "broken.jpg"), str(folder / "notes.jpg")}
     assert "truncated" in reasons[str(folder / "broken.jpg")]
     assert "cannot identify image file" in reasons[str(folder / "notes.jpg")]
+    # again over the same file with nothing to skip: no earlier run's skipped list stays beside it
+    for name in ("broken.jpg", "notes.jpg"):
+        (folder / name).unlink()
+    run_predict(trained, folder, "--out", out, "--overwrite")
+    assert len(read_csv(out)) == 10 and not (tmp_path / "preds.skipped.tsv").exists()
+
+
+def test_only_unreadable_images_print_a_note_not_a_traceback(trained, tmp_path, capsys):
+    truncated_jpeg(tmp_path / "broken.jpg")
+    assert run_predict(trained, tmp_path / "broken.jpg")["predicted"] == 0
+    captured = capsys.readouterr()
+    assert "no image could be read" in captured.out and "1 images skipped" in captured.err
 
 
 def test_probabilities_equal_evaluate_and_a_direct_computation(demo_data, trained, tmp_path):
@@ -110,7 +122,7 @@ def test_the_original_checkpoint_format_at_its_224_px_protocol(demo_data, tmp_pa
 
 def test_top_k_min_prob_and_json_lines(demo_data, trained, tmp_path):
     images = val_images(demo_data)[:12]
-    out = tmp_path / "p.jsonl"
+    out = tmp_path / "new" / "folder" / "p.jsonl"  # made when it does not exist yet
     run_predict(trained, *images, "--out", out, "--top-k", 3)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["path"] for r in rows] == [str(p) for p in images]
@@ -161,12 +173,25 @@ def test_globs_and_lists_find_each_image_once(demo_data, trained, tmp_path):
     assert len(rows) == len(list(folder.glob("*.jpg"))) == len({r["path"] for r in rows})
 
 
+def test_a_recursive_glob_follows_no_symlink_loop(demo_data, trained, tmp_path):
+    """glob's own ** follows a link to a parent folder: each image again at every depth."""
+    photos = tmp_path / "p"
+    (photos / "a").mkdir(parents=True)
+    for i, image in enumerate(val_images(demo_data)[:2]):
+        shutil.copy(image, (photos / "a" if i else photos) / image.name)
+    (photos / "a" / "up").symlink_to("..")
+    found = run_predict(trained, f"{photos}/**/*.jpg", "--out", tmp_path / "p.csv")
+    assert found["predicted"] == 2 and len(read_csv(tmp_path / "p.csv")) == 2
+
+
 @pytest.mark.parametrize("argv, message", [
     (["IMAGE", "--min-prob", "1.5"], "--min-prob must be between 0 and 1, got 1.5"),
     (["IMAGE", "--min-prob", "nan"], "--min-prob must be between 0 and 1, got nan"),
     (["IMAGE", "--top-k", "0"], "--top-k must be at least 1, got 0"),
     (["IMAGE", "--top-k", "5"], "--top-k 5: the checkpoint has only 4 classes"),
     (["{tmp}/nope.jpg"], "{tmp}/nope.jpg: no such file or folder"),
+    (["--list", "{tmp}/nope.txt"], "--list {tmp}/nope.txt: no such file"),
+    (["--list", "{tmp}/empty"], "--list {tmp}/empty: no such file"),
     (["{tmp}/empty"], "no images found in {tmp}/empty; "),
     (["{tmp}/*.png"], "no images found in {tmp}/*.png; "),
     (["IMAGE", "--out", "{tmp}/file/p.csv"], "cannot write to {tmp}/file: "),

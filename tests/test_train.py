@@ -339,13 +339,17 @@ def test_out_of_memory_when_micro_batches_cannot_shrink_says_what_else_to_do(dem
 def test_compile_without_a_cpp_compiler_is_refused_before_the_data_is_prepared(demo_data,
                                                                               tmp_path):
     cache = tmp_path / "cache"
+    earlier = tmp_path / "run" / "best.pt"  # an earlier run that --overwrite would replace
+    earlier.parent.mkdir()
+    earlier.write_bytes(b"an earlier run's checkpoint")
     proc = subprocess.run(train_cli(demo_data, tmp_path / "run", "--compile", "--cache-dir",
-                                    str(cache)),
+                                    str(cache), "--overwrite"),
                           env={**os.environ, "CXX": str(tmp_path / "no-such-g++")},
                           capture_output=True, text=True)
     assert_one_line_error(proc, f"--compile needs a C++ compiler, and "
                           f"'{tmp_path / 'no-such-g++'}' was not found", "without --compile")
     assert not list(cache.glob("*.u8")), "the cache was built before the check"
+    assert earlier.read_bytes() == b"an earlier run's checkpoint", "removed before the check"
 
 
 @pytest.mark.slow

@@ -44,21 +44,22 @@ def unseen_kind(coco: Path, classes: list) -> list[Path]:
     return found
 
 
-def top_probs(predictor, paths) -> tuple[np.ndarray, np.ndarray]:
-    """(top probability, top class) per image."""
-    probs = np.concatenate([b.probs.numpy() for b in predict_stream(predictor, paths, 64, 0)])
-    return probs.max(1), probs.argmax(1)
+def top_probs(predictor, paths) -> tuple[np.ndarray, np.ndarray, list]:
+    """(top probability, top class, path) per image that could be read."""
+    batches = list(predict_stream(predictor, paths, 64, 0))
+    probs = np.concatenate([b.probs.numpy() for b in batches])
+    return probs.max(1), probs.argmax(1), [p for b in batches for p in b.paths]
 
 
 def main(args) -> list[dict]:
     demo = args.demo
     classes = list(read_classes(demo / "data"))
     predictor = load_predictor(demo / "checkpoint" / "best.pt", "cpu")
-    unseen, _ = top_probs(predictor, unseen_kind(demo / "coco", classes))
+    unseen, _, _ = top_probs(predictor, unseen_kind(demo / "coco", classes))
     test = read_list(demo / "data" / "annotation_val.txt")
-    test_top, test_pred = top_probs(
-        predictor, [demo / "coco" / "images" / "val2017" / f for f in test.files])
-    right = test_pred == np.array(test.labels)
+    label = {demo / "coco" / "images" / "val2017" / f: y for f, y in zip(test.files, test.labels)}
+    test_top, test_pred, read = top_probs(predictor, list(label))
+    right = test_pred == np.array([label[p] for p in read])
     rows = [{"min_prob": p, "unseen_rejected": float((unseen < p).mean()),
              "test_rejected": float((test_top < p).mean()),
              "accuracy_on_accepted": float(right[test_top >= p].mean())}
