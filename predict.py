@@ -74,6 +74,8 @@ def output_paths(args, count: int) -> tuple[Path | None, Path | None]:
             n += 1
             out = out.with_name(f"predictions-{n}{ext}")
     check_writable(out.parent)
+    if out.is_dir():
+        raise Coco4Error(f"--out {out} is a folder; give a file name, such as {out}/preds.csv")
     for path in (out, skipped_path(out)):
         if path.exists() and not args.overwrite:
             raise Coco4Error(f"{path} exists; choose another --out, or pass --overwrite")

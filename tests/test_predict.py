@@ -195,6 +195,7 @@ def test_a_recursive_glob_follows_no_symlink_loop(demo_data, trained, tmp_path):
     (["{tmp}/empty"], "no images found in {tmp}/empty; "),
     (["{tmp}/*.png"], "no images found in {tmp}/*.png; "),
     (["IMAGE", "--out", "{tmp}/file/p.csv"], "cannot write to {tmp}/file: "),
+    (["IMAGE", "--out", "{tmp}/empty", "--overwrite"], "--out {tmp}/empty is a folder; "),
 ])
 def test_bad_input_is_one_line_before_any_prediction(demo_data, trained, tmp_path, argv,
                                                      message):
