@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from coco4 import cli
 from coco4.cli import Coco4Error
-from coco4.evaluation import load_predictor
+from coco4.evaluation import load_predictor, out_of_memory
 from coco4.fileio import atomic_write_text, check_writable
 from coco4.predicting import RowFormat, RowWriter, find_images, predict_stream, table
 
@@ -53,10 +53,7 @@ def get_args_parser():
 def check_args(args) -> None:
     if not 0 <= args.min_prob <= 1:  # nan fails both comparisons
         raise Coco4Error(f"--min-prob must be between 0 and 1, got {args.min_prob}")
-    for name in ("top_k", "batch_size"):
-        if getattr(args, name) < 1:
-            raise Coco4Error(f"--{name.replace('_', '-')} must be at least 1, got "
-                             f"{getattr(args, name)}")
+    cli.check_at_least(args, top_k=1, batch_size=1)
     if cli.workers_problem(args.workers):
         raise Coco4Error(cli.workers_problem(args.workers))
 
@@ -121,9 +118,7 @@ def _batches(predictor, paths, args, out):
             bar.update(len(batch.paths) + len(batch.skipped))
             yield batch
     except torch.cuda.OutOfMemoryError:
-        raise Coco4Error(f"CUDA out of memory predicting batches of {args.batch_size} images "
-                         f"at {predictor.image_size}px; rerun with --batch-size "
-                         f"{max(1, args.batch_size // 2)}{so_far}") from None
+        raise out_of_memory(args.batch_size, predictor.image_size, so_far) from None
     finally:
         bar.close()
 

@@ -82,12 +82,23 @@ def add_calibration_arg(p: argparse.ArgumentParser) -> None:
                         "held-out validation split); --no-calibration for raw probabilities")
 
 
+def check_at_least(args: argparse.Namespace, **least: int) -> None:
+    """Each named argument at least its bound: ``check_at_least(args, batch_size=1)``."""
+    for name, bound in least.items():
+        value = getattr(args, name)
+        if value < bound:
+            raise Coco4Error(f"--{name.replace('_', '-')} must be at least {bound}, got {value}")
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's first non-empty line (libraries' messages run to pages), or its type."""
+    return next((line.strip() for line in str(error).splitlines() if line.strip()),
+                type(error).__name__)
+
+
 def resolve_sources(args: argparse.Namespace, split: str = "val") -> tuple[Path, Path, Path]:
     """(list path, image folder, cache folder) with the defaults filled in; arguments checked."""
-    for name in ("batch_size", "num"):
-        if getattr(args, name, 1) < 1:
-            raise Coco4Error(f"--{name.replace('_', '-')} must be at least 1, got "
-                             f"{getattr(args, name)}")
+    check_at_least(args, batch_size=1, **({"num": 1} if hasattr(args, "num") else {}))
     if workers_problem(args.workers):
         raise Coco4Error(workers_problem(args.workers))
     list_path = args.list or args.data_dir / f"annotation_{split}.txt"

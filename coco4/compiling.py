@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from .cli import Coco4Error
+from .cli import Coco4Error, first_line
 
 INSTEAD = "or train without --compile"
 
@@ -38,6 +38,5 @@ def compile_errors() -> tuple[type[BaseException], ...]:
 
 
 def compile_failed(error: BaseException) -> Coco4Error:
-    first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
-    return Coco4Error(f"--compile failed: {first.strip()}; check that the C++ compiler (the CXX "
-                      f"variable, else g++) and, on a GPU, Triton work, {INSTEAD}")
+    return Coco4Error(f"--compile failed: {first_line(error)}; check that the C++ compiler (the "
+                      f"CXX variable, else g++) and, on a GPU, Triton work, {INSTEAD}")

@@ -91,14 +91,20 @@ def predict_list(predictor: Predictor, list_path: str | Path, image_dir: str | P
     except torch.cuda.OutOfMemoryError:
         raw = None  # the advice once the failed batch's tensors are released
     if raw is None:
-        raise Coco4Error(f"CUDA out of memory predicting batches of {batch_size} images at "
-                         f"{predictor.image_size}px; rerun with --batch-size "
-                         f"{max(1, batch_size // 2)}")
+        raise out_of_memory(batch_size, predictor.image_size)
     metrics = MetricAccumulator(len(predictor.classes))  # the same sums, on the scaled logits
     metrics.update(logits / predictor.temperature, labels)
     return Predictions(list_path, Path(image_dir), [image_list.files[i] for i in keep],
                        [image_list.labels[i] for i in keep], predictor.probabilities(logits),
                        metrics, report["left_out"], raw)
+
+
+def out_of_memory(batch_size: int, image_size: int, written: str = "") -> Coco4Error:
+    """The advice for a CUDA out-of-memory error while predicting: half the batch.
+    ``written`` says what was written before it (predict.py's rows so far)."""
+    return Coco4Error(f"CUDA out of memory predicting batches of {batch_size} images at "
+                      f"{image_size}px; rerun with --batch-size {max(1, batch_size // 2)}"
+                      f"{written}")
 
 
 def predict_from_args(args: argparse.Namespace) -> tuple[Predictor, Predictions]:

@@ -6,6 +6,7 @@ ONNX goes through torch's dynamo exporter (``torch.onnx.export(dynamo=True)``): 
 based one is deprecated and slated for removal, and both export this network alike, so the
 one with a future is the one used and tested. TorchScript is offered for C++ (libtorch)
 callers; torch marks it deprecated too."""
+import contextlib
 import io
 import json
 import warnings
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cli import Coco4Error, GateFailed
+from .cli import Coco4Error, GateFailed, first_line
 from .data.transforms import precrop_size
 from .evaluation import Predictor
 from .fileio import atomic_path
@@ -82,17 +83,25 @@ def _onnx_bytes(model: torch.nn.Module, predictor: Predictor) -> bytes:
                                     verbose=False, input_names=[INPUT], output_names=[OUTPUT],
                                     dynamic_shapes={"images": {0: batch}})
     except Exception as e:  # the exporter fails in many ways: one line, not pages
-        raise Coco4Error(f"ONNX export failed: {_first_line(e)}") from None
+        raise Coco4Error(f"ONNX export failed: {first_line(e)}") from None
     proto = program.model_proto
     onnx.helper.set_model_props(proto, metadata(predictor))
     return proto.SerializeToString()
 
 
-def _torchscript_bytes(model: torch.nn.Module, predictor: Predictor) -> bytes:
-    buf = io.BytesIO()
-    with warnings.catch_warnings():  # torch's deprecation notice, said once in the README
+@contextlib.contextmanager
+def _quiet_torchscript():
+    """Without torch's notice that TorchScript is deprecated (said once, in the README), given
+    as a FutureWarning or, in other torch versions, a DeprecationWarning."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
+        yield
+
+
+def _torchscript_bytes(model: torch.nn.Module, predictor: Predictor) -> bytes:
+    buf = io.BytesIO()
+    with _quiet_torchscript():
         traced = torch.jit.trace(model, example_input(predictor))
         torch.jit.save(traced, buf, _extra_files={METADATA_FILE: json.dumps(
             metadata(predictor))})
@@ -106,9 +115,7 @@ def run_exported(path: Path, fmt: str, images: torch.Tensor) -> np.ndarray:
 
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return session.run([OUTPUT], {INPUT: images.numpy()})[0]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
+    with _quiet_torchscript():
         module = torch.jit.load(str(path), map_location="cpu")
     with torch.no_grad():
         return module(images).numpy()
@@ -125,17 +132,13 @@ def read_metadata(path: Path, fmt: str) -> dict:
     try:
         meta = _metadata(path, fmt)
     except Exception as e:  # a training checkpoint, a foreign model, a damaged file
-        raise Coco4Error(f"{path} is not a model export.py wrote ({_first_line(e)}); export "
+        raise Coco4Error(f"{path} is not a model export.py wrote ({first_line(e)}); export "
                          "one with export.py") from None
     missing = [k for k in ("classes", "input", "preprocessing", "output") if k not in meta]
     if missing:
         raise Coco4Error(f"{path} has no {', '.join(missing)} in its metadata: not a model "
                          "export.py wrote; export one with export.py")
     return meta
-
-
-def _first_line(e: BaseException) -> str:
-    return next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
 
 
 def _metadata(path: Path, fmt: str) -> dict:
@@ -145,8 +148,7 @@ def _metadata(path: Path, fmt: str) -> dict:
         model = onnx.load(str(path), load_external_data=False)
         return {p.key: p.value for p in model.metadata_props}
     extra = {METADATA_FILE: ""}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
+    with _quiet_torchscript():
         torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     return json.loads(extra[METADATA_FILE])
 
@@ -175,7 +177,7 @@ def parity(predictor: Predictor, path: Path, fmt: str, images: torch.Tensor) -> 
         got = run_exported(path, fmt, images)
     except Exception as e:  # e.g. an input size other than this checkpoint's
         raise GateFailed(f"{path} does not run on {predictor.checkpoint}'s input "
-                         f"({_first_line(e)}): it was not exported from that "
+                         f"({first_line(e)}): it was not exported from that "
                          "checkpoint") from None
     if got.shape != reference.shape or not np.isfinite(got).all():
         return Parity(len(images), float("inf"), len(images))

@@ -247,10 +247,7 @@ def main(args: argparse.Namespace) -> dict:
     TrainConfig(batch_size=args.batch_size, image_size=args.image_size, epochs=args.epochs,
                 workers=args.workers)  # the same argument checks as train.py
     generated = 0 if args.list else len(CASES)  # the generator's least: one image per case
-    for name, least in (("load", 0), ("train_steps", 0), ("num_images", generated)):
-        if getattr(args, name) < least:
-            raise cli.Coco4Error(f"--{name.replace('_', '-')} must be at least {least}, got "
-                                 f"{getattr(args, name)}")
+    cli.check_at_least(args, load=0, train_steps=0, num_images=generated)
     for path in (args.json.parent if args.json else None, args.work_dir):
         if path is not None:  # before the minutes of timing, not after
             check_writable(path)
