@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from coco4 import cli
 from coco4.cli import Coco4Error
-from coco4.evaluation import load_predictor, out_of_memory
+from coco4.evaluation import out_of_memory, predictor_from_args
 from coco4.fileio import atomic_write_text, check_writable
 from coco4.predicting import RowFormat, RowWriter, find_images, predict_stream, table
 
@@ -45,6 +45,7 @@ def get_args_parser():
                    help="mixed precision on CUDA")
     p.add_argument("--workers", type=int, default=cli.default_workers())
     cli.add_calibration_arg(p)
+    cli.add_tta_arg(p)
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     return p
@@ -87,7 +88,7 @@ def main(args):
     check_args(args)
     paths = find_images(args.paths, args.list)
     out, skipped_out = output_paths(args, len(paths))
-    predictor = load_predictor(args.checkpoint, args.device, args.amp, args.calibration)
+    predictor = predictor_from_args(args)
     if args.top_k > len(predictor.classes):
         raise Coco4Error(f"--top-k {args.top_k}: the checkpoint has only "
                          f"{len(predictor.classes)} classes")

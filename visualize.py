@@ -4,15 +4,17 @@
     python visualize.py --image my_bird.jpg other.png     # predict your own images
     python visualize.py --num 12 --show                   # also open the figures in windows
 
-Writes samples.png, predictions.png, errors.png and, when the run's metrics.csv is beside the
-checkpoint, training_curves.png to --out-dir (default: vis/ beside the checkpoint).
+Writes samples.png, predictions.png, errors.png, gradcam.png (where the evidence for the
+predicted class lies, over the most wrong images and a few right ones) and, when the run's
+metrics.csv is beside the checkpoint, training_curves.png to --out-dir (default: vis/ beside
+the checkpoint).
 """
 import argparse
 from pathlib import Path
 
 import numpy as np
 
-from coco4 import cli
+from coco4 import cli, gradcam
 from coco4 import plots as vis
 from coco4.cli import Coco4Error, add_source_args, default_out_dir
 from coco4.evaluation import predict_from_args, predict_images
@@ -63,6 +65,11 @@ def main(args):
     written.append(vis.predictions_png(paths, probs, predictor.classes, out / "predictions.png",
                                        truth))
     written.append(vis.errors_png(predictions, predictor.classes, out / "errors.png", args.num))
+    if why := gradcam.missing():  # the other pictures are still worth having
+        print(f"skipped gradcam.png: {why}")
+    else:
+        written.append(gradcam.gradcam_png(predictor, predictions, out / "gradcam.png",
+                                           args.num))
     if metrics_csv.is_file():
         written.append(vis.curves_png(metrics_csv, out / "training_curves.png"))
     for path in written:

@@ -69,6 +69,7 @@ def add_source_args(p: argparse.ArgumentParser, default_split: str = "val") -> N
                    help="mixed precision on CUDA (bf16, or fp16 where bf16 is emulated)")
     p.add_argument("--workers", type=int, default=default_workers())
     add_calibration_arg(p)
+    add_tta_arg(p)
     p.add_argument("--data-path", choices=("fast", "pil"), default="fast",
                    help="fast: decoded-image cache; pil: decode every image each time")
     p.add_argument("--cache-dir", type=Path, default=None, help="default: DATA_DIR/cache")
@@ -80,6 +81,12 @@ def add_calibration_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration", action=argparse.BooleanOptionalAction, default=True,
                    help="divide the logits by the checkpoint's temperature (fitted on the "
                         "held-out validation split); --no-calibration for raw probabilities")
+
+
+def add_tta_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tta", choices=("none", "flip"), default="none",
+                   help="test-time augmentation: flip averages the probabilities of each image "
+                        "and its mirror (twice the model's work)")
 
 
 def check_at_least(args: argparse.Namespace, **least: int) -> None:

@@ -4,6 +4,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +35,38 @@ class Predictor:
     amp: Amp
     checkpoint: str
     temperature: float = 1.0  # the logits are divided by it before the softmax
+    tta: str = "none"  # "flip": the probabilities of the image and its mirror, averaged
 
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        return (logits.float() / self.temperature).softmax(1)
+    def view_models(self) -> list[torch.nn.Module]:
+        """The model once per test-time view of an image: itself, and for ``flip`` itself on
+        the mirror image (training's random flips make the mirror an equally likely photo)."""
+        return [self.model] + ([Mirrored(self.model)] if self.tta == "flip" else [])
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Probabilities for a batch of images already on the device, every view averaged."""
+        with self.amp.autocast():
+            views = [m(x).float() for m in self.view_models()]
+        return averaged_log_probs(views, self.temperature).exp().cpu()
+
+
+class Mirrored(torch.nn.Module):
+    """A model applied to the left-right mirror of its input (NCHW: the last axis is width)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.flip(-1))
+
+
+def averaged_log_probs(views: Sequence[torch.Tensor], temperature: float) -> torch.Tensor:
+    """log of the mean over views of softmax(logits / T). The probabilities are averaged, not
+    the logits: a view that is unsure should not be outvoted by the other's large logits. As
+    logits these give the averaged probabilities back, so every metric reads them unchanged."""
+    log_probs = torch.stack([(v.float() / temperature).log_softmax(1) for v in views])
+    return log_probs.logsumexp(0) - math.log(len(views))
 
 
 def load_predictor(checkpoint: str | Path, device: str = "auto", amp: bool = True,
@@ -62,7 +92,7 @@ class Predictions:
     probs: torch.Tensor  # [N, classes], softmax of the logits divided by the temperature
     metrics: MetricAccumulator  # the same sums that validation during training keeps
     left_out: dict
-    raw_metrics: MetricAccumulator | None = None  # before the temperature, where there is one
+    raw_metrics: MetricAccumulator  # the same, before the temperature
 
     @property
     def preds(self) -> list:
@@ -83,20 +113,32 @@ def predict_list(predictor: Predictor, list_path: str | Path, image_dir: str | P
     source = open_images(image_list, image_dir, predictor.image_size, options, progress)
     report = unusable_report(source, options.strict, log)
     keep = source.usable()
-    plan = BatchPlan(batch_size, predictor.device, predictor.image_size, train=False)
-    try:
-        raw, logits, labels = evaluate(predictor.model, make_batches(source, keep, plan),
-                                       predictor.amp, len(predictor.classes),
-                                       desc="predicting" if progress else None)
-    except torch.cuda.OutOfMemoryError:
-        raw = None  # the advice once the failed batch's tensors are released
-    if raw is None:
-        raise out_of_memory(batch_size, predictor.image_size)
-    metrics = MetricAccumulator(len(predictor.classes))  # the same sums, on the scaled logits
-    metrics.update(logits / predictor.temperature, labels)
+    batches = make_batches(source, keep, BatchPlan(batch_size, predictor.device,
+                                                   predictor.image_size, train=False))
+    views, labels = _view_logits(predictor, batches, progress)
+    calibrated = averaged_log_probs(views, predictor.temperature)
+    metrics, raw = (MetricAccumulator(len(predictor.classes)) for _ in range(2))
+    metrics.update(calibrated, labels)
+    raw.update(averaged_log_probs(views, 1.0), labels)
     return Predictions(list_path, Path(image_dir), [image_list.files[i] for i in keep],
-                       [image_list.labels[i] for i in keep], predictor.probabilities(logits),
-                       metrics, report["left_out"], raw)
+                       [image_list.labels[i] for i in keep], calibrated.exp(), metrics,
+                       report["left_out"], raw)
+
+
+def _view_logits(predictor: Predictor, batches, progress: bool) -> tuple[list, torch.Tensor]:
+    """Every view's logits over ``batches`` (one pass per view), and the labels."""
+    views = []
+    for i, model in enumerate(predictor.view_models()):
+        desc = ("predicting" if i == 0 else "predicting mirrored") if progress else None
+        try:
+            _, logits, labels = evaluate(model, batches, predictor.amp,
+                                         len(predictor.classes), desc=desc)
+        except torch.cuda.OutOfMemoryError:
+            logits = None  # the advice once the failed batch's tensors are released
+        if logits is None:
+            raise out_of_memory(batches.plan.batch_size, predictor.image_size)
+        views.append(logits)
+    return views, labels
 
 
 def out_of_memory(batch_size: int, image_size: int, written: str = "") -> Coco4Error:
@@ -111,9 +153,16 @@ def predict_from_args(args: argparse.Namespace) -> tuple[Predictor, Predictions]
     """What evaluate.py and visualize.py start with: the checkpoint's predictions for the list
     their shared arguments (``cli.add_source_args``) name, arguments checked first."""
     list_path, images, cache_dir = resolve_sources(args)
-    predictor = load_predictor(args.checkpoint, args.device, args.amp, args.calibration)
+    predictor = predictor_from_args(args)
     return predictor, predict_list(predictor, list_path, images, args.batch_size, DataOptions(
         args.data_path, cache_dir, args.workers, args.strict))
+
+
+def predictor_from_args(args: argparse.Namespace) -> Predictor:
+    """The predictor evaluate.py, visualize.py and predict.py ask for on their command line."""
+    predictor = load_predictor(args.checkpoint, args.device, args.amp, args.calibration)
+    predictor.tta = args.tta
+    return predictor
 
 
 def check_classes(predictor: Predictor, list_path: Path) -> None:
@@ -136,8 +185,7 @@ def predict_images(predictor: Predictor, paths: Sequence[str | Path]) -> torch.T
         raise Coco4Error(f"image {e.filename} not found") from None
     except UnreadableImage as e:
         raise Coco4Error(f"cannot read image {e}") from None
-    with predictor.amp.autocast():
-        return predictor.probabilities(predictor.model(x)).cpu()
+    return predictor.predict(x)
 
 
 def write_results(out_dir: str | Path, predictor: Predictor, predictions: Predictions) -> dict:
@@ -146,8 +194,9 @@ def write_results(out_dir: str | Path, predictor: Predictor, predictions: Predic
     metrics = predictions.metrics.summary(predictor.classes)
     raw = predictions.raw_metrics.summary(predictor.classes)
     metrics.update(checkpoint=predictor.checkpoint, left_out=predictions.left_out,
-                   temperature=predictor.temperature, ece_uncalibrated=raw["ece"],
-                   nll_uncalibrated=raw["nll"], reliability_uncalibrated=raw["reliability"])
+                   tta=predictor.tta, temperature=predictor.temperature,
+                   ece_uncalibrated=raw["ece"], nll_uncalibrated=raw["nll"],
+                   reliability_uncalibrated=raw["reliability"])
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     buf = io.StringIO()
     writer = csv.writer(buf)

@@ -130,8 +130,7 @@ def predict_stream(predictor: Predictor, paths: Sequence[Path], batch_size: int,
     for index, x, bad in loader:
         probs = torch.empty(0, len(predictor.classes))
         if x is not None:
-            with predictor.amp.autocast():
-                probs = predictor.probabilities(predictor.model(x.to(predictor.device))).cpu()
+            probs = predictor.predict(x.to(predictor.device))
         yield Batch([paths[i] for i in index], probs, [(paths[i], why) for i, why in bad])
 
 

@@ -119,13 +119,15 @@ def train_cli(data_root, out, *extra):
 # come from the code under test: torchvision's own network and transforms, published constants
 
 
-def direct_predictions(model, demo_data, image_size, temperature=1.0):
+def direct_predictions(model, demo_data, image_size, temperature=1.0, mirror=False):
     """Predictions computed by hand: PIL decode, the original eval transform written out with
     torchvision and ImageNet's published constants, the bare torchvision network, and the
-    logits divided by ``temperature`` (a checkpoint's, read from the file) before the softmax."""
+    logits divided by ``temperature`` (a checkpoint's, read from the file) before the softmax;
+    ``mirror``: of each image's left-right mirror, flipped by torchvision before the resize."""
     image_list = read_list(demo_data / "data" / "annotation_val.txt")
     side = round(image_size * 256 / 224)
-    transform = T.Compose([T.Resize((side, side)), T.ToTensor(),
+    flip = [T.RandomHorizontalFlip(1.0)] if mirror else []
+    transform = T.Compose([*flip, T.Resize((side, side)), T.ToTensor(),
                            T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
     model.eval()
     with torch.no_grad():

@@ -127,7 +127,8 @@ def test_visualize_writes_each_picture(demo_data, trained, tmp_path):
     argv = eval_argv(demo_data, trained, tmp_path / "vis", "--num", "4")
     written = visualize.main(visualize.get_args_parser().parse_args(argv))
     names = {Path(p).name for p in written}
-    assert names == {"samples.png", "predictions.png", "errors.png", "training_curves.png"}
+    assert names == {"samples.png", "predictions.png", "errors.png", "gradcam.png",
+                     "training_curves.png"}
     for name in names:
         assert_png(tmp_path / "vis" / name)
 
@@ -139,7 +140,7 @@ def test_visualize_predicts_the_users_own_images(demo_data, trained, tmp_path):
     argv = eval_argv(demo_data, trained, tmp_path / "vis", "--image", own)
     written = visualize.main(visualize.get_args_parser().parse_args(argv))
     assert {Path(p).name for p in written} == {"samples.png", "predictions.png", "errors.png",
-                                               "training_curves.png"}
+                                               "gradcam.png", "training_curves.png"}
     assert_png(tmp_path / "vis" / "predictions.png")
 
 
