@@ -9,6 +9,7 @@ from PIL import Image
 from sklearn.metrics import log_loss
 
 from coco4.calibration import fit_temperature
+from coco4.checkpoint import load_model, save_checkpoint
 from coco4.cli import Coco4Error
 from coco4.data.prepare import prepare_train_data
 from coco4.devtools.synthetic import make_synthetic_coco
@@ -16,6 +17,7 @@ from coco4.distributed import DistEnv
 from coco4.evaluation import load_predictor
 from coco4.loop import evaluate as evaluate_batches
 from coco4.metrics import MetricAccumulator
+from coco4.model import build_model
 from coco4.trainer import fit
 
 import evaluate
@@ -43,6 +45,18 @@ def test_the_fit_finds_the_temperature_an_overconfident_model_was_given():
     # every held-out image right: the NLL falls without end as T shrinks, which says nothing
     # about new images; T stays 1 rather than 0.05, which would make every prediction certain
     assert fit_temperature(5 * torch.eye(4).repeat(10, 1), torch.arange(4).repeat(10)) == 1.0
+
+
+def test_a_checkpoint_gives_back_its_temperature(tmp_path):
+    """What a consumer divides by: the stored temperature, or 1 for a file without one."""
+    net = build_model("resnet18", 4).net.state_dict()
+    common = {"model": net, "classes": ["bird", "airplane", "train", "boat"],
+              "config": {"arch": "resnet18", "image_size": 32}}
+    save_checkpoint(tmp_path / "with.pt", {**common, "temperature": 2.5})
+    save_checkpoint(tmp_path / "without.pt", common)
+    assert load_model(tmp_path / "with.pt").temperature == 2.5
+    assert load_predictor(tmp_path / "with.pt", "cpu").temperature == 2.5
+    assert load_model(tmp_path / "without.pt").temperature == 1.0
 
 
 @pytest.fixture(scope="module")

@@ -92,6 +92,15 @@ def test_a_format_1_last_pt_keeps_resuming(demo_data, tmp_path):
     assert read_metrics_csv(tmp_path / "metrics.csv")[0]["val_macro_f1"] is None
 
 
+def test_a_format_1_run_keeps_its_best_score(tmp_path):
+    """Its ``best_acc`` becomes ``best_metric``: a resumed run forgetting it (-1) would let
+    any later, worse epoch replace best.pt."""
+    write_v1_checkpoint(tmp_path / "last.pt")
+    ckpt = load_model(tmp_path / "last.pt").checkpoint
+    assert ckpt["run"]["best_metric"] == 0.5 and ckpt["run"]["best_epoch"] == 1
+    assert "best_acc" not in ckpt["run"]
+
+
 @pytest.mark.parametrize("arch", ["resnet18", "convnext_tiny"])
 def test_starting_weights_from_a_torchvision_state_dict(tmp_path, arch):
     torch.manual_seed(123)

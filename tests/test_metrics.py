@@ -141,8 +141,14 @@ def test_validation_during_training_equals_evaluate_on_the_same_images(demo_data
     the held-out images, with the best checkpoint: one code path, so the same numbers."""
     out = tmp_path / "run"
     fit(train_args(demo_data, out, epochs=2), progress=False)
+    assert_validation_equals_evaluate(demo_data, out, tmp_path, 0.2)
+
+
+def assert_validation_equals_evaluate(demo_data, out, tmp_path, val_fraction):
+    """The best epoch's metrics.csv row of the run in ``out`` equals evaluate.py's metrics of
+    its best.pt on a list of exactly the images that run held out (in one process)."""
     train_list = read_list(demo_data / "data" / "annotation_train.txt")
-    _, val_pos = stratified_split(train_list.labels, CLASSES, 0.2, 0)  # all images usable
+    _, val_pos = stratified_split(train_list.labels, CLASSES, val_fraction, 0)  # all usable
     data = tmp_path / "data"
     data.mkdir()
     shutil.copy(demo_data / "data" / "classes.txt", data)
@@ -158,3 +164,4 @@ def test_validation_during_training_equals_evaluate_on_the_same_images(demo_data
     assert metrics["num_images"] == len(val_pos)
     for name, column in CSV_COLUMNS.items():
         assert float(row[column]) == pytest.approx(metrics[name], abs=1e-6), name
+    return len(val_pos)

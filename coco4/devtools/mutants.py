@@ -1,0 +1,271 @@
+"""A small mutation pass over the modules that decide results: does some test fail when the
+code is broken in a way that silently gives wrong numbers?
+
+    python -m coco4.devtools.mutants                 # every mutant (about 25 minutes on 2 cores)
+    python -m coco4.devtools.mutants --list          # their names, files and tests
+    python -m coco4.devtools.mutants --only split-floor,ece-abs-outside
+    python -m coco4.devtools.mutants --group issue16 # the five a first pass (#16) let through
+    python -m coco4.devtools.mutants --from-head     # the last commit, not the working tree
+
+Each mutant is one realistic breakage: a snippet of a file replaced by a wrong one, and the
+narrowest tests that should notice. The repository (the working tree's tracked and untracked,
+not ignored, files) is copied to a scratch folder once, never touched in place: each mutant is
+applied there alone, its tests run with pytest, and the file restored. Caught: a test failed.
+Survived: every test passed, so no test pins that behaviour; write the test that would have
+failed (never drop the mutant). A run first checks that the chosen tests pass unmutated.
+
+Adding a mutant: one ``Mutant`` in ``MUTANTS`` below; its snippet must occur exactly once.
+"""
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import cli
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str  # relative to the repository root
+    original: str  # occurs exactly once in the file
+    mutated: str
+    tests: tuple[str, ...]  # pytest node ids (file::test), the narrowest that should fail
+
+
+FILTER, SPLIT = "coco4/data/coco_filter.py", "coco4/data/prepare.py"
+METRICS, LOOP, TRAINER = "coco4/metrics.py", "coco4/loop.py", "coco4/trainer.py"
+CHECKPOINT, CALIBRATION = "coco4/checkpoint.py", "coco4/calibration.py"
+LOADERS = "coco4/data/loaders.py"
+
+P = "tests/test_protections.py::test_"
+FILTER_TESTS = ("tests/test_coco_filter.py::test_rule_per_case",
+                "tests/test_coco_filter.py::test_labels_follow_classes_order")
+SPLIT_TESTS = (P + "the_validation_split_is_disjoint_complete_stratified_and_seeded",)
+METRIC_TESTS = ("tests/test_metrics.py::test_summary_equals_scikit_learn_and_the_ece_by_hand",
+                "tests/test_metrics.py::test_worked_example",
+                "tests/test_metrics.py::test_a_class_without_images_and_no_images_at_all")
+STEP_TESTS = (P + "each_step_of_an_epoch_draws_its_own_dropout_and_a_resumed_step_the_same",
+              "tests/test_train.py::test_accumulated_micro_batches_give_the_full_batch_update")
+BEST_TESTS = (P + "the_best_checkpoint_is_the_first_epoch_with_the_best_chosen_score",)
+RESUME_TESTS = (P + "a_resumed_run_continues_the_optimizer_and_the_lr_schedule",)
+CALIBRATION_TESTS = ("tests/test_calibration.py::test_the_fit_finds_the_temperature_an_"
+                     "overconfident_model_was_given",
+                     "tests/test_calibration.py::test_a_checkpoint_gives_back_its_temperature")
+
+MUTANTS = [
+    # the filter rule: an image is class C's when its category set, crowds included, is {C}
+    Mutant("filter-ignores-crowds", FILTER, "getAnnIds(imgIds=[img_id], iscrowd=None)",
+           "getAnnIds(imgIds=[img_id], iscrowd=False)", FILTER_TESTS),
+    Mutant("filter-any-annotation", FILTER, 'if {a["category_id"] for a in anns} == {cat_id}:',
+           'if cat_id in {a["category_id"] for a in anns}:', FILTER_TESTS),
+    Mutant("filter-labels-by-category-id", FILTER, "enumerate(class_ids(coco, class_names))",
+           "enumerate(sorted(class_ids(coco, class_names)))", FILTER_TESTS),
+    # the validation split
+    Mutant("split-floor", SPLIT, "int(round(len(members) * val_fraction))",
+           "int(len(members) * val_fraction)", SPLIT_TESTS),
+    Mutant("split-overlaps-training", SPLIT, "train.extend(members[n_val:])",
+           "train.extend(members)", SPLIT_TESTS),
+    Mutant("split-unshuffled", SPLIT, "members = rng.permutation(members)\n", "\n",
+           SPLIT_TESTS),
+    # the metrics
+    Mutant("confusion-transposed", METRICS, "labels * c + preds", "preds * c + labels",
+           METRIC_TESTS),
+    Mutant("nll-batch-means", METRICS, "log_probs.gather(1, labels[:, None]).sum()",
+           "log_probs.gather(1, labels[:, None]).mean()", METRIC_TESTS),
+    Mutant("ece-abs-outside", METRICS, "np.abs(confidence - correct).sum()",
+           "np.abs((confidence - correct).sum())", METRIC_TESTS),
+    Mutant("balanced-acc-counts-absent-classes", METRICS,
+           '"balanced_accuracy": float(recall[present].mean())',
+           '"balanced_accuracy": float(recall.mean())', METRIC_TESTS),
+    Mutant("precision-recall-swapped", METRICS, "    return true, pred\n",
+           "    return pred, true\n", METRIC_TESTS),
+    # the training step, its figures, and validation under torchrun
+    Mutant("loss-per-micro-batch", LOOP, "learner.scaler.scale(loss / total).backward()",
+           "learner.scaler.scale(loss / len(yb)).backward()", STEP_TESTS),
+    Mutant("gradients-never-zeroed", LOOP,
+           "    learner.scaler.update()\n    learner.optimizer.zero_grad(set_to_none=True)\n",
+           "    learner.scaler.update()\n", STEP_TESTS),
+    Mutant("dropout-seed-without-step", LOOP, "seed_everything(*seed, state.epoch, step)",
+           "seed_everything(*seed, state.epoch)", STEP_TESTS),
+    Mutant("train-count-per-step", LOOP, "state.count += len(y)", "state.count += 1",
+           STEP_TESTS),
+    Mutant("validation-padded-like-training", LOADERS,
+           "return torch.arange(n)[plan.rank::plan.world]",
+           "order = torch.arange(n)\n        order = torch.cat([order, order[:(-n) % plan.world]])"
+           "\n        return order[plan.rank::plan.world]",
+           ("tests/test_batches.py::test_torchrun_ranks_split_an_epoch_without_overlap_in_equal_"
+            "steps",)),
+    # checkpoint selection and the LR schedule
+    Mutant("best-on-ties-moves-later", TRAINER, "is_best = score > run.best_metric",
+           "is_best = score >= run.best_metric", BEST_TESTS),
+    Mutant("select-by-ignored", TRAINER, "return row, val[self.cfg.select_by]",
+           'return row, val["accuracy"]', BEST_TESTS),
+    Mutant("plateau-on-training-loss", TRAINER, 'learner.scheduler.step(val["nll"])',
+           "learner.scheduler.step(loss_sum / count)",
+           (P + "the_lr_drops_when_the_validation_loss_stops_improving",)),
+    # resume
+    Mutant("resume-without-optimizer-state", TRAINER,
+           '        optimizer.load_state_dict(ckpt["optimizer"])\n', "", RESUME_TESTS),
+    Mutant("resume-mid-epoch-loses-sums", TRAINER, "run.partial if stopped_here else None",
+           "None", (P + "a_run_stopped_mid_epoch_reports_the_whole_epochs_figures",)),
+    Mutant("format-1-best-forgotten", CHECKPOINT,
+           'run["best_metric"] = run.pop("best_acc", -1.0)',
+           'run.pop("best_acc", None)\n            run["best_metric"] = -1.0',
+           ("tests/test_checkpoint.py::test_a_format_1_run_keeps_its_best_score",)),
+    # calibration
+    Mutant("temperature-multiplies", CALIBRATION, "logits / log_t.exp()", "logits * log_t.exp()",
+           CALIBRATION_TESTS),
+    Mutant("temperature-range-unchecked", CALIBRATION,
+           "return t if T_RANGE[0] < t < T_RANGE[1] else 1.0", "return t", CALIBRATION_TESTS),
+    Mutant("temperature-not-loaded", CHECKPOINT,
+           "str(path), ckpt, stored_temperature(ckpt, str(path)))", "str(path), ckpt, 1.0)",
+           CALIBRATION_TESTS),
+]
+
+# the five breakages the first pass (#16) found unprotected, kept as a regression group
+ISSUE16 = [
+    Mutant("resume-without-scheduler-state", TRAINER,
+           '        scheduler.load_state_dict(ckpt["scheduler"])\n', "",
+           ("tests/test_train.py::test_resume_gives_the_same_weights_and_same_seed_the_same_run",
+            *RESUME_TESTS)),
+    Mutant("augment-seed-without-step", LOADERS,
+           'generator(plan.seed, "augment", epoch, step, plan.rank)',
+           'generator(plan.seed, "augment", epoch, plan.rank)',
+           (P + "two_steps_of_one_epoch_get_different_crops",)),
+    Mutant("normalisation-bgr-std-1", "coco4/model.py",
+           "IMAGENET_MEAN = (0.485, 0.456, 0.406)\nIMAGENET_STD = (0.229, 0.224, 0.225)",
+           "IMAGENET_MEAN = (0.406, 0.456, 0.485)\nIMAGENET_STD = (1.0, 1.0, 1.0)",
+           ("tests/test_model.py::test_normalisation_is_what_the_torchvision_weights_expect",
+            "tests/test_model.py::test_the_model_normalises_pixels_itself")),
+    Mutant("evaluation-in-train-mode", LOOP,
+           "    model.eval()\n    device = batches.plan.device\n",
+           "    device = batches.plan.device\n",
+           (P + "evaluation_runs_in_eval_mode_whatever_mode_the_model_was_left_in",)),
+    Mutant("validation-sums-not-reduced", TRAINER, "val = metrics.all_reduce(env).summary(",
+           "val = metrics.summary(",
+           ("tests/test_distributed.py::test_torchrun_validation_equals_a_single_process_"
+            "evaluation",)),
+]
+
+GROUPS = {"pass": MUTANTS, "issue16": ISSUE16}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Run the hand-made mutation pass.")
+    p.add_argument("--group", choices=tuple(GROUPS), default="pass")
+    p.add_argument("--only", default=None, help="comma-separated mutant names")
+    p.add_argument("--list", action="store_true", help="list the mutants and exit")
+    p.add_argument("--from-head", action="store_true",
+                   help="copy the last commit (git archive HEAD), not the working tree")
+    p.add_argument("--work-dir", type=Path, default=None, help="default: a temporary folder")
+    p.add_argument("--timeout", type=int, default=900, help="seconds per mutant's tests")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="skip checking that the tests pass unmutated")
+    return p
+
+
+def chosen(args: argparse.Namespace) -> list[Mutant]:
+    mutants = GROUPS[args.group]
+    if not args.only:
+        return mutants
+    names = args.only.split(",")
+    unknown = sorted(set(names) - {m.name for m in mutants})
+    if unknown:
+        raise cli.Coco4Error(f"--only names unknown mutants {unknown}; --list shows them")
+    return [m for m in mutants if m.name in names]
+
+
+def copy_repo(dest: Path, from_head: bool) -> None:
+    """The repository's files, without .git, the virtual environment or ignored outputs."""
+    dest.mkdir(parents=True)
+    if from_head:
+        archive = subprocess.run(["git", "archive", "HEAD"], cwd=REPO, check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+        return
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
+                            "--exclude-standard"], cwd=REPO, check=True,
+                           capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        source = REPO / name
+        if source.is_file():  # a tracked file deleted in the working tree is left out
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+
+
+def run_tests(work: Path, tests: tuple[str, ...], timeout: int) -> tuple[str, float]:
+    """'passed', 'failed' or 'timeout', and the seconds pytest took."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+           f"--basetemp={work / '.pytest-tmp'}", *tests]
+    tic = time.monotonic()
+    try:
+        done = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "timeout", time.monotonic() - tic
+    if done.returncode not in (0, 1):  # 2-5: pytest itself failed (collection, usage)
+        tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
+        raise cli.Coco4Error(f"pytest {' '.join(tests)} could not run (exit "
+                             f"{done.returncode}): {' | '.join(tail)}")
+    return ("passed" if done.returncode == 0 else "failed"), time.monotonic() - tic
+
+
+def apply(work: Path, mutant: Mutant) -> str:
+    """Write the mutated file; returns the original text, to restore."""
+    path = work / mutant.path
+    text = path.read_text()
+    if text.count(mutant.original) != 1:
+        raise cli.Coco4Error(f"mutant {mutant.name}: its snippet occurs "
+                             f"{text.count(mutant.original)} times in {mutant.path}, not once; "
+                             "the code changed: update the mutant")
+    path.write_text(text.replace(mutant.original, mutant.mutated))
+    return text
+
+
+def main(args: argparse.Namespace) -> dict:
+    mutants = chosen(args)
+    if args.list:
+        for m in mutants:
+            print(f"{m.name:38} {m.path:24} {' '.join(m.tests)}")
+        return {}
+    scratch = None if args.work_dir else tempfile.TemporaryDirectory(prefix="coco4-mutants-")
+    work = args.work_dir or Path(scratch.name) / "repo"
+    try:
+        copy_repo(work, args.from_head)
+        for m in mutants:  # every snippet checked before minutes are spent on tests
+            (work / m.path).write_text(apply(work, m))
+        if not args.no_baseline:  # every mutant's tests, in one pytest run
+            tests = tuple(dict.fromkeys(t for m in mutants for t in m.tests))
+            status, seconds = run_tests(work, tests, args.timeout * 2)
+            print(f"baseline, {len(tests)} tests unmutated: {status} ({seconds:.0f} s)",
+                  flush=True)
+            if status != "passed":
+                raise cli.Coco4Error("the chosen tests do not pass unmutated (run them to see "
+                                     "which); fix them first, or every mutant counts as caught")
+        results = {}
+        for m in mutants:
+            original = apply(work, m)
+            try:
+                status, seconds = run_tests(work, m.tests, args.timeout)
+            finally:
+                (work / m.path).write_text(original)
+            results[m.name] = "survived" if status == "passed" else "caught"
+            print(f"{results[m.name]:8} {m.name:38} ({status}, {seconds:.0f} s)", flush=True)
+    finally:
+        if scratch:
+            scratch.cleanup()
+    survivors = [n for n, r in results.items() if r == "survived"]
+    print(f"\ncaught {len(results) - len(survivors)} of {len(results)} "
+          f"({(len(results) - len(survivors)) / len(results):.0%})"
+          + (f"; survived: {', '.join(survivors)}" if survivors else ""))
+    return results
+
+
+if __name__ == "__main__":
+    cli.run(main, get_args_parser())
