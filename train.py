@@ -2,6 +2,7 @@
 
     python train.py --batch-size 2048                       # the full recipe, one GPU
     python train.py --batch-size 2048 --accum-steps 4       # same effective batch, less GPU memory
+    python train.py --balance sampler                       # class-balanced epochs (README: which)
     python train.py --arch convnext_tiny                    # another backbone (--help lists them)
     torchrun --nproc_per_node=4 train.py --batch-size 2048  # DistributedDataParallel
     python train.py --resume checkpoint/last.pt             # continue a stopped run
@@ -15,7 +16,7 @@ import os
 import shlex
 
 from coco4 import cli
-from coco4.config import TrainConfig
+from coco4.config import BALANCE_MODES, TrainConfig
 from coco4.metrics import SELECTABLE
 from coco4.model import ARCHITECTURES
 from coco4.trainer import fit
@@ -43,6 +44,9 @@ def get_args_parser():
     p.add_argument("--weights", default=D.weights, help="imagenet, none, or a local .pth file")
     p.add_argument("--select-by", choices=SELECTABLE, default=D.select_by,
                    help="the held-out validation metric that chooses best.pt")
+    p.add_argument("--balance", choices=BALANCE_MODES, default=D.balance,
+                   help="class balance: sampler draws each epoch class-balanced (with "
+                        "replacement); loss weights cross-entropy by inverse class frequency")
     p.add_argument("--device", default=D.device, help=cli.DEVICE_HELP)
     p.add_argument("--workers", type=int, default=D.workers, help="image-decoding processes")
     p.add_argument("--seed", type=int, default=D.seed, help="split, order and augmentation seed")

@@ -13,6 +13,8 @@ from .model import ARCHITECTURES, DEFAULT_ARCH
 
 # above this the cache (one uint8 square per image, 8/7 of the crop's side) outgrows most disks
 MAX_IMAGE_SIZE = 1024
+# --balance: none (the original), sampler (class-balanced epochs), loss (class-weighted loss)
+BALANCE_MODES = ("none", "sampler", "loss")
 # Settings that say where and how fast a run executes, not what it computes: on --resume these
 # come from the command line, everything else from the checkpoint being resumed.
 RUNTIME_FIELDS = ("coco_root", "data_dir", "train_list", "train_images", "cache_dir", "epochs",
@@ -46,6 +48,7 @@ class TrainConfig:
     plateau_patience: int = 5
     arch: str = DEFAULT_ARCH
     select_by: str = "accuracy"
+    balance: str = "none"  # older checkpoints lack it: they trained unbalanced
     overwrite: bool = False  # a new run may delete an earlier run's files in output_dir
 
     def __post_init__(self):
@@ -76,6 +79,8 @@ class TrainConfig:
              f"got {self.arch!r}"),
             (self.select_by in SELECTABLE, f"--select-by must be one of "
              f"{', '.join(SELECTABLE)}, got {self.select_by!r}"),
+            (self.balance in BALANCE_MODES, f"--balance must be one of "
+             f"{', '.join(BALANCE_MODES)}, got {self.balance!r}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -53,7 +53,8 @@ class Learner:
     model: nn.Module  # possibly wrapped by DistributedDataParallel or torch.compile
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
-    criterion: nn.Module  # summed over a batch (reduction="sum"): micro-batches add up
+    criterion: nn.CrossEntropyLoss  # reduction="sum", so micro-batches add up; a weight
+    # (--balance loss) then sums each image's loss times its class's weight
     amp: Amp
     scaler: torch.amp.GradScaler
     accum_steps: int = 1
@@ -63,11 +64,16 @@ def train_step(learner: Learner, x: torch.Tensor, y: torch.Tensor) -> tuple[torc
                                                                              torch.Tensor]:
     """One optimizer step over batch (x, y), in ``learner.accum_steps`` nearly equal micro-batches.
 
-    Each micro-batch's summed loss is divided by the whole batch's size, so the accumulated
+    Each micro-batch's summed loss is divided by the whole batch's size (with class weights,
+    its images' summed weight, as cross_entropy's reduction="mean" divides), so the accumulated
     gradient is the full batch's mean gradient (BatchNorm statistics aside, which see one
-    micro-batch at a time). Returns the batch's summed loss and number correct, on the device.
+    micro-batch at a time). Under torchrun each rank divides by its own share's, and DDP
+    averages the ranks: with class weights that is the mean of the ranks' weighted means.
+    Returns the batch's summed (weighted) loss and number correct, on the device.
     """
     model = learner.model
+    weight = learner.criterion.weight
+    total = len(y) if weight is None else weight[y].sum()
     # sizes differing by at most one (13 images in 4: 4, 3, 3, 3), never a remainder of one
     # image (4, 4, 4, 1), which BatchNorm cannot train on
     chunks = list(zip(x.tensor_split(learner.accum_steps), y.tensor_split(learner.accum_steps)))
@@ -81,7 +87,7 @@ def train_step(learner: Learner, x: torch.Tensor, y: torch.Tensor) -> tuple[torc
             with learner.amp.autocast():
                 logits = model(xb)
             loss = learner.criterion(logits.float(), yb)
-            learner.scaler.scale(loss / len(x)).backward()
+            learner.scaler.scale(loss / total).backward()
         loss_sum += loss.detach()
         correct += (logits.argmax(1) == yb).sum()
     learner.scaler.step(learner.optimizer)

@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from . import run_log
+from .balance import inverse_frequency
 from .calibration import fit_temperature
 from .checkpoint import CheckpointWriter, LoadedModel, load_model, model_state, starting_model
 from .cli import Coco4Error
@@ -332,8 +333,13 @@ def build_learner(cfg: TrainConfig, data: TrainData, device: torch.device, env: 
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         model = torch.compile(model)
-    return Learner(model, optimizer, scheduler, torch.nn.CrossEntropyLoss(reduction="sum"), amp,
-                   scaler, cfg.accum_steps)
+    # --balance loss: weights from the training split alone (not the held-out validation
+    # images, whose loss and the LR schedule on it stay unweighted)
+    weight = (inverse_frequency(data.train.labels, data.classes).to(device)
+              if cfg.balance == "loss" else None)
+    return Learner(model, optimizer, scheduler,
+                   torch.nn.CrossEntropyLoss(weight=weight, reduction="sum"), amp, scaler,
+                   cfg.accum_steps)
 
 
 def out_of_memory_advice(cfg: TrainConfig, learner: Learner, batches: Batches, env: DistEnv,

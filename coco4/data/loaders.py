@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..balance import balanced_order
 from ..seeding import generator
 from .images import ListDataset
 from .lists import ImageList
@@ -47,14 +48,20 @@ class BatchPlan:
     seed: int = 0
     rank: int = 0  # under torchrun each rank takes every world-th image of the epoch's order
     world: int = 1
+    balanced: bool = False  # --balance sampler: each epoch a class-balanced draw of the split
 
 
-def epoch_order(n: int, epoch: int, plan: BatchPlan) -> torch.Tensor:
-    """This rank's indices into ``range(n)`` for ``epoch``; shuffled orders are padded by
-    repetition so every rank takes the same number of steps, as DistributedSampler does."""
+def epoch_order(labels: torch.Tensor, epoch: int, plan: BatchPlan) -> torch.Tensor:
+    """This rank's indices into the split (whose ``labels`` these are) for ``epoch``; shuffled
+    orders are padded by repetition so every rank takes the same number of steps, as
+    DistributedSampler does. A balanced plan draws the epoch class-balanced with replacement
+    from the same (seed, epoch) generator: every rank draws the same order and takes its share,
+    and a resumed run draws it again."""
+    n = len(labels)
     if not plan.train:
         return torch.arange(n)[plan.rank::plan.world]
-    order = torch.randperm(n, generator=generator(plan.seed, "order", epoch))
+    g = generator(plan.seed, "order", epoch)
+    order = balanced_order(labels, g) if plan.balanced else torch.randperm(n, generator=g)
     pad = (-n) % plan.world
     order = torch.cat([order, order[:pad]])
     return order[plan.rank::plan.world]
@@ -72,8 +79,9 @@ class Batches(ABC):
     that differ by at most one.
     """
 
-    def __init__(self, indices: Sequence[int], plan: BatchPlan):
+    def __init__(self, labels: Sequence[int], indices: Sequence[int], plan: BatchPlan):
         self.indices = torch.as_tensor(indices, dtype=torch.long)
+        self.labels = torch.as_tensor(labels, dtype=torch.long)[self.indices]  # the split's
         self.plan = plan
 
     def _per_rank(self) -> int:
@@ -99,7 +107,7 @@ class Batches(ABC):
         return self._per_rank() // steps if steps else 0
 
     def order(self, epoch: int) -> torch.Tensor:
-        return epoch_order(len(self.indices), epoch, self.plan)
+        return epoch_order(self.labels, epoch, self.plan)
 
     @abstractmethod
     def iterate(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor,
@@ -116,9 +124,8 @@ class CachedBatches(Batches):
         if plan.device.type == "cuda" and plan.device.index is None:  # tensors' devices have one
             plan = dataclasses.replace(plan, device=torch.device("cuda",
                                                                   torch.cuda.current_device()))
-        super().__init__(indices, plan)
+        super().__init__(labels, indices, plan)
         self.images = images  # uint8, NCHW-shaped view of the NHWC cache, on CPU or the device
-        self.labels = torch.as_tensor(labels)[self.indices]
 
     def iterate(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor,
                                                                           torch.Tensor]]:
@@ -159,7 +166,7 @@ class PilBatches(Batches):
 
     def __init__(self, image_list: ImageList, image_dir: str | Path, indices: Sequence[int],
                  plan: BatchPlan, workers: int = 0):
-        super().__init__(indices, plan)
+        super().__init__(image_list.labels, indices, plan)
         transform = (pil_train_transform if plan.train else pil_eval_transform)(plan.image_size)
         self.dataset = ListDataset(image_list, image_dir, transform)
         self.workers = workers

@@ -109,7 +109,8 @@ def prepare_train_data(cfg: TrainConfig, env: DistEnv, device: torch.device, pro
     if source.cache is not None:
         source.cache = cache_on_gpu_if_it_fits(source.cache, device)
     local_batch = math.ceil(cfg.batch_size / env.world)
-    plan = BatchPlan(local_batch, device, cfg.image_size, True, cfg.seed, env.rank, env.world)
+    plan = BatchPlan(local_batch, device, cfg.image_size, True, cfg.seed, env.rank, env.world,
+                     balanced=cfg.balance == "sampler")
     # validation in micro-batches, unshuffled: what fits for a training step fits there
     val_plan = BatchPlan(math.ceil(local_batch / cfg.accum_steps), device, cfg.image_size,
                          False, cfg.seed, env.rank, env.world)

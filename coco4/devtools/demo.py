@@ -2,6 +2,7 @@
 
     python -m coco4.demo                     # everything under runs/demo/
     python -m coco4.demo --out /tmp/demo --epochs 3 --num-train 120   # a shorter run
+    python -m coco4.demo --class-ratios 1,1,1,0.33 --balance sampler  # a third as many boats
 
 Generates a small synthetic dataset in COCO's layout, then runs the real main() of
 annotation_prepare.py, train.py, evaluate.py and visualize.py on it, exactly as a user would.
@@ -14,7 +15,9 @@ from types import ModuleType
 from typing import Any
 
 from .. import cli
-from .synthetic import make_synthetic_coco
+from ..config import BALANCE_MODES
+from ..model import ARCHITECTURES, DEFAULT_ARCH
+from .synthetic import make_synthetic_coco, parse_ratios
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,6 +37,15 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="a larger held-out share than the recipe's 0.1: the demo set is small")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--class-ratios", default=None,
+                   help="train2017's share of each class (bird,airplane,train,boat), e.g. "
+                        "1,1,1,0.33 for a third as many boats; the test set stays balanced")
+    p.add_argument("--balance", choices=BALANCE_MODES, default="none",
+                   help="train.py --balance: none, sampler or loss")
+    p.add_argument("--arch", choices=tuple(ARCHITECTURES), default=DEFAULT_ARCH,
+                   help="train.py --arch (resnet18 trains several times faster on a CPU)")
+    p.add_argument("--visualize", action=argparse.BooleanOptionalAction, default=True,
+                   help="run visualize.py too (--no-visualize for measurements)")
     return p
 
 
@@ -55,7 +67,9 @@ def main(args: argparse.Namespace) -> dict:
     tic = time.perf_counter()
     out = args.out
     print(f"== generating demo COCO data in {out / 'coco'}")
-    make_synthetic_coco(out / "coco", args.num_train, args.num_val, seed=args.seed)
+    ratios = parse_ratios(args.class_ratios) if args.class_ratios else None
+    make_synthetic_coco(out / "coco", args.num_train, args.num_val, seed=args.seed,
+                        class_ratios=ratios)
     paths = ["--coco-root", str(out / "coco"), "--data-dir", str(out / "data")]
     run_step("annotation_prepare", ["--coco-root", str(out / "coco"),
                                     "--out-dir", str(out / "data")])
@@ -65,11 +79,13 @@ def main(args: argparse.Namespace) -> dict:
         "--epochs", str(args.epochs), "--image-size", str(args.image_size),
         "--batch-size", str(args.batch_size), "--lr", str(args.lr),
         "--val-fraction", str(args.val_fraction),
-        "--workers", str(args.workers), "--seed", str(args.seed)])
+        "--workers", str(args.workers), "--seed", str(args.seed), "--balance", args.balance,
+        "--arch", args.arch])
     ckpt = ["--checkpoint", str(out / "checkpoint" / "best.pt"), "--device", "cpu",
             "--workers", str(args.workers)]
     metrics = run_step("evaluate", paths + ckpt + ["--out-dir", str(out / "eval")])
-    run_step("visualize", paths + ckpt + ["--out-dir", str(out / "vis")])
+    if args.visualize:
+        run_step("visualize", paths + ckpt + ["--out-dir", str(out / "vis")])
     _summary(out, metrics, time.perf_counter() - tic)
     return metrics
 

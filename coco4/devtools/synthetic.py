@@ -1,4 +1,5 @@
 """python -m coco4.devtools.synthetic --root DIR --num-train 240 --num-val 80 --seed 0 [--coco-size]
+    [--class-ratios 1,1,1,0.33]
 
 Write a small synthetic dataset in COCO 2017's own format and layout (ROOT/annotations/
 instances_{train,val}2017.json, ROOT/images/{train,val}2017/<12-digit id>.jpg) so the pipeline
@@ -203,20 +204,50 @@ def _render(rng, case, target, size):
     return (img.convert("L") if case == "grayscale" else img), anns
 
 
-def _plan(rng, n):
-    """Cases with guaranteed minimum counts, target classes cycled for balance, then shuffled."""
+def _plan(rng, n, ratios):
+    """Cases with guaranteed minimum counts, target classes cycled in proportion to ``ratios``,
+    then shuffled."""
     counts = {c: max(1, round(f * n)) for c, f in CASE_FRACTIONS.items()}
     counts = {"single": n - sum(counts.values()), **counts}
     plan = []
     for case, count in counts.items():
         start = int(rng.integers(len(TARGETS)))
-        plan += [(case, TARGETS[(start + i) % len(TARGETS)]) for i in range(count)]
+        plan += [(case, TARGETS[t]) for t in _cycle(ratios, start, count)]
     return [plan[i] for i in rng.permutation(n)], counts
 
 
-def _write_split(root, split, n, seed, id_offset, image_sizes, progress):
+def _cycle(ratios, start, count):
+    """``count`` class indices, from ``start`` on, each class's share of any stretch within one
+    of ``ratios``' (smooth weighted round robin); equal ratios give start, start + 1, ...
+    (mod 4)."""
+    order = [(start + i) % len(ratios) for i in range(len(ratios))]
+    credit, total, picks = [0.0] * len(ratios), sum(ratios), []
+    for _ in range(count):
+        for t in order:
+            credit[t] += ratios[t]
+        best = max(order, key=lambda t: credit[t])  # the first of equals, in cycle order
+        credit[best] -= total
+        picks.append(best)
+    return picks
+
+
+def parse_ratios(text: str) -> tuple[float, ...]:
+    """``--class-ratios 1,1,1,0.33``: one positive number per target class, in TARGETS order."""
+    parts = text.split(",")
+    try:
+        ratios = tuple(float(p) for p in parts)
+    except ValueError:
+        ratios = ()
+    if len(ratios) != len(TARGETS) or not all(0 < r < math.inf for r in ratios):
+        raise Coco4Error(f"--class-ratios {text!r}: give {len(TARGETS)} positive numbers "
+                         f"separated by commas, one per class in the order "
+                         f"{','.join(TARGETS)} (e.g. 1,1,1,0.33 for a third as many boats)")
+    return ratios
+
+
+def _write_split(root, split, n, seed, id_offset, image_sizes, progress, ratios):
     rng = np.random.default_rng([seed, id_offset])  # each split independent of the other's size
-    plan, counts = _plan(rng, n)
+    plan, counts = _plan(rng, n, ratios)
     ids = np.sort(rng.choice(ID_SPAN - 1, size=n, replace=False)) + 1 + id_offset
     folder = root / "images" / f"{split}2017"
     folder.mkdir(parents=True, exist_ok=True)
@@ -248,8 +279,13 @@ def _write_split(root, split, n, seed, id_offset, image_sizes, progress):
 
 def make_synthetic_coco(root: str | Path, num_train: int = 240, num_val: int = 80,
                         seed: int = 0, image_sizes: Sequence[tuple[int, int]] = DEFAULT_SIZES,
-                        progress: bool = True, lists_dir: str | Path | None = None) -> dict:
+                        progress: bool = True, lists_dir: str | Path | None = None,
+                        class_ratios: Sequence[float] | None = None) -> dict:
     """Write the train and val splits under ``root``; return counts per split and per case.
+
+    ``class_ratios`` (one per TARGETS class) makes train2017 imbalanced, e.g. (1, 1, 1, 0.33)
+    for a third as many boats, as in real COCO; val2017 (the demo's test set) stays balanced,
+    so every class's test accuracy is measured on as many images.
 
     With ``lists_dir``, also write there the lists ``annotation_prepare.py`` makes of them
     (the same images and labels, grouped by label), from what the generator drew rather than
@@ -264,13 +300,17 @@ def make_synthetic_coco(root: str | Path, num_train: int = 240, num_val: int = 8
     if not image_sizes or any(min(s) < MIN_SIDE for s in image_sizes):
         raise Coco4Error(f"image_sizes {image_sizes!r}: give (width, height) pairs with both "
                          f"sides at least {MIN_SIDE} pixels")
+    if class_ratios is not None:
+        parse_ratios(",".join(str(r) for r in class_ratios))  # the same check as the flag's
     root = Path(root)
     check_writable(root)
     if lists_dir is not None:
         check_writable(lists_dir)
     summary = {"root": str(root)}
     for split, n, offset in (("train", num_train, 0), ("val", num_val, ID_SPAN)):
-        summary[split] = _write_split(root, split, n, seed, offset, image_sizes, progress)
+        ratios = class_ratios if split == "train" and class_ratios else (1,) * len(TARGETS)
+        summary[split] = _write_split(root, split, n, seed, offset, image_sizes, progress,
+                                      tuple(ratios))
     if lists_dir is not None:
         for split in ("train", "val"):
             write_list(Path(lists_dir) / f"annotation_{split}.txt",
@@ -290,13 +330,17 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="640x480 / 480x640 images like COCO, instead of ~90x80 ones")
     parser.add_argument("--lists", type=Path, default=None,
                         help="also write annotation_prepare.py's lists here, without pycocotools")
+    parser.add_argument("--class-ratios", default=None,
+                        help="train2017's share of each class, in the order "
+                             f"{','.join(TARGETS)}: 1,1,1,0.33 for a third as many boats")
     return parser
 
 
 def main(args: argparse.Namespace) -> dict:
     sizes = COCO_SIZES if args.coco_size else DEFAULT_SIZES
+    ratios = parse_ratios(args.class_ratios) if args.class_ratios else None
     summary = make_synthetic_coco(args.root, args.num_train, args.num_val, args.seed, sizes,
-                                  lists_dir=args.lists)
+                                  lists_dir=args.lists, class_ratios=ratios)
     for split in ("train", "val"):
         s = summary[split]
         print(f"{split}: {s['images']} images, {s['annotations']} annotations, cases {s['cases']}"
