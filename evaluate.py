@@ -32,7 +32,9 @@ def get_args_parser():
 def main(args):
     gate = args.min_class_acc
     if gate is not None and not 0 <= gate <= 1:  # nan fails both comparisons
-        raise Coco4Error(f"--min-class-acc must be between 0 and 1, got {gate}")
+        # 95 for 95% would be a gate no class can pass: say what was probably meant
+        hint = f"; it is a fraction: for {gate:g}% pass {gate / 100:g}" if 1 < gate <= 100 else ""
+        raise Coco4Error(f"--min-class-acc must be between 0 and 1, got {gate}{hint}")
     out_dir = default_out_dir(args, "eval")
     check_writable(out_dir)  # before the predictions, not after them
     predictor, predictions = predict_from_args(args)

@@ -39,11 +39,12 @@ def get_args_parser():
     p.add_argument("--top-k", type=int, default=1, help="also give the K most likely classes")
     p.add_argument("--min-prob", type=float, default=0.0,
                    help="below this top probability an image is labelled 'unknown'")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch")
     p.add_argument("--device", default="auto", help=cli.DEVICE_HELP)
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                    help="mixed precision on CUDA")
-    p.add_argument("--workers", type=int, default=cli.default_workers())
+    p.add_argument("--workers", type=int, default=cli.default_workers(),
+                   help="image-decoding processes")
     cli.add_calibration_arg(p)
     cli.add_tta_arg(p)
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable image")

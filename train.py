@@ -49,7 +49,8 @@ def get_args_parser():
                         "replacement); loss weights cross-entropy by inverse class frequency")
     p.add_argument("--device", default=D.device, help=cli.DEVICE_HELP)
     p.add_argument("--workers", type=int, default=D.workers, help="image-decoding processes")
-    p.add_argument("--seed", type=int, default=D.seed, help="split, order and augmentation seed")
+    p.add_argument("--seed", type=int, default=D.seed,
+                   help="seeds the split, order, augmentation, dropout and the head's weights")
     p.add_argument("--val-fraction", type=float, default=D.val_fraction,
                    help="share of each class held out from the train list for validation")
     p.add_argument("--output-dir", default=D.output_dir, help="checkpoints and logs")

@@ -72,6 +72,9 @@ def main(args):
                                            args.num))
     if metrics_csv.is_file():
         written.append(vis.curves_png(metrics_csv, out / "training_curves.png"))
+    else:  # a checkpoint copied away from its run: say why one picture is missing
+        print(f"skipped training_curves.png: no {metrics_csv} (the run's metrics.csv); "
+              "pass --metrics PATH to draw it")
     for path in written:
         print(f"wrote {path}")
     if args.show:

@@ -50,7 +50,7 @@ def workers_problem(workers: int) -> str | None:
     return None
 
 
-DEVICE_HELP = "auto (CUDA when present), cpu, cuda or cuda:N"
+DEVICE_HELP = "auto (CUDA when present, else CPU), cpu, cuda, cuda:N (GPU N) or mps (Apple GPUs)"
 
 
 def add_source_args(p: argparse.ArgumentParser, default_split: str = "val") -> None:
@@ -63,11 +63,12 @@ def add_source_args(p: argparse.ArgumentParser, default_split: str = "val") -> N
                    help=f"image list (default: DATA_DIR/annotation_{default_split}.txt)")
     p.add_argument("--images", type=Path, default=None,
                    help=f"image folder (default: COCO_ROOT/images/{default_split}2017)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=128, help="images per prediction batch")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                    help="mixed precision on CUDA (bf16, or fp16 where bf16 is emulated)")
-    p.add_argument("--workers", type=int, default=default_workers())
+    p.add_argument("--workers", type=int, default=default_workers(),
+                   help="image-decoding processes")
     add_calibration_arg(p)
     add_tta_arg(p)
     p.add_argument("--data-path", choices=("fast", "pil"), default="fast",

@@ -71,8 +71,8 @@ class TrainConfig:
             (0 < self.val_fraction < 1, f"--val-fraction must be between 0 and 1 (exclusive), "
              f"got {self.val_fraction}"),
             (workers_problem(self.workers) is None, workers_problem(self.workers)),
-            (re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
-             f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}"),
+            (re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None,
+             f"--device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}"),
             (self.data_path in ("fast", "pil"), f"--data-path must be fast or pil, got "
              f"{self.data_path!r}"),
             (self.arch in ARCHITECTURES, f"--arch must be one of {', '.join(ARCHITECTURES)}, "

@@ -138,8 +138,14 @@ def barrier(env: DistEnv) -> None:
 
 def pick_device(requested: str, env: DistEnv) -> torch.device:
     """The device this process trains on: ``auto`` means CUDA when present, else CPU."""
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", requested):
-        raise Coco4Error(f"--device must be auto, cpu, cuda or cuda:N, got {requested!r}")
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", requested):
+        raise Coco4Error(f"--device must be auto, cpu, cuda, cuda:N or mps, got {requested!r}")
+    if requested == "mps":  # Apple GPUs: fp32 (AMP is CUDA's only), crops as on a GPU
+        if not torch.backends.mps.is_available():
+            raise Coco4Error("--device mps asked for an Apple GPU, but "
+                             "torch.backends.mps.is_available() is False (it needs macOS on "
+                             "Apple silicon and a PyTorch built with MPS); use --device cpu")
+        return torch.device("mps")
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda"):

@@ -12,6 +12,7 @@ from .cli import Coco4Error
 from .config import TrainConfig
 from .distributed import DistEnv
 from .fileio import atomic_write_text
+from .loop import Amp
 from .metrics import CSV_COLUMNS
 
 # the columns earlier coco4 versions wrote keep their positions; further validation metrics follow
@@ -32,7 +33,10 @@ class RunLog:
     def config(self, cfg: TrainConfig, device: torch.device, env: DistEnv) -> None:
         if not self.enabled:
             return
-        pairs = " ".join(f"{k}={v}" for k, v in cfg.to_dict().items())
+        # amp names what runs: --amp is on by default but does nothing outside CUDA (fp32 there)
+        dtype = Amp.for_device(device, cfg.amp).dtype
+        shown = {**cfg.to_dict(), "amp": str(dtype).removeprefix("torch.") if dtype else "off"}
+        pairs = " ".join(f"{k}={v}" for k, v in shown.items())
         self.info(f"{'resuming' if self.resumed else 'training'} on {device}"
                   f"{f' x{env.world} processes' if env.enabled else ''}: {pairs}")
 

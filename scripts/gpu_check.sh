@@ -15,6 +15,11 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-gpu}
 [[ $MODE =~ ^(gpu|smoke)$ ]] || { echo "usage: $0 [gpu|smoke]" >&2; exit 2; }
+if [[ $MODE == gpu ]] && ! command -v nvidia-smi > /dev/null; then
+    echo "$0: nvidia-smi not found, so there is no NVIDIA GPU (or no driver) to check here;" \
+        "run it on a machine with one, or 'bash $0 smoke' for the stages on the CPU" >&2
+    exit 2
+fi
 OUT=${OUT:-runs/gpu_check}
 PY=${PYTHON:-$(command -v python3 || command -v python)}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")

@@ -65,3 +65,17 @@ def test_a_failed_stage_does_not_hide_the_later_ones(tmp_path):
     summary = (out / "summary.txt").read_text()
     assert "benchmark: FAILED (exit 3)" in summary and "timed run: ok" in summary, summary
     assert "some stage failed" in summary
+
+
+def test_without_nvidia_smi_it_stops_at_once_with_a_clear_message(tmp_path):
+    """A machine without NVIDIA's driver: one line saying so, exit 2, no results folder."""
+    bin_dir = tmp_path / "bin"  # a PATH holding only what the script needs before its check
+    bin_dir.mkdir()
+    (bin_dir / "dirname").symlink_to(subprocess.run(
+        ["bash", "-c", "command -v dirname"], capture_output=True, text=True).stdout.strip())
+    env = {**os.environ, "PATH": str(bin_dir), "OUT": str(tmp_path / "out")}
+    proc = subprocess.run(["/bin/bash", str(REPO / "scripts" / "gpu_check.sh")], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "nvidia-smi not found" in proc.stderr and "smoke" in proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -28,6 +28,12 @@ def check_instances(data: object, path: Path) -> None:
         if not isinstance(data[section], list):
             raise Coco4Error(f"{path}: '{section}' is a {type(data[section]).__name__}, "
                              "not a list")
+    # person_keypoints_*.json has all three sections, but only the person category: the rule
+    # would find none of the classes and blame --classes
+    if any(isinstance(c, dict) and "keypoints" in c for c in data["categories"]):
+        raise Coco4Error(f"{path} is not a COCO instances file: it is a keypoints file (its "
+                         "categories hold keypoints); use annotations/instances_{train,val}"
+                         "2017.json")
     categories = _ids(data, "categories", {"id": int, "name": str}, path)
     images = _ids(data, "images", {"id": int, "file_name": str}, path)
     _unique(data["categories"], "name", path)

@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -40,20 +39,22 @@ from .synthetic import CASES
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Benchmark the input pipelines and training speed.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--workers", type=int, default=cli.default_workers())
-    p.add_argument("--arch", choices=tuple(ARCHITECTURES), default=DEFAULT_ARCH)
+    p.add_argument("--device", default="auto", help=cli.DEVICE_HELP)
+    p.add_argument("--workers", type=int, default=cli.default_workers(),
+                   help="image-decoding processes")
+    p.add_argument("--arch", choices=tuple(ARCHITECTURES), default=DEFAULT_ARCH, help="backbone")
     p.add_argument("--epochs", type=int, default=2,
                    help="pipeline epochs timed (after one warm-up)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=64, help="training batch")
+    p.add_argument("--image-size", type=int, default=224, help="crop size")
     p.add_argument("--num-images", type=int, default=512, help="generated images (no --list)")
     p.add_argument("--train-steps", type=int, default=3, help="timed training steps per feed")
     p.add_argument("--list", type=Path, default=None, help="benchmark on this list ...")
     p.add_argument("--images", type=Path, default=None, help="... and this image folder")
     p.add_argument("--work-dir", type=Path, default=None, help="generated data and cache")
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                   help="mixed precision on CUDA")
     p.add_argument("--load", type=int, default=0,
                    help="busy processes kept running during the timings: a machine that is "
                         "not quiet, as users' rarely are")
@@ -200,11 +201,21 @@ def _train_figures(args, device, original, fair, fast):
 
 
 def _memory(device):
-    # ru_maxrss is in KiB on Linux; children are the DataLoader workers
-    kib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-              resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return {"host_peak_mb": kib / 1024, "gpu_peak_mb": gpu}
+    return {"host_peak_mb": host_peak_mb(), "gpu_peak_mb": gpu}
+
+
+def host_peak_mb() -> float | None:
+    """Peak resident memory of this process or its largest ended child (the DataLoader
+    workers), in MiB; None where the ``resource`` module is missing (Windows), so the table
+    says it was not measured instead of the benchmark failing to start."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+               resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB else
 
 
 def format_table(f: dict) -> str:
@@ -224,9 +235,11 @@ def format_table(f: dict) -> str:
              f"threads{load}", f"{'what':<56}{'images/s':>12}"]
     lines += [f"{name:<56}{fmt(v):>12}" for name, v in rows]
     gpu = "n/a" if m["gpu_peak_mb"] is None else f"{m['gpu_peak_mb']:,.0f} MB"
+    host = ("not measured (no resource module on this platform)" if m["host_peak_mb"] is None
+            else f"{m['host_peak_mb']:,.0f} MB")
     lines.append(f"fast input pipeline: {p['fast_img_s'] / p['original_img_s']:.1f}x the "
                  f"original configuration, {p['fast_img_s'] / p['pil_fair_img_s']:.1f}x PIL at "
-                 f"{PIL_BATCH} per worker batch; peak host memory {m['host_peak_mb']:,.0f} MB; "
+                 f"{PIL_BATCH} per worker batch; peak host memory {host}; "
                  f"peak GPU memory {gpu}")
     return "\n".join(lines)
 

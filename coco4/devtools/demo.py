@@ -28,15 +28,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="everything goes here")
     p.add_argument("--num-train", type=int, default=500, help="generated train2017 images")
     p.add_argument("--num-val", type=int, default=120, help="generated val2017 images")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=30, help="train.py --epochs")
     p.add_argument("--image-size", type=int, default=48, help="small: this runs on a CPU")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="train.py --batch-size")
     p.add_argument("--lr", type=float, default=1e-3,
                    help="higher than the recipe's 1e-4: the demo starts from random weights")
     p.add_argument("--val-fraction", type=float, default=0.2,
                    help="a larger held-out share than the recipe's 0.1: the demo set is small")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2, help="image-decoding processes")
+    p.add_argument("--seed", type=int, default=0,
+                   help="the generated data's and train.py's --seed")
     p.add_argument("--class-ratios", default=None,
                    help="train2017's share of each class (bird,airplane,train,boat), e.g. "
                         "1,1,1,0.33 for a third as many boats; the test set stays balanced")
