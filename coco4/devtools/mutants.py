@@ -52,6 +52,7 @@ METRIC_TESTS = ("tests/test_metrics.py::test_summary_equals_scikit_learn_and_the
                 "tests/test_metrics.py::test_worked_example",
                 "tests/test_metrics.py::test_a_class_without_images_and_no_images_at_all")
 STEP_TESTS = (P + "each_step_of_an_epoch_draws_its_own_dropout_and_a_resumed_step_the_same",
+              P + "each_step_updates_by_its_own_batchs_gradient_alone",
               "tests/test_train.py::test_accumulated_micro_batches_give_the_full_batch_update")
 BEST_TESTS = (P + "the_best_checkpoint_is_the_first_epoch_with_the_best_chosen_score",)
 RESUME_TESTS = (P + "a_resumed_run_continues_the_optimizer_and_the_lr_schedule",)
