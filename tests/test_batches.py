@@ -79,6 +79,10 @@ def test_torchrun_ranks_split_an_epoch_without_overlap_in_equal_steps():
     assert [[len(y) for _, y in b.iterate(0)] for b in ranks] == [[2, 2, 2], [2, 2, 2]]
     a, b = (set(r.order(0).tolist()) for r in ranks)
     assert a | b == set(range(11)) and len(a & b) <= 1  # only the padding repeats an image
-    evals = [CachedBatches(images, [0] * 11, range(11),
+    # validation: each image on exactly one rank, none repeated to even the shares (the
+    # ranks' sums are added up); every pixel of image i is i, so a batch says which it holds
+    numbered = torch.arange(11, dtype=torch.uint8)[:, None, None, None].expand(11, 3, 37, 37)
+    evals = [CachedBatches(numbered, [0] * 11, range(11),
                            BatchPlan(2, CPU, 32, train=False, rank=r, world=2)) for r in range(2)]
-    assert sum(len(y) for e in evals for _, y in e.iterate(0)) == 11
+    seen = [x[:, 0, 0, 0].tolist() for e in evals for x, _ in e.iterate(0)]
+    assert sorted(i for batch in seen for i in batch) == list(range(11))
