@@ -188,3 +188,55 @@ def errors_png(predictions: "Predictions", classes: Sequence[str], out: str | Pa
 
 def curves_png(metrics_csv: str | Path, out: str | Path) -> Path:
     return save(training_curves_figure(read_metrics_csv(metrics_csv)), out)
+
+
+def data_report_figure(report: dict) -> Figure:
+    """annotation_prepare.py's audit (report.json): per split, each class's images kept and
+    dropped, the dropped split by why; per class, the categories in its dropped train images."""
+    splits = report["splits"]
+    classes = list(next(iter(splits.values()))["classes"])
+    rows = 1 + -(-len(classes) // 2)
+    fig = Figure(figsize=(11, 3.2 * rows), layout="constrained")
+    axes = fig.subplots(rows, 2, squeeze=False)
+    for ax, (split, entry) in zip(axes[0], splits.items()):
+        per = [entry["classes"][c] for c in classes]
+        y = np.arange(len(classes))
+        left = np.zeros(len(classes))
+        # the dropped part by cause: with another target class (dropped by either rule), the
+        # rest (other objects; under --rule dominant, those whose class covered too little)
+        parts = [("kept", [p["kept"] for p in per], "tab:green"),
+                 ("dropped: another target class", [p["with_other_targets"] for p in per],
+                  "tab:red"),
+                 ("dropped: other objects", [p["dropped"] - p["with_other_targets"] for p in per],
+                  "tab:orange")]
+        for label, values, color in parts:
+            ax.barh(y, values, left=left, color=color, label=label)
+            left += values
+        for i, p in enumerate(per):
+            ax.text(left[i], i, f" {p['kept']} kept / {p['dropped']} dropped", va="center",
+                    fontsize=8)
+        ax.set_yticks(y, classes)
+        ax.invert_yaxis()
+        ax.set_xlim(0, max(left.max(), 1) * 1.6)
+        ax.set_xlabel("images holding the class")
+        ax.set_title(f"{split}: {entry['kept']} of {entry['images']} images kept")
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncols=3)
+    split_name = "train" if "train" in splits else next(iter(splits))
+    train = splits[split_name]
+    for ax, name in zip(axes[1:].flat, classes):
+        top = train["classes"][name]["top_disqualifiers"]
+        ax.barh(list(top), list(top.values()), color="tab:orange")
+        ax.invert_yaxis()
+        ax.set_title(f"{name}: categories in its dropped {split_name} images", fontsize=9)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.tick_params(labelsize=8)
+    for ax in axes[1:].flat[len(classes):]:
+        ax.set_visible(False)
+    min_area = report["min_area_fraction"]
+    fig.suptitle(f"--rule {report['rule']}"
+                 + (f" --min-area-fraction {min_area}" if min_area is not None else ""))
+    return fig
+
+
+def data_report_png(report: dict, out: str | Path) -> Path:
+    return save(data_report_figure(report), out)

@@ -27,7 +27,8 @@ CAT_ID = {c["name"]: c["id"] for c in COCO_CATEGORIES}
 def make_coco(images):
     """A COCO instances dict with the official categories.
 
-    ``images`` maps an image id to a list of (category name, iscrowd) pairs, one per annotation.
+    ``images`` maps an image id to a list of (category name, iscrowd) pairs, one per annotation,
+    or (category name, iscrowd, area) triples; the area is 40 where not given.
     """
     data = {"info": {}, "licenses": [], "categories": [dict(c) for c in COCO_CATEGORIES],
             "images": [], "annotations": []}
@@ -35,12 +36,13 @@ def make_coco(images):
     for image_id, anns in images.items():
         data["images"].append({"id": image_id, "file_name": f"{image_id:012d}.jpg",
                                "width": 64, "height": 48})
-        for k, (name, crowd) in enumerate(anns):
+        for k, (name, crowd, *area) in enumerate(anns):
             seg = ({"counts": [0, 64 * 48], "size": [48, 64]} if crowd
                    else [[1.0 + k, 1.0, 10.0 + k, 1.0, 10.0 + k, 10.0]])
             data["annotations"].append({"id": ann_id, "image_id": image_id,
                                         "category_id": CAT_ID[name], "iscrowd": int(crowd),
-                                        "bbox": [1.0 + k, 1.0, 9.0, 9.0], "area": 40.0,
+                                        "bbox": [1.0 + k, 1.0, 9.0, 9.0],
+                                        "area": area[0] if area else 40.0,
                                         "segmentation": seg})
             ann_id += 1
     return data
@@ -215,7 +217,7 @@ def test_annotation_prepare_main_writes_lists(tmp_path, capsys):
     counts = annotation_prepare.main(_prepare_args("--coco-root", root, "--out-dir", out))
 
     assert sorted(p.name for p in out.iterdir()) == [
-        "annotation_train.txt", "annotation_val.txt", "classes.txt"]
+        "annotation_train.txt", "annotation_val.txt", "classes.txt", "report.json", "report.png"]
     assert (out / "classes.txt").read_text().split("\n") == [*DEFAULT, ""]
     assert read_classes(out) == DEFAULT
     for split, images in (("train", train_images), ("val", val_images)):
@@ -366,3 +368,65 @@ def test_every_entry_the_rule_reads_is_checked_and_named(tmp_path, change, fragm
     path = write_json(tmp_path / "instances_val2017.json", _broken(change))
     with pytest.raises(Coco4Error, match="^" + re.escape(f"{path}: {fragment}")):
         load_coco(path)
+
+
+# --rule dominant: (annotations as (name, iscrowd, area), the class kept for, or None), at 0.5
+DOMINANT = {"rule": "dominant", "min_area_fraction": 0.5}
+DOMINANT_CASES = {
+    "target_only": ([("bird", 0, 40)], "bird"),
+    "target_covers_more": ([("bird", 0, 60), ("person", 0, 40)], "bird"),
+    "target_covers_too_little": ([("bird", 0, 40), ("person", 0, 60)], None),
+    "exactly_the_fraction": ([("train", 0, 50), ("car", 0, 50)], "train"),
+    "same_class_areas_summed": ([("airplane", 0, 30), ("airplane", 0, 30), ("person", 0, 50)],
+                                "airplane"),
+    "two_targets_whatever_the_areas": ([("bird", 0, 90), ("boat", 0, 10)], None),
+    "crowd_of_distractor_weighs_in": ([("boat", 0, 40), ("person", 1, 60)], None),
+    "crowd_of_target_weighs_in": ([("boat", 0, 20), ("boat", 1, 40), ("person", 0, 50)], "boat"),
+    "crowd_of_other_target": ([("train", 0, 90), ("bird", 1, 10)], None),
+    "distractor_only": ([("dog", 0, 40)], None),
+    "no_annotations": ([], None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DOMINANT_CASES))
+def test_dominant_rule_per_case(tmp_path, case):
+    anns, kept_for = DOMINANT_CASES[case]
+    other = "airplane" if kept_for != "airplane" else "bird"
+    path = write_json(tmp_path / "inst.json", make_coco({7: anns, 8: [(other, 0)]}))
+    got = dict(zip(*select_images(load_coco(path), DEFAULT, DOMINANT)))
+    assert got.get(fname(8)) == DEFAULT.index(other)
+    assert got.get(fname(7)) == (None if kept_for is None else DEFAULT.index(kept_for))
+
+
+@pytest.mark.parametrize("fraction, kept", [(0.3, True), (0.31, False), (0.29, True)])
+def test_dominant_boundary_is_inclusive(tmp_path, fraction, kept):
+    """30 of 100 at 0.3 is kept, though 0.3 * 100 is 30.000000000000004 in floats."""
+    path = write_json(tmp_path / "inst.json", make_coco({
+        1: [("bird", 0, 30), ("person", 0, 70)], 2: [("boat", 0)]}))
+    rule = {"rule": "dominant", "min_area_fraction": fraction}
+    files, _ = select_images(load_coco(path), DEFAULT, rule)
+    assert (fname(1) in files) == kept
+
+
+def test_dominant_keeps_everything_exact_keeps(tmp_path):
+    images = {i: anns for i, (anns, _) in enumerate(CASES.values(), start=1)}
+    coco = load_coco(write_json(tmp_path / "all.json", make_coco(images)))
+    exact = dict(zip(*select_images(coco, DEFAULT)))
+    dominant = dict(zip(*select_images(coco, DEFAULT, DOMINANT)))
+    assert exact.items() <= dominant.items()
+    # every annotation is 40 px: a target beside one distractor is exactly half, kept
+    added = {"target_and_distractor", "target_and_crowd_of_distractor"}
+    assert dominant.keys() - exact.keys() == {fname(list(CASES).index(c) + 1) for c in added}
+
+
+@pytest.mark.parametrize("area", ["40", None, -1.0, float("nan"), True])
+def test_dominant_needs_a_numeric_area(tmp_path, area):
+    data = make_coco({1: [("bird", 0)], 2: [("boat", 0), ("person", 0)]})
+    data["annotations"][2]["area"] = area
+    if area is None:
+        del data["annotations"][2]["area"]
+    path = write_json(tmp_path / "inst.json", data)
+    with pytest.raises(Coco4Error, match=re.escape(f"{path}: annotations[2] (id 3) has area")):
+        prepare_lists(path, path, tmp_path / "out", DEFAULT, DOMINANT)
+    assert not (tmp_path / "out").exists()
+    prepare_lists(path, path, tmp_path / "out", DEFAULT)  # the exact rule reads no area

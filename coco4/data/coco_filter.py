@@ -3,16 +3,21 @@
 An image is kept for class C when the set of category ids over ALL its annotations, crowd
 annotations included, is exactly {C}. On real COCO 2017 with bird, airplane, train, boat this
 gives 4,587 train and 172 val images, the lists the original project published.
+
+The dominant rule (``rule="dominant"``) also keeps an image holding other objects, as long as no
+other target class is in it and the class's annotations cover at least ``min_area_fraction`` of
+the area of all its annotations (COCO's ``area`` field, crowd annotations included).
 """
 import contextlib
 import io
 import json
-from collections import Counter
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..cli import Coco4Error
+from .audit import ClassAudit, write_report
 from .coco_check import check_instances
 from .lists import write_classes, write_list
 
@@ -55,37 +60,82 @@ def class_ids(coco: "COCO", class_names: Sequence[str]) -> list[int]:
     return [by_name[n] for n in class_names]
 
 
-def select_images(coco: "COCO", class_names: Sequence[str]) -> tuple[list[str], list[int]]:
-    """Return (file_names, labels): images whose annotations all belong to exactly one class.
+RULES = ("exact", "dominant")
+EXACT = {"rule": "exact", "min_area_fraction": None}
 
-    Images are grouped by label in class order; within a class, in pycocotools' own order, the
-    order the original script produced.
-    """
-    files, labels = [], []
-    for label, cat_id in enumerate(class_ids(coco, class_names)):
+
+def keeps(anns: Sequence[dict], cat_id: int, target_ids: Sequence[int], rule: dict) -> bool:
+    """Whether an image with annotations ``anns`` (crowd ones included) is kept for ``cat_id``."""
+    cats = {a["category_id"] for a in anns}
+    if rule["rule"] == "exact":
+        return cats == {cat_id}
+    if cats & set(target_ids) != {cat_id}:  # another target class: which label would be right?
+        return False
+    total = sum(a["area"] for a in anns)
+    own = sum(a["area"] for a in anns if a["category_id"] == cat_id)
+    # a ratio, not own >= f * total: 30 of 100 must pass at 0.3, and 0.3 * 100 > 30 in floats
+    return total == 0 or own / total >= rule["min_area_fraction"]
+
+
+def filter_images(coco: "COCO", class_names: Sequence[str],
+                  rule: dict = EXACT) -> tuple[list[str], list[int], dict]:
+    """Return (file_names, labels, audit): the images ``rule`` keeps, grouped by label in class
+    order, within a class in pycocotools' own order (the order the original script produced),
+    and per class name the ClassAudit of every image holding the class."""
+    ids = class_ids(coco, class_names)
+    names = {c["id"]: c["name"] for c in coco.dataset["categories"]}
+    files, labels, audit = [], [], {}
+    for label, cat_id in enumerate(ids):
+        counts = ClassAudit()
         for img_id in coco.getImgIds(catIds=[cat_id]):
             # iscrowd=None: crowd annotations count too, exactly as in the original rule
             anns = coco.loadAnns(coco.getAnnIds(imgIds=[img_id], iscrowd=None))
-            if {a["category_id"] for a in anns} == {cat_id}:
+            others = {a["category_id"] for a in anns} - {cat_id}
+            kept = keeps(anns, cat_id, ids, rule)
+            counts.add({names[c] for c in others}, bool(others & set(ids)), kept)
+            if kept:
                 files.append(coco.loadImgs([img_id])[0]["file_name"])
                 labels.append(label)
+        audit[class_names[label]] = counts.to_dict()
+    return files, labels, audit
+
+
+def select_images(coco: "COCO", class_names: Sequence[str],
+                  rule: dict = EXACT) -> tuple[list[str], list[int]]:
+    """Return (file_names, labels) of the images ``rule`` keeps (see filter_images)."""
+    files, labels, _ = filter_images(coco, class_names, rule)
     return files, labels
 
 
+def check_areas(coco: "COCO", path: str | Path) -> None:
+    """The dominant rule weighs COCO's ``area`` field: each must be a number, at least 0."""
+    for i, ann in enumerate(coco.dataset["annotations"]):
+        area = ann.get("area")
+        if (not isinstance(area, int | float) or isinstance(area, bool) or not math.isfinite(area)
+                or area < 0):
+            raise Coco4Error(f"{path}: annotations[{i}] (id {ann.get('id')}) has area {area!r}; "
+                             "--rule dominant needs a number of pixels, at least 0 (or use "
+                             "--rule exact, which does not read areas)")
+
+
 def prepare_lists(train_json: str | Path, val_json: str | Path, out_dir: str | Path,
-                  class_names: Sequence[str]) -> dict[str, dict[str, int]]:
-    """Write annotation_train.txt, annotation_val.txt and classes.txt into ``out_dir``.
+                  class_names: Sequence[str], rule: dict = EXACT) -> dict:
+    """Write annotation_train.txt, annotation_val.txt, classes.txt and report.json (the audit,
+    see coco4.data.audit) into ``out_dir``; return the report.
 
     Both splits are filtered before anything is written, so a bad val file never leaves a new
-    train list beside an old val list and class file.
+    train list beside an old val list, class file and report.
     """
     out_dir = Path(out_dir)
-    selected = {split: select_images(load_coco(path), class_names)
-                for split, path in (("train", train_json), ("val", val_json))}
-    counts = {}
-    for split, (files, labels) in selected.items():
-        write_list(out_dir / f"annotation_{split}.txt", files, labels)
-        per_class = Counter(labels)
-        counts[split] = {name: per_class.get(i, 0) for i, name in enumerate(class_names)}
+    audits = {}
+    for split, path in (("train", train_json), ("val", val_json)):
+        coco = load_coco(path)
+        if rule["rule"] == "dominant":
+            check_areas(coco, path)
+        files, labels, classes = filter_images(coco, class_names, rule)
+        audits[split] = {"json": path, "images": len(coco.dataset["images"]),
+                         "classes": classes, "files": files, "labels": labels}
+    for split, audit in audits.items():
+        write_list(out_dir / f"annotation_{split}.txt", audit.pop("files"), audit.pop("labels"))
     write_classes(out_dir, class_names)
-    return counts
+    return write_report(out_dir, rule, audits)

@@ -16,6 +16,7 @@ from ..cli import Coco4Error
 from ..config import TrainConfig
 from ..distributed import DistEnv, barrier
 from . import cache
+from .audit import list_rule
 from .images import check_image_dir, find_unusable
 from .lists import ImageList, read_classes, read_list
 from .loaders import Batches, BatchPlan, CachedBatches, DataOptions, PilBatches
@@ -99,6 +100,7 @@ def prepare_train_data(cfg: TrainConfig, env: DistEnv, device: torch.device, pro
     if builds:
         barrier(env)
     report = unusable_report(source, cfg.strict, info)
+    report["list_rule"] = list_rule(cfg.train_list_path)  # which data the checkpoint saw
     usable = source.usable()
     train_pos, val_pos = stratified_split([image_list.labels[i] for i in usable], classes,
                                           cfg.val_fraction, cfg.seed)
