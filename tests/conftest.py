@@ -43,7 +43,7 @@ def demo_data(tmp_path_factory):
     if HAVE_PYCOCOTOOLS:
         annotation_prepare.main(argparse.Namespace(
             coco_root=root / "coco", train_json=None, val_json=None, out_dir=root / "data",
-            classes=["bird", "airplane", "train", "boat"]))
+            classes=["bird", "airplane", "train", "boat"], rule="exact", min_area_fraction=None))
     return root
 
 
