@@ -8,13 +8,17 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 from test_coco_filter import CAT_ID, DEFAULT, _prepare_args, _run_script, make_coco, write_json
 
 from coco4.data.audit import list_rule
+from coco4.data.prepare import prepare_train_data
 from coco4.devtools.synthetic import make_synthetic_coco
+from coco4.distributed import DistEnv
 
 import annotation_prepare
+from conftest import train_args
 
 CROWDED = ["person", "car", "dog", "cat", "bench", "bus", "truck", "bicycle", "motorcycle",
               "horse", "sheep"]
@@ -146,6 +150,14 @@ def test_list_rule_reads_the_report_for_that_very_list(tmp_path):
     assert list_rule(train_list) == {"rule": None, "min_area_fraction": None}
     (out / "report.json").unlink()  # the original project's lists come without one
     assert list_rule(out / "annotation_val.txt")["rule"] is None
+
+
+def test_a_training_run_records_the_rule_of_its_list(demo_data, tmp_path):
+    """What the trainer stores in every checkpoint as "data": demo_data's lists come from
+    annotation_prepare.py with the default rule."""
+    cfg = train_args(demo_data, tmp_path / "run", cache_dir=str(tmp_path / "cache"))
+    data = prepare_train_data(cfg, DistEnv(), torch.device("cpu"), False, lambda m: None)
+    assert data.report["list_rule"] == {"rule": "exact", "min_area_fraction": None}
 
 
 @pytest.mark.parametrize("argv, fragment", [

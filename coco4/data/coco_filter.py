@@ -73,7 +73,7 @@ def keeps(anns: Sequence[dict], cat_id: int, target_ids: Sequence[int], rule: di
         return False
     total = sum(a["area"] for a in anns)
     own = sum(a["area"] for a in anns if a["category_id"] == cat_id)
-    # a ratio, not own >= f * total: 30 of 100 must pass at 0.3, and 0.3 * 100 > 30 in floats
+    # a ratio, not own >= f * total: 7 of 100 must pass at 0.07, and 0.07 * 100 > 7 in floats
     return total == 0 or own / total >= rule["min_area_fraction"]
 
 
