@@ -73,7 +73,8 @@ def keeps(anns: Sequence[dict], cat_id: int, target_ids: Sequence[int], rule: di
         return False
     total = sum(a["area"] for a in anns)
     own = sum(a["area"] for a in anns if a["category_id"] == cat_id)
-    # a ratio, not own >= f * total: 7 of 100 must pass at 0.07, and 0.07 * 100 > 7 in floats
+    # a ratio, not own >= f * total: 7 of 100 must pass at 0.07, and 0.07 * 100 > 7 in floats.
+    # No area at all (every annotation 0 px): nothing outweighs the class, as with exact
     return total == 0 or own / total >= rule["min_area_fraction"]
 
 
