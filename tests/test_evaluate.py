@@ -1,4 +1,5 @@
 """evaluate.py and visualize.py on both checkpoint formats, against a direct computation."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -174,4 +175,9 @@ def test_the_gate_fails_a_class_with_no_test_images(demo_data, trained, tmp_path
                      "--min-class-acc", "0")
     with pytest.raises(Coco4Error, match=r"^below --min-class-acc 0\.00%: boat no test images$"):
         run_evaluate(*argv)
-    assert (tmp_path / "eval" / "metrics.json").exists()  # the results are still written
+    # the results are still written, of the images that were there
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    kept = [line for line in lines if not line.endswith(" 3")]
+    assert metrics["num_images"] == len(kept) < len(lines)
+    assert metrics["per_class_accuracy"]["boat"] is None
+    assert sum(metrics["confusion_matrix"][3]) == 0

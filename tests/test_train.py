@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 import torchvision
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from coco4.checkpoint import read_file
 from coco4.cli import Coco4Error
@@ -50,7 +51,15 @@ def test_cli_run_writes_checkpoints_metrics_and_events(demo_data, tmp_path):
     assert list(rows[0]) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
                              "seconds", "images_per_s", "val_macro_f1", "val_balanced_acc",
                              "val_min_class_acc", "val_ece"]
-    assert any(p.name.startswith("events.out.tfevents") for p in (out / "tensorboard").iterdir())
+    # TensorBoard holds every metrics.csv column, each epoch's value at its step
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    columns = [c for c in rows[0] if c != "epoch"]
+    assert sorted(events.Tags()["scalars"]) == sorted(columns)
+    for column in columns:
+        logged = [(e.step, e.value) for e in events.Scalars(column)]
+        assert logged == [(int(r["epoch"]), pytest.approx(float(r[column]), rel=1e-6))
+                          for r in rows], column
     ckpt = read_file(out / "last.pt")  # weights_only=True: plain data only
     assert ckpt["epoch"] == 2 and ckpt["classes"] == ["bird", "airplane", "train", "boat"]
     assert ckpt["config"]["image_size"] == 32 and ckpt["config"]["batch_size"] == 8
@@ -59,6 +68,15 @@ def test_cli_run_writes_checkpoints_metrics_and_events(demo_data, tmp_path):
     best = read_file(out / "best.pt")
     assert best["run"]["best_epoch"] == best["epoch"]
     assert best["best_metric"] == max(float(r["val_acc"]) for r in rows)
+    # each epoch trains on every training image but fewer than one per step (batches of 8
+    # images, all equal): the throughput and the accuracy count images, not steps
+    n_train = ckpt["data"]["train_images"]
+    steps = -(-n_train // 8)
+    for r in rows:
+        trained = float(r["images_per_s"]) * float(r["seconds"])
+        assert n_train - steps < round(trained) <= n_train, (trained, n_train)
+        assert float(r["train_acc"]) * round(trained) == pytest.approx(
+            round(float(r["train_acc"]) * round(trained)), abs=1e-6)
 
 
 def test_frozen_layers_and_bn_stats_stay_put_while_layer3_layer4_train(demo_data, tmp_path,
