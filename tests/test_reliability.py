@@ -20,7 +20,7 @@ from coco4.cli import Coco4Error
 from coco4.data.lists import read_list, write_list
 from coco4.trainer import fit
 
-from conftest import REPO, CreatesFile, eval_argv, tmpfs, train_args, train_cli
+from conftest import REPO, CreatesFile, eval_argv, read_csv, tmpfs, train_args, train_cli
 
 
 def bad_image_data(demo_data, tmp_path):
@@ -262,6 +262,13 @@ def test_sigterm_saves_resumes_and_matches_an_uninterrupted_run(demo_data, tmp_p
     a = read_file(tmp_path / "straight" / "last.pt")["model"]
     b = read_file(tmp_path / "cut" / "last.pt")["model"]
     assert max((a[k].double() - b[k].double()).abs().max().item() for k in a) <= 1e-6
+    # the interrupted epoch's figures continue the sums it had when stopped
+    timing = ("seconds", "images_per_s")
+    straight, cut = (read_csv(tmp_path / run / "metrics.csv") for run in ("straight", "cut"))
+    for row_a, row_b in zip(straight, cut, strict=True):
+        for column in set(row_a) - set(timing):
+            assert float(row_a[column]) == pytest.approx(float(row_b[column]), abs=1e-5), \
+                (row_a["epoch"], column)
     del stdout
 
 
@@ -350,9 +357,19 @@ def test_a_second_run_in_the_same_folder_is_refused_naming_the_first(demo_data, 
 def test_a_run_that_fails_at_once_leaves_no_folder_behind(tmp_path):
     from coco4.runlock import run_lock
 
-    with pytest.raises(RuntimeError), run_lock(tmp_path / "new" / "run"):
+    inside = []
+    # the error stands for a check that fails inside the lock: the lock must pass it on, not
+    # swallow it, and remove the folders it made (which did exist while it was held)
+    with pytest.raises(RuntimeError, match="bad input"), run_lock(tmp_path / "new" / "run"):
+        inside.append(sorted(p.name for p in (tmp_path / "new" / "run").iterdir()))
         raise RuntimeError("bad input found before anything was written")
+    assert inside == [[".coco4.lock"]]
     assert not (tmp_path / "new").exists()
+    # a folder that was there before stays
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(RuntimeError, match="bad input"), run_lock(tmp_path / "kept"):
+        raise RuntimeError("bad input found before anything was written")
+    assert (tmp_path / "kept").is_dir()
 
 
 WRITE_AND_HANG = """
