@@ -45,6 +45,10 @@ def test_the_fit_finds_the_temperature_an_overconfident_model_was_given():
     # every held-out image right: the NLL falls without end as T shrinks, which says nothing
     # about new images; T stays 1 rather than 0.05, which would make every prediction certain
     assert fit_temperature(5 * torch.eye(4).repeat(10, 1), torch.arange(4).repeat(10)) == 1.0
+    # labels that ignore the logits: the NLL falls as T grows without end (towards uniform
+    # probabilities), a degenerate set, not a calibration: T stays 1, not 20 or more
+    sure = 10 * torch.nn.functional.one_hot(torch.randint(0, 4, (400,), generator=g), 4)
+    assert fit_temperature(sure.double(), torch.randint(0, 4, (400,), generator=g)) == 1.0
 
 
 def test_a_checkpoint_gives_back_its_temperature(tmp_path):
