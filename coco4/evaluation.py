@@ -20,7 +20,7 @@ from .data.prepare import make_batches, open_images, unusable_report
 from .data.transforms import pil_eval_transform
 from .distributed import DistEnv, pick_device
 from .fileio import atomic_write_text
-from .loop import Amp, evaluate
+from .loop import Amp, predict_logits
 from .metrics import MetricAccumulator
 
 
@@ -98,6 +98,12 @@ class Predictions:
     def preds(self) -> list:
         return self.probs.argmax(1).tolist()
 
+    def losses(self) -> torch.Tensor:
+        """Each image's loss, -log p(true class): what "most wrong" is ranked by in the pictures
+        (clamped, so a probability that underflowed to 0 ranks first instead of giving inf)."""
+        labels = torch.tensor(self.labels, dtype=torch.long)
+        return -self.probs[torch.arange(len(labels)), labels].clamp_min(1e-12).log()
+
 
 def predict_list(predictor: Predictor, list_path: str | Path, image_dir: str | Path,
                  batch_size: int = 256, options: DataOptions | None = None,
@@ -131,8 +137,8 @@ def _view_logits(predictor: Predictor, batches, progress: bool) -> tuple[list, t
     for i, model in enumerate(predictor.view_models()):
         desc = ("predicting" if i == 0 else "predicting mirrored") if progress else None
         try:
-            _, logits, labels = evaluate(model, batches, predictor.amp,
-                                         len(predictor.classes), desc=desc)
+            logits, labels = predict_logits(model, batches, predictor.amp,
+                                            len(predictor.classes), desc)
         except torch.cuda.OutOfMemoryError:
             logits = None  # the advice once the failed batch's tensors are released
         if logits is None:

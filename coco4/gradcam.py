@@ -26,7 +26,7 @@ def gradcam_picks(predictions: Predictions, num: int) -> list[int]:
     labels = torch.tensor(predictions.labels, dtype=torch.long)
     if not len(labels):
         return []
-    loss = -predictions.probs[torch.arange(len(labels)), labels].clamp_min(1e-12).log()
+    loss = predictions.losses()
     right = predictions.probs.argmax(1) == labels
     by_loss = loss.argsort(descending=True)
     wrong_first = by_loss[~right[by_loss]].tolist()

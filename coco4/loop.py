@@ -183,23 +183,34 @@ def non_finite_loss(bad_step: int | None, epoch: int, saved: bool = True) -> Coc
                       f"stopped without saving it ({kept}): lower --lr, or try --no-amp")
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, batches: Batches, amp: Amp, num_classes: int,
              desc: str | None = None
              ) -> tuple[MetricAccumulator, torch.Tensor, torch.Tensor]:
-    """The metric sums over ``batches`` (epoch 0's order: the list's, for evaluation batches),
-    and the logits and labels, on the CPU, in that order. A progress bar is shown when ``desc``
-    is given."""
+    """The metric sums over ``batches`` (on the device, for torchrun's all-reduce), and
+    ``predict_logits``'s logits and labels."""
+    metrics = MetricAccumulator(num_classes, batches.plan.device)
+    logits, labels = predict_logits(model, batches, amp, num_classes, desc, metrics.update)
+    return metrics, logits, labels
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, batches: Batches, amp: Amp, num_classes: int,
+                   desc: str | None = None,
+                   on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits and labels over ``batches`` (epoch 0's order: the list's, for evaluation
+    batches), on the CPU, in eval mode; ``on_batch(logits, labels)`` sees each batch on the
+    device first. A progress bar is shown when ``desc`` is given."""
     model.eval()
-    device = batches.plan.device
-    metrics, all_logits, all_labels = MetricAccumulator(num_classes, device), [], []
+    all_logits, all_labels = [], []
     for x, y in tqdm(batches.iterate(0), total=len(batches), desc=desc, leave=False,
                      disable=desc is None, unit="step"):
         with amp.autocast():
             logits = model(x).float()
-        metrics.update(logits, y)  # kept on the device: the GPU never waits for the host
+        if on_batch is not None:
+            on_batch(logits, y)  # on the device: the GPU never waits for the host
         all_logits.append(logits)
         all_labels.append(y)
     if not all_logits:
-        return metrics, torch.zeros(0, num_classes), torch.zeros(0, dtype=torch.long)
-    return metrics, torch.cat(all_logits).cpu(), torch.cat(all_labels).cpu()
+        return torch.zeros(0, num_classes), torch.zeros(0, dtype=torch.long)
+    return torch.cat(all_logits).cpu(), torch.cat(all_labels).cpu()

@@ -172,7 +172,7 @@ def errors_png(predictions: "Predictions", classes: Sequence[str], out: str | Pa
     labels = torch.tensor(predictions.labels)
     probs = predictions.probs
     wrong = (probs.argmax(1) != labels).nonzero().flatten()
-    loss = -probs[wrong, labels[wrong]].clamp_min(1e-12).log()
+    loss = predictions.losses()[wrong]
     worst = wrong[loss.argsort(descending=True)][:num].tolist()
     if not worst:
         fig = image_grid_figure([], [], suptitle="no misclassified images")

@@ -110,7 +110,7 @@ def test_out_of_memory_names_a_batch_size_and_amp_can_be_turned_off(demo_data, t
     monkeypatch.setattr(coco4.evaluation, "load_predictor",
                         lambda *a: seen.append(a) or real_load(*a))
 
-    monkeypatch.setattr(coco4.evaluation, "evaluate", out_of_memory)
+    monkeypatch.setattr(coco4.evaluation, "predict_logits", out_of_memory)
     with pytest.raises(Coco4Error, match=r"^CUDA out of memory predicting batches of 48 images "
                                          r"at 32px; rerun with --batch-size 24$"):
         run_evaluate(*eval_argv(demo_data, trained, tmp_path, "--batch-size", "48", "--no-amp"))
