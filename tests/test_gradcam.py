@@ -34,6 +34,12 @@ def test_picks_the_worst_mistakes_then_the_surest_right_ones():
     assert gradcam_picks(predictions([], []), 4) == []
 
 
+def test_the_loss_that_ranks_mistakes_is_minus_log_the_true_class_probability():
+    # errors.png and gradcam.png rank by it; a probability that underflowed to 0 ranks first
+    got = predictions([[0.25, 0.75], [0.9, 0.1], [0.0, 1.0]], [0, 1, 0]).losses()
+    assert got.tolist() == pytest.approx([1.3862944, 2.3025851, 27.6310211])
+
+
 def hand_gradcam(model, layer, x, target):
     """Grad-CAM written out: the layer's activations weighted by the spatial mean of the class
     score's gradient, ReLU, resized to the input, scaled to [0, 1]."""
