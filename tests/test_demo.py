@@ -70,7 +70,7 @@ def test_full_demo_learns(tmp_path):
 
 def test_the_notebook_runs_top_to_bottom_and_learns(tmp_path):
     """At the settings a reader runs (not shortened: a shortened run could not be held to an
-    accuracy), in two or three minutes on a 2-core CPU."""
+    accuracy), in about a minute on an idle 2-core CPU."""
     nb = nbformat.read(REPO / "demo" / "classification.ipynb", as_version=4)
     os.environ["COCO4_NOTEBOOK_OUT"] = str(tmp_path / "nb")
     try:
