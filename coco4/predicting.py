@@ -52,8 +52,9 @@ def _glob(pattern: str) -> list[Path]:
     parts = Path(pattern).parts
     fixed = next(i for i, part in enumerate(parts) if any(c in part for c in "*?["))
     root = Path(*parts[:fixed]) if fixed else Path(".")
-    # fnmatch's * crosses folders, so "a/**/*.jpg" becomes "a/*.jpg": any depth under a/
-    flat = pattern.replace("/**/", "/").replace("**/", "").replace("**", "*")
+    # fnmatch's * crosses folders, so "a/**/*.jpg" becomes "a/*.jpg": any depth under a/;
+    # written as pathlib writes the walked paths ("./a//b" is "a/b"), or nothing would match
+    flat = str(Path(pattern)).replace("/**/", "/").replace("**/", "").replace("**", "*")
     return [p for p in _walk(root) if fnmatch.fnmatch(str(p), flat)]
 
 

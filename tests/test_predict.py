@@ -1,16 +1,19 @@
 """predict.py on the user's own images: what it finds, what it writes, and that its
 probabilities are evaluate.py's and a direct computation's."""
+import glob
 import json
 import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from coco4.cli import Coco4Error
+from coco4.predicting import find_images
 
 import evaluate
 import predict
@@ -182,6 +185,21 @@ def test_a_recursive_glob_follows_no_symlink_loop(demo_data, trained, tmp_path):
     (photos / "a" / "up").symlink_to("..")
     found = run_predict(trained, f"{photos}/**/*.jpg", "--out", tmp_path / "p.csv")
     assert found["predicted"] == 2 and len(read_csv(tmp_path / "p.csv")) == 2
+
+
+@pytest.mark.parametrize("pattern", ["{root}/**/*.jpg", "./p/**/*.jpg", "p//**/*.jpg",
+                                     "{root}/./**/*.jpg", "p/**"])
+def test_a_recursive_glob_finds_what_pythons_glob_finds(tmp_path, monkeypatch, pattern):
+    monkeypatch.chdir(tmp_path)
+    for name in ("p/1.jpg", "p/a/2.jpg", "p/a/b/3.jpg", "p/a/notes.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    pattern = pattern.format(root=tmp_path / "p")
+    # the reference: the files Python's own glob matches (a non-image one is passed on, to be
+    # reported as unreadable, as for any file a user names)
+    want = [p for p in glob.glob(pattern, recursive=True) if Path(p).is_file()]
+    assert len(want) >= 3
+    assert sorted(map(str, find_images([pattern]))) == sorted(str(Path(p)) for p in want)
 
 
 @pytest.mark.parametrize("argv, message", [
