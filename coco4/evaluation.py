@@ -62,11 +62,15 @@ class Mirrored(torch.nn.Module):
 
 
 def averaged_log_probs(views: Sequence[torch.Tensor], temperature: float) -> torch.Tensor:
-    """log of the mean over views of softmax(logits / T). The probabilities are averaged, not
-    the logits: a view that is unsure should not be outvoted by the other's large logits. As
-    logits these give the averaged probabilities back, so every metric reads them unchanged."""
-    log_probs = torch.stack([(v.float() / temperature).log_softmax(1) for v in views])
-    return log_probs.logsumexp(0) - math.log(len(views))
+    """log softmax(log(mean over views of softmax(logits)) / T). The probabilities are averaged,
+    not the logits: a view that is unsure should not be outvoted by the other's large logits.
+    T is applied once, to the average, so that as with one view (where this is
+    softmax(logits / T)) it changes no prediction: each view softened first would let T decide
+    which class wins where the views disagree. As logits these give the probabilities back, so
+    every metric reads them unchanged."""
+    log_probs = torch.stack([v.float().log_softmax(1) for v in views])
+    averaged = log_probs.logsumexp(0) - math.log(len(views))
+    return (averaged / temperature).log_softmax(1)
 
 
 def load_predictor(checkpoint: str | Path, device: str = "auto", amp: bool = True,

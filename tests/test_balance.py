@@ -13,8 +13,10 @@ from coco4.balance import inverse_frequency
 from coco4.checkpoint import read_file
 from coco4.cli import Coco4Error
 from coco4.config import TrainConfig
+from coco4.data.lists import read_list
 from coco4.data.loaders import BatchPlan, CachedBatches
 from coco4.devtools.synthetic import TARGETS, make_synthetic_coco, parse_ratios
+from coco4.distributed import DistEnv
 from coco4.interrupt import Interrupted, StopRequest
 from coco4.loop import Amp, Learner, train_step
 from coco4.trainer import fit
@@ -43,9 +45,10 @@ def test_a_balanced_epoch_draws_every_class_about_equally_often():
     assert len(labels) == 1000
     counts = collections.Counter(labels.tolist())
     assert all(abs(counts[c] - 250) < 80 for c in range(4)), counts
-    # with replacement: the 50 images of class 3 are drawn about 250 times
+    # with replacement: the 50 images of class 3 are drawn about 250 times, so they repeat
     order = batches.order(0)
-    assert len(set(order[torch.tensor(IMBALANCED)[order] == 3].tolist())) <= 50
+    drawn = order[torch.tensor(IMBALANCED)[order] == 3].tolist()
+    assert len(drawn) - len(set(drawn)) >= 150
 
 
 def test_a_balanced_epoch_depends_only_on_seed_and_epoch():
@@ -129,6 +132,24 @@ def test_train_py_balance_runs_end_to_end_and_is_stored(demo_data, tmp_path, bal
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert read_file(out / "last.pt")["config"]["balance"] == balance
     assert len(read_csv(out / "metrics.csv")) == 2
+
+
+@pytest.mark.parametrize("balance", ["none", "sampler", "loss"])
+def test_the_balance_flag_reaches_the_sampler_and_the_loss(demo_data, tmp_path, balance):
+    """What a run builds (not a hand-made plan or criterion): the flag's own part, and only it."""
+    run = trainer.Training(train_args(demo_data, tmp_path / "run", balance=balance), DistEnv(),
+                           False, "python train.py")
+    assert run.data.train.plan.balanced == (balance == "sampler")
+    assert not run.data.val.plan.balanced
+    weight = run.learner.criterion.weight
+    if balance != "loss":
+        assert weight is None
+        return
+    # N / (K n_c) by hand, from the training split's own labels (the held-out ones excluded)
+    labels = run.data.train.labels.tolist()
+    counts = collections.Counter(labels)
+    assert len(labels) < len(read_list(demo_data / "data" / "annotation_train.txt"))
+    assert weight.tolist() == pytest.approx([len(labels) / (4 * counts[c]) for c in range(4)])
 
 
 class StopAfter(StopRequest):

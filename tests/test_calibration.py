@@ -114,6 +114,15 @@ def test_evaluate_reports_both_and_draws_the_reliability_diagram(calibrated_run,
     got = np.array([[float(r[f"prob_{c}"]) for c in metrics["classes"]]
                     for r in read_csv(tmp_path / "raw" / "predictions.csv")])
     assert np.abs(got - probs.numpy()).max() < 1e-4  # --no-calibration: the plain softmax
+    # calibrated: the raw probabilities at power 1/T, renormalised, and the NLL of those
+    assert abs(np.log(t)) > 0.05, t  # else the two would be alike whatever evaluate.py did
+    scaled = probs.double().numpy() ** (1 / t)
+    scaled /= scaled.sum(1, keepdims=True)
+    cal = np.array([[float(r[f"prob_{c}"]) for c in metrics["classes"]]
+                    for r in read_csv(tmp_path / "cal" / "predictions.csv")])
+    assert np.abs(cal - scaled).max() < 1e-4
+    assert metrics["nll"] == pytest.approx(
+        -np.log(scaled[np.arange(len(scaled)), image_list.labels]).mean(), rel=1e-4)
     bins = metrics["reliability"]
     assert sum(bins["count"]) == metrics["num_images"]
     with Image.open(tmp_path / "cal" / "reliability_diagram.png") as im:

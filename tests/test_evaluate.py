@@ -181,3 +181,23 @@ def test_the_gate_fails_a_class_with_no_test_images(demo_data, trained, tmp_path
     assert metrics["num_images"] == len(kept) < len(lines)
     assert metrics["per_class_accuracy"]["boat"] is None
     assert sum(metrics["confusion_matrix"][3]) == 0
+
+
+def test_a_list_of_only_unreadable_images_names_the_folder_it_read(demo_data, trained,
+                                                                     tmp_path):
+    """Not training's words: evaluate.py says which image folder held nothing usable."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        (folder / name).write_bytes(b"not a JPEG")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "classes.txt").write_text((demo_data / "data" / "classes.txt").read_text())
+    (data / "mine.txt").write_text("a.jpg 0\nb.jpg 1\n")
+    argv = eval_argv(demo_data, trained, tmp_path / "eval", "--list", data / "mine.txt",
+                     "--images", folder)
+    with pytest.raises(Coco4Error, match=rf"^2 of 2 images in .*mine\.txt cannot be used: "
+                                         rf".*; no image is left: check that {folder} is the "
+                                         r"folder they are in \(--coco-root, or --images\)$"):
+        run_evaluate(*argv)
+    assert not (tmp_path / "eval").exists()  # nothing written

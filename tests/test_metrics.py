@@ -156,7 +156,8 @@ def assert_validation_equals_evaluate(demo_data, out, tmp_path, val_fraction):
                [train_list.labels[i] for i in val_pos])
     argv = eval_argv(demo_data, out / "best.pt", tmp_path / "eval", "--list",
                      data / "held_out.txt", "--images", demo_data / "coco/images/train2017",
-                     "--batch-size", "3")  # other batches than training's validation used
+                     "--batch-size", "3",  # other batches than training's validation used
+                     "--no-calibration")  # training validates before a temperature is fitted
     evaluate.main(evaluate.get_args_parser().parse_args(argv))
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     best_epoch = torch.load(out / "best.pt", weights_only=True)["run"]["best_epoch"]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from coco4.checkpoint import read_file, save_checkpoint
 from coco4.evaluation import averaged_log_probs, load_predictor
 
 import evaluate
@@ -16,7 +17,6 @@ from conftest import (
     direct_predictions,
     eval_argv,
     read_csv,
-    stored_temperature,
 )
 
 
@@ -27,11 +27,19 @@ def test_views_average_probabilities_not_logits():
     views = [torch.tensor([[0.0, math.log(3)]]), torch.tensor([[math.log(9), 0.0]])]
     probs = averaged_log_probs(views, 1.0).exp()
     assert probs[0].tolist() == pytest.approx([0.575, 0.425])
-    # the temperature divides each view's logits before its softmax: at T = 2,
-    # softmax([0, ln 3 / 2]) = [1/(1+sqrt 3), ...] and softmax([ln 3, 0]) = [3/4, 1/4]
+    # the temperature divides the average's logs once: at T = 2, softmax(log([0.575, 0.425]) / 2)
+    # = [sqrt 0.575, sqrt 0.425] / their sum
     probs = averaged_log_probs(views, 2.0).exp()
-    first = 1 / (1 + math.sqrt(3))
-    assert probs[0, 0].item() == pytest.approx((first + 0.75) / 2)
+    first = math.sqrt(0.575) / (math.sqrt(0.575) + math.sqrt(0.425))
+    assert probs[0, 0].item() == pytest.approx(first)
+
+
+def test_the_temperature_changes_no_prediction_of_averaged_views():
+    # views that disagree: their mean probabilities are [0.31, 0.44, 0.25], so class 1 wins;
+    # each view softened by T = 3 before the mean would give [0.40, 0.31, 0.29], class 0
+    views = [torch.tensor([[6.0, -4.0, 6.0]]), torch.tensor([[2.0, 4.0, -2.0]])]
+    for t in (0.3, 1.0, 3.0, 10.0):
+        assert averaged_log_probs(views, t).argmax(1).item() == 1, t
 
 
 def test_one_view_is_the_plain_softmax():
@@ -41,17 +49,24 @@ def test_one_view_is_the_plain_softmax():
 
 
 def test_evaluate_tta_flip_averages_the_image_and_its_mirror(demo_data, trained, tmp_path):
+    # a temperature far from 1 (the shared checkpoint's fit gives 1), or it could not matter
+    ckpt = read_file(trained)
+    ckpt["temperature"] = t = 2.5
+    save_checkpoint(tmp_path / "t.pt", ckpt)
     evaluate.main(evaluate.get_args_parser().parse_args(
-        eval_argv(demo_data, trained, tmp_path, "--tta", "flip")))
-    net, t = load_predictor(trained, "cpu").model.net, stored_temperature(trained)
-    image_list, plain = direct_predictions(net, demo_data, 32, t)
-    _, mirrored = direct_predictions(net, demo_data, 32, t, mirror=True)
+        eval_argv(demo_data, tmp_path / "t.pt", tmp_path, "--tta", "flip")))
+    net = load_predictor(trained, "cpu").model.net
+    image_list, plain = direct_predictions(net, demo_data, 32)
+    _, mirrored = direct_predictions(net, demo_data, 32, mirror=True)
     assert not torch.allclose(plain, mirrored, atol=1e-3)  # else this test could not fail
-    metrics = check_against_direct(tmp_path, image_list, (plain + mirrored) / 2,
+    # the mean of the raw probabilities, then the temperature: at power 1/T, renormalised
+    expected = ((plain + mirrored) / 2) ** (1 / t)
+    expected /= expected.sum(1, keepdim=True)
+    metrics = check_against_direct(tmp_path, image_list, expected,
                                    ["bird", "airplane", "train", "boat"])
     assert metrics["tta"] == "flip"
     labels = torch.tensor(image_list.labels)
-    nll = -((plain + mirrored) / 2)[torch.arange(len(labels)), labels].log().mean()
+    nll = -expected[torch.arange(len(labels)), labels].log().mean()
     assert metrics["nll"] == pytest.approx(nll.item(), abs=1e-4)
 
 

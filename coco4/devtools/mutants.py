@@ -55,6 +55,7 @@ STEP_TESTS = (P + "each_step_of_an_epoch_draws_its_own_dropout_and_a_resumed_ste
               P + "each_step_updates_by_its_own_batchs_gradient_alone",
               "tests/test_train.py::test_accumulated_micro_batches_give_the_full_batch_update")
 BEST_TESTS = (P + "the_best_checkpoint_is_the_first_epoch_with_the_best_chosen_score",)
+BALANCE_TESTS = ("tests/test_balance.py::test_the_balance_flag_reaches_the_sampler_and_the_loss",)
 RESUME_TESTS = (P + "a_resumed_run_continues_the_optimizer_and_the_lr_schedule",)
 CALIBRATION_TESTS = ("tests/test_calibration.py::test_the_fit_finds_the_temperature_an_"
                      "overconfident_model_was_given",
@@ -131,6 +132,16 @@ MUTANTS = [
     Mutant("temperature-not-loaded", CHECKPOINT,
            "str(path), ckpt, stored_temperature(ckpt, str(path)))", "str(path), ckpt, 1.0)",
            CALIBRATION_TESTS),
+    # found by a review after this list was first run: each survived every test then
+    Mutant("temperature-not-applied", "coco4/evaluation.py",
+           "calibrated = averaged_log_probs(views, predictor.temperature)",
+           "calibrated = averaged_log_probs(views, 1.0)",
+           ("tests/test_calibration.py::test_evaluate_reports_both_and_draws_the_reliability_"
+            "diagram",)),
+    Mutant("balance-sampler-ignored", SPLIT, 'balanced=cfg.balance == "sampler")',
+           "balanced=False)", BALANCE_TESTS),
+    Mutant("balance-loss-ignored", TRAINER, 'if cfg.balance == "loss" else None)',
+           "if False else None)", BALANCE_TESTS),
 ]
 
 # the five breakages the first pass (#16) found unprotected, kept as a regression group
