@@ -6,7 +6,7 @@
 
 One row per image: the path, the predicted class (``unknown`` below --min-prob), its
 probability, and every class's probability. Rows stream to the file as batches are predicted.
-Images that cannot be read are left out, named in a warning and in OUT's .skipped.tsv.
+Images that cannot be read are left out, named in a warning and in OUT.skipped.tsv.
 """
 import argparse
 import sys
@@ -82,7 +82,8 @@ def output_paths(args, count: int) -> tuple[Path | None, Path | None]:
 
 
 def skipped_path(out: Path) -> Path:
-    return out.with_name(out.stem + ".skipped.tsv")
+    # the whole name: preds.csv's and preds.jsonl's lists must not be one file
+    return out.with_name(out.name + ".skipped.tsv")
 
 
 def main(args):
@@ -156,7 +157,8 @@ def report_skipped(skipped, skipped_out) -> None:
     names = ", ".join(f"{p} ({why})" for p, why in skipped[:5])
     more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
     where = f"; all listed in {skipped_out}" if skipped_out else ""
-    print(f"warning: {len(skipped)} images skipped: {names}{more}{where}", file=sys.stderr)
+    images = "1 image" if len(skipped) == 1 else f"{len(skipped)} images"
+    print(f"warning: {images} skipped: {names}{more}{where}", file=sys.stderr)
 
 
 if __name__ == "__main__":

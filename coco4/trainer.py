@@ -95,7 +95,8 @@ class Training:
         self.cfg = cfg
         done = resumed.checkpoint["run"].get("epoch", 0) if resumed else 0
         if done >= cfg.epochs:  # checked before any work, not a silent exit 0
-            raise Coco4Error(f"{cfg.resume} has already trained {done} epochs, and --epochs "
+            raise Coco4Error(f"{cfg.resume} has already trained {done} epoch"
+                             f"{'' if done == 1 else 's'}, and --epochs "
                              f"{cfg.epochs} is the total: pass a larger --epochs to train on")
         self.log = run_log.RunLog(cfg.output_dir, env.is_main, resumed is not None)
         self.log.config(cfg, self.device, env)

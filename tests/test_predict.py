@@ -66,7 +66,7 @@ def test_a_folder_with_a_truncated_jpeg_and_a_text_file_named_jpg(demo_data, tra
     warning = capsys.readouterr().err
     assert "warning: 2 images skipped" in warning
     assert "broken.jpg" in warning and "notes.jpg" in warning
-    skipped = (tmp_path / "preds.skipped.tsv").read_text().splitlines()
+    skipped = (tmp_path / "preds.csv.skipped.tsv").read_text().splitlines()
     assert skipped[0] == "path\treason"
     reasons = dict(line.split("\t") for line in skipped[1:])
     assert set(reasons) == {str(folder / "broken.jpg"), str(folder / "notes.jpg")}
@@ -76,14 +76,27 @@ def test_a_folder_with_a_truncated_jpeg_and_a_text_file_named_jpg(demo_data, tra
     for name in ("broken.jpg", "notes.jpg"):
         (folder / name).unlink()
     run_predict(trained, folder, "--out", out, "--overwrite")
-    assert len(read_csv(out)) == 10 and not (tmp_path / "preds.skipped.tsv").exists()
+    assert len(read_csv(out)) == 10 and not (tmp_path / "preds.csv.skipped.tsv").exists()
+
+
+def test_two_outputs_of_one_name_keep_their_own_skipped_lists(demo_data, trained, tmp_path):
+    """preds.csv and preds.jsonl are two files; so are their lists of skipped images."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(val_images(demo_data)[0], folder)
+    (folder / "notes.jpg").write_text("not an image\n")
+    for name in ("preds.csv", "preds.jsonl"):
+        run_predict(trained, folder, "--out", tmp_path / name)
+    for name in ("preds.csv", "preds.jsonl"):
+        lines = (tmp_path / f"{name}.skipped.tsv").read_text().splitlines()
+        assert lines == ["path\treason", f"{folder / 'notes.jpg'}\t" + lines[1].split("\t")[1]]
 
 
 def test_only_unreadable_images_print_a_note_not_a_traceback(trained, tmp_path, capsys):
     truncated_jpeg(tmp_path / "broken.jpg")
     assert run_predict(trained, tmp_path / "broken.jpg")["predicted"] == 0
     captured = capsys.readouterr()
-    assert "no image could be read" in captured.out and "1 images skipped" in captured.err
+    assert "no image could be read" in captured.out and "1 image skipped" in captured.err
 
 
 def test_probabilities_equal_evaluate_and_a_direct_computation(demo_data, trained, tmp_path):
