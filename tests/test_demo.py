@@ -90,3 +90,20 @@ def test_the_notebook_runs_top_to_bottom_and_learns(tmp_path):
     shown = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
                     for o in c.get("outputs", []))
     assert f"test accuracy {metrics['accuracy']:.1%}" in shown  # what the reader is told
+
+
+def test_the_summary_lists_only_the_folders_the_demo_wrote(tmp_path, capsys):
+    """With --no-visualize there is no vis/ folder to point the user to."""
+    from coco4.devtools.demo import _summary
+
+    for name in ("coco", "data", "checkpoint", "eval"):
+        (tmp_path / name).mkdir()
+    metrics = {"accuracy": 0.5, "num_images": 2, "classes": ["a", "b"],
+               "per_class_accuracy": {"a": 1.0, "b": 0.0}}
+    _summary(tmp_path, metrics, 1.0)
+    shown = capsys.readouterr().out
+    assert "test accuracy 50.0% on 2 val images (a 100%, b 0%); chance is 50%" in shown
+    assert str(tmp_path / "eval") in shown and str(tmp_path / "vis") not in shown
+    (tmp_path / "vis").mkdir()
+    _summary(tmp_path, metrics, 1.0)
+    assert str(tmp_path / "vis") in capsys.readouterr().out

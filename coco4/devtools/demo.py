@@ -100,7 +100,8 @@ def _summary(out, metrics, seconds):
                        ("checkpoints, metrics.csv, tensorboard", "checkpoint/"),
                        ("evaluation (metrics.json, predictions.csv, confusion_matrix.png)",
                         "eval/"), ("pictures", "vis/")):
-        print(f"   {str(out / path):<32} {what}")
+        if (out / path).is_dir():  # vis/ is not there with --no-visualize
+            print(f"   {str(out / path):<32} {what}")
 
 
 if __name__ == "__main__":
