@@ -19,7 +19,7 @@ from .data.loaders import BatchPlan, DataOptions
 from .data.prepare import make_batches, open_images, unusable_report
 from .data.transforms import pil_eval_transform
 from .distributed import DistEnv, pick_device
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, check_writable
 from .loop import Amp, predict_logits
 from .metrics import MetricAccumulator
 
@@ -163,6 +163,8 @@ def predict_from_args(args: argparse.Namespace) -> tuple[Predictor, Predictions]
     """What evaluate.py and visualize.py start with: the checkpoint's predictions for the list
     their shared arguments (``cli.add_source_args``) name, arguments checked first."""
     list_path, images, cache_dir = resolve_sources(args)
+    if args.cache_dir:  # asked for by name: an error, not the fallback a default folder gets
+        check_writable(args.cache_dir)
     predictor = predictor_from_args(args)
     return predictor, predict_list(predictor, list_path, images, args.batch_size, DataOptions(
         args.data_path, cache_dir, args.workers, args.strict))

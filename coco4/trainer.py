@@ -40,7 +40,7 @@ from .distributed import (
     init_distributed,
     pick_device,
 )
-from .fileio import remove_stale_temporaries
+from .fileio import check_writable, remove_stale_temporaries
 from .interrupt import Interrupted, StopRequest
 from .loop import (
     Amp,
@@ -98,6 +98,8 @@ class Training:
             raise Coco4Error(f"{cfg.resume} has already trained {done} epoch"
                              f"{'' if done == 1 else 's'}, and --epochs "
                              f"{cfg.epochs} is the total: pass a larger --epochs to train on")
+        if cfg.cache_dir:  # asked for by name: an error, not the fallback a default folder gets
+            check_writable(cfg.cache_dir)
         self.log = run_log.RunLog(cfg.output_dir, env.is_main, resumed is not None)
         self.log.config(cfg, self.device, env)
         if cfg.compile:  # before an earlier run's files are removed to make room

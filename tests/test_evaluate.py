@@ -201,3 +201,12 @@ def test_a_list_of_only_unreadable_images_names_the_folder_it_read(demo_data, tr
                                          r"folder they are in \(--coco-root, or --images\)$"):
         run_evaluate(*argv)
     assert not (tmp_path / "eval").exists()  # nothing written
+
+
+def test_a_cache_dir_given_by_name_that_cannot_be_written_is_an_error(demo_data, tmp_path):
+    """Not the quiet fallback to ~/.cache a default cache folder gets; before the checkpoint."""
+    (tmp_path / "a-file").write_text("in the way\n")
+    with pytest.raises(Coco4Error, match=r"^cannot write to .*a-file/cache: .*a-file is not a "
+                                         r"folder; choose another folder"):
+        run_evaluate(*eval_argv(demo_data, tmp_path / "never-read.pt", tmp_path / "eval",
+                                "--cache-dir", tmp_path / "a-file" / "cache"))

@@ -383,3 +383,13 @@ def test_a_cpp_compiler_that_fails_is_one_line_not_a_page_of_traceback(demo_data
                                     "resnet18", "--epochs", "1"),
                           env=env, capture_output=True, text=True, timeout=300)
     assert_one_line_error(proc, "--compile failed: ", "without --compile")
+
+
+def test_a_cache_dir_given_by_name_that_cannot_be_written_stops_the_run(demo_data, tmp_path):
+    """Not the quiet fallback to ~/.cache a default cache folder gets, and before any work."""
+    (tmp_path / "a-file").write_text("in the way\n")
+    cfg = train_args(demo_data, tmp_path / "run", cache_dir=str(tmp_path / "a-file" / "cache"))
+    with pytest.raises(Coco4Error, match=r"^cannot write to .*a-file/cache: .*a-file is not a "
+                                         r"folder; choose another folder"):
+        fit(cfg, progress=False)
+    assert not (tmp_path / "run").exists()
