@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from coco4 import cli
-from coco4.cli import Coco4Error, GateFailed, add_source_args, default_out_dir
+from coco4.cli import GateFailed, add_source_args, default_out_dir
 from coco4.evaluation import predict_from_args, write_results
 from coco4.fileio import check_writable
 from coco4.metrics import classes_below, confusion_text, report_text
@@ -30,11 +30,7 @@ def get_args_parser():
 
 
 def main(args):
-    gate = args.min_class_acc
-    if gate is not None and not 0 <= gate <= 1:  # nan fails both comparisons
-        # 95 for 95% would be a gate no class can pass: say what was probably meant
-        hint = f"; it is a fraction: for {gate:g}% pass {gate / 100:g}" if 1 < gate <= 100 else ""
-        raise Coco4Error(f"--min-class-acc must be between 0 and 1, got {gate}{hint}")
+    cli.check_fraction("--min-class-acc", args.min_class_acc)
     out_dir = default_out_dir(args, "eval")
     check_writable(out_dir)  # before the predictions, not after them
     predictor, predictions = predict_from_args(args)
@@ -52,7 +48,8 @@ def main(args):
           f"{metrics['nll_uncalibrated']:.4f} raw, {metrics['nll']:.4f} calibrated")
     print(f"accuracy {metrics['accuracy']:.2%} on {metrics['num_images']} images; "
           f"written to {out_dir}")
-    if args.min_class_acc is not None:
+    gate = args.min_class_acc
+    if gate is not None:
         below = classes_below(metrics, gate)
         if below:  # a class with no images is not known to pass: it fails the gate
             raise GateFailed(f"below --min-class-acc {gate:.2%}: " + ", ".join(

@@ -53,8 +53,7 @@ def get_args_parser():
 
 
 def check_args(args) -> None:
-    if not 0 <= args.min_prob <= 1:  # nan fails both comparisons
-        raise Coco4Error(f"--min-prob must be between 0 and 1, got {args.min_prob}")
+    cli.check_fraction("--min-prob", args.min_prob)
     cli.check_at_least(args, top_k=1, batch_size=1)
     if cli.workers_problem(args.workers):
         raise Coco4Error(cli.workers_problem(args.workers))

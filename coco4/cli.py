@@ -98,6 +98,14 @@ def check_at_least(args: argparse.Namespace, **least: int) -> None:
             raise Coco4Error(f"--{name.replace('_', '-')} must be at least {bound}, got {value}")
 
 
+def check_fraction(flag: str, value: float | None) -> None:
+    """A value in [0, 1]; 95 for 95% would be a bar nothing passes: say what was meant."""
+    if value is not None and not 0 <= value <= 1:  # nan fails both comparisons
+        hint = f"; it is a fraction: for {value:g}% pass {value / 100:g}" if 1 < value <= 100 \
+            else ""
+        raise Coco4Error(f"{flag} must be between 0 and 1, got {value}{hint}")
+
+
 def first_line(error: BaseException) -> str:
     """An exception's first non-empty line (libraries' messages run to pages), or its type."""
     return next((line.strip() for line in str(error).splitlines() if line.strip()),

@@ -218,6 +218,8 @@ def test_a_recursive_glob_finds_what_pythons_glob_finds(tmp_path, monkeypatch, p
 @pytest.mark.parametrize("argv, message", [
     (["IMAGE", "--min-prob", "1.5"], "--min-prob must be between 0 and 1, got 1.5"),
     (["IMAGE", "--min-prob", "nan"], "--min-prob must be between 0 and 1, got nan"),
+    (["IMAGE", "--min-prob", "80"],
+     "--min-prob must be between 0 and 1, got 80.0; it is a fraction: for 80% pass 0.8"),
     (["IMAGE", "--top-k", "0"], "--top-k must be at least 1, got 0"),
     (["IMAGE", "--top-k", "5"], "--top-k 5: the checkpoint has only 4 classes"),
     (["{tmp}/nope.jpg"], "{tmp}/nope.jpg: no such file or folder"),

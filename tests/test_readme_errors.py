@@ -182,6 +182,8 @@ CASES = [
      2),
     ("--min-class-acc must be", ["evaluate.py", "--min-class-acc", "95"], setup_nothing, None,
      2),
+    ("--min-class-acc must be", ["predict.py", "photo.jpg", "--min-prob", "80"], setup_nothing,
+     None, 2),
 ]
 if not torch.cuda.is_available():
     CASES.append(("--device cuda asked for CUDA", ["train.py", "--device", "cuda"],
