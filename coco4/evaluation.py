@@ -36,6 +36,7 @@ class Predictor:
     checkpoint: str
     temperature: float = 1.0  # the logits are divided by it before the softmax
     tta: str = "none"  # "flip": the probabilities of the image and its mirror, averaged
+    checkpoint_temperature: float = 1.0  # the checkpoint's, applied or not
 
     def view_models(self) -> list[torch.nn.Module]:
         """The model once per test-time view of an image: itself, and for ``flip`` itself on
@@ -84,7 +85,8 @@ def load_predictor(checkpoint: str | Path, device: str = "auto", amp: bool = Tru
         loaded.model.to(memory_format=torch.channels_last)  # as the model lays out its input
     return Predictor(loaded.model, loaded.classes, loaded.image_size, device,
                      Amp.for_device(device, amp), loaded.source,
-                     loaded.temperature if calibrated else 1.0)
+                     loaded.temperature if calibrated else 1.0,
+                     checkpoint_temperature=loaded.temperature)
 
 
 @dataclass
@@ -207,6 +209,7 @@ def write_results(out_dir: str | Path, predictor: Predictor, predictions: Predic
     raw = predictions.raw_metrics.summary(predictor.classes)
     metrics.update(checkpoint=predictor.checkpoint, left_out=predictions.left_out,
                    tta=predictor.tta, temperature=predictor.temperature,
+                   checkpoint_temperature=predictor.checkpoint_temperature,
                    ece_uncalibrated=raw["ece"], nll_uncalibrated=raw["nll"],
                    reliability_uncalibrated=raw["reliability"])
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")

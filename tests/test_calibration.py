@@ -107,6 +107,7 @@ def test_evaluate_reports_both_and_draws_the_reliability_diagram(calibrated_run,
     raw = evaluate.main(evaluate.get_args_parser().parse_args(
         eval_argv(root, ckpt, tmp_path / "raw", "--no-calibration")))
     assert metrics["temperature"] == t and raw["temperature"] == 1.0
+    assert metrics["checkpoint_temperature"] == raw["checkpoint_temperature"] == t
     assert metrics["ece_uncalibrated"] == pytest.approx(raw["ece"])
     assert metrics["nll_uncalibrated"] == pytest.approx(raw["nll"])
     assert metrics["accuracy"] == raw["accuracy"]  # dividing by T changes no prediction
