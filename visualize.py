@@ -17,6 +17,7 @@ import numpy as np
 from coco4 import cli, gradcam
 from coco4 import plots as vis
 from coco4.cli import Coco4Error, add_source_args, default_out_dir
+from coco4.data.images import UnreadableImage, read_rgb
 from coco4.evaluation import predict_from_args, predict_images
 from coco4.fileio import check_writable
 from coco4.run_log import read_metrics_csv
@@ -47,6 +48,10 @@ def main(args):
     for path in args.image or ():
         if not path.is_file():
             raise Coco4Error(f"--image {path}: no such file")
+        try:  # decoded now (a few files): an unreadable one stops the run before any picture
+            read_rgb(path)
+        except UnreadableImage as e:
+            raise Coco4Error(f"--image {e}; give an image file") from None
     if args.metrics and not args.metrics.is_file():
         raise Coco4Error(f"--metrics {args.metrics}: no such file (the run's metrics.csv)")
     metrics_csv = args.metrics or Path(args.checkpoint).parent / "metrics.csv"

@@ -145,6 +145,17 @@ def test_visualize_predicts_the_users_own_images(demo_data, trained, tmp_path):
     assert_png(tmp_path / "vis" / "predictions.png")
 
 
+def test_visualize_refuses_an_unreadable_own_image_before_any_work(demo_data, tmp_path):
+    """Decoded before the checkpoint is read (it is never read here) and any picture drawn."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image\n")
+    argv = eval_argv(demo_data, tmp_path / "never-read.pt", tmp_path / "vis", "--image", notes)
+    with pytest.raises(Coco4Error, match=rf"^--image {notes}: cannot identify image file .*; "
+                                         r"give an image file$"):
+        visualize.main(visualize.get_args_parser().parse_args(argv))
+    assert not (tmp_path / "vis").exists()
+
+
 @pytest.mark.parametrize("value", ["-1", "1.5", "nan"])
 def test_min_class_acc_out_of_range_is_refused_before_predicting(demo_data, tmp_path, value):
     with pytest.raises(Coco4Error, match=r"^--min-class-acc must be between 0 and 1, got "):
