@@ -18,9 +18,15 @@ from coco4.data.lists import DEFAULT_CLASSES
 from coco4.fileio import check_writable
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Each default in --help, but not "None": those options say what they fall back to."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def get_args_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=_Defaults)
     p.add_argument("--coco-root", type=Path, default=Path("coco"),
                    help="COCO folder holding annotations/instances_{train,val}2017.json")
     p.add_argument("--train-json", type=Path, default=None,

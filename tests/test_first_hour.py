@@ -40,6 +40,15 @@ def test_help_names_every_device_and_what_the_seed_seeds():
     assert "cuda:N" in text and "mps" in text and "dropout" in text
 
 
+def test_annotation_prepare_help_shows_defaults_but_never_none():
+    import annotation_prepare
+
+    text = " ".join(annotation_prepare.get_args_parser().format_help().split())
+    assert "(default: None)" not in text
+    assert "(default: COCO_ROOT/annotations/instances_train2017.json)" in text
+    assert "(default: coco)" in text and "(default: data)" in text
+
+
 def test_the_startup_line_says_fp32_where_amp_does_nothing(tmp_path, capsys):
     RunLog(tmp_path, enabled=True, resumed=False).config(TrainConfig(amp=True),
                                                          torch.device("cpu"), DistEnv())
