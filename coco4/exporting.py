@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,11 +128,25 @@ def file_format(path: Path) -> str:
         return "torchscript" if f.read(4) == b"PK\x03\x04" else "onnx"
 
 
+def _is_training_checkpoint(path: Path) -> bool:
+    """torch.save's zip archive: a data.pkl and no TorchScript code/ folder."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return (any(n.endswith("/data.pkl") for n in names)
+            and not any("/code/" in n for n in names))
+
+
 def read_metadata(path: Path, fmt: str) -> dict:
     """The metadata an export wrote; a file export.py did not write is a one-line error."""
+    if _is_training_checkpoint(path):  # torch.jit.load's words for it would say "corrupted"
+        raise Coco4Error(f"{path} is a training checkpoint, not a model export.py wrote; "
+                         f"export it with: python export.py --checkpoint {path}")
     try:
         meta = _metadata(path, fmt)
-    except Exception as e:  # a training checkpoint, a foreign model, a damaged file
+    except Exception as e:  # a foreign model, a damaged file
         raise Coco4Error(f"{path} is not a model export.py wrote ({first_line(e)}); export "
                          "one with export.py") from None
     missing = [k for k in ("classes", "input", "preprocessing", "output") if k not in meta]

@@ -109,8 +109,14 @@ def test_a_corrupted_graph_fails_the_parity_check_with_exit_1(trained, onnx_file
 
 def test_verifying_a_file_export_py_did_not_write_is_one_line(trained, tmp_path):
     """A training checkpoint given to --verify (a likely slip), a foreign ONNX model."""
-    with pytest.raises(Coco4Error, match=r"best.pt is not a model export.py wrote \("):
+    with pytest.raises(Coco4Error, match=rf"^{trained} is a training checkpoint, not a model "
+                                         rf"export.py wrote; export it with: python export.py "
+                                         rf"--checkpoint {trained}$"):
         run_export(trained, "--verify", trained)
+    damaged = tmp_path / "damaged.onnx"
+    damaged.write_bytes(b"\x08\x07 not a protobuf")
+    with pytest.raises(Coco4Error, match=r"damaged.onnx is not a model export.py wrote \("):
+        run_export(trained, "--verify", damaged)
     foreign = onnx.helper.make_model(onnx.helper.make_graph(
         [onnx.helper.make_node("Identity", ["x"], ["y"])], "g",
         [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
