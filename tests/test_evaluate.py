@@ -209,7 +209,8 @@ def test_a_list_of_only_unreadable_images_names_the_folder_it_read(demo_data, tr
                      "--images", folder)
     with pytest.raises(Coco4Error, match=rf"^2 of 2 images in .*mine\.txt cannot be used: "
                                          rf".*; no image is left: check that {folder} is the "
-                                         r"folder they are in \(--coco-root, or --images\)$"):
+                                         r"folder they are in \(--coco-root, or --images / "
+                                         r"--train-images\)$"):
         run_evaluate(*argv)
     assert not (tmp_path / "eval").exists()  # nothing written
 

@@ -70,7 +70,8 @@ def unusable_report(source: ImageSource, strict: bool, warn: Callable[[str], Non
             raise Coco4Error(summary + "; fix or remove them, or drop --strict to leave them out")
         if len(names) == len(image_list):
             raise Coco4Error(summary + f"; no image is left: check that {source.image_dir} "
-                             "is the folder they are in (--coco-root, or --images)")
+                             "is the folder they are in (--coco-root, or --images / "
+                             "--train-images)")
         warn(f"warning: {summary}; they are left out of this run")
     return {"listed_images": len(image_list), "left_out": names}
 
