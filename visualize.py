@@ -45,13 +45,7 @@ def main(args):
     check_writable(out)
     if args.seed < 0:
         raise Coco4Error(f"--seed must be 0 or more, got {args.seed}")
-    for path in args.image or ():
-        if not path.is_file():
-            raise Coco4Error(f"--image {path}: no such file")
-        try:  # decoded now (a few files): an unreadable one stops the run before any picture
-            read_rgb(path)
-        except UnreadableImage as e:
-            raise Coco4Error(f"--image {e}; give an image file") from None
+    own = [_decode(path) for path in args.image or ()]  # a few files, kept decoded
     if args.metrics and not args.metrics.is_file():
         raise Coco4Error(f"--metrics {args.metrics}: no such file (the run's metrics.csv)")
     metrics_csv = args.metrics or Path(args.checkpoint).parent / "metrics.csv"
@@ -61,7 +55,7 @@ def main(args):
     written = [vis.samples_png(predictions, predictor.classes, out / "samples.png", args.num,
                                args.seed)]
     if args.image:
-        paths, probs, truth = args.image, predict_images(predictor, args.image), None
+        paths, probs, truth = args.image, predict_images(predictor, own), None
     else:
         pick = np.random.default_rng(args.seed).choice(
             len(predictions.files), min(args.num, len(predictions.files)), replace=False)
@@ -85,6 +79,17 @@ def main(args):
     if args.show:
         _show(written)
     return [str(p) for p in written]
+
+
+def _decode(path: Path):
+    """The user's own image, decoded before any work: an unreadable one stops the run before
+    the list is predicted or any picture drawn."""
+    if not path.is_file():
+        raise Coco4Error(f"--image {path}: no such file")
+    try:
+        return read_rgb(path)
+    except UnreadableImage as e:
+        raise Coco4Error(f"--image {e}; give an image file") from None
 
 
 def _show(paths):

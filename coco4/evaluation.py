@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from .checkpoint import load_model
 from .cli import Coco4Error, resolve_sources
-from .data.images import UnreadableImage, read_rgb
 from .data.lists import read_classes, read_list
 from .data.loaders import BatchPlan, DataOptions
 from .data.prepare import make_batches, open_images, unusable_report
@@ -190,15 +190,11 @@ def check_classes(predictor: Predictor, list_path: Path) -> None:
 
 
 @torch.no_grad()
-def predict_images(predictor: Predictor, paths: Sequence[str | Path]) -> torch.Tensor:
-    """Probabilities for the user's own image files, through the original PIL eval transform."""
+def predict_images(predictor: Predictor, images: Sequence[Image.Image]) -> torch.Tensor:
+    """Probabilities for the user's own images (decoded by ``read_rgb``, which is where an
+    unreadable file is reported), through the original PIL eval transform."""
     transform = pil_eval_transform(predictor.image_size)
-    try:
-        x = torch.stack([transform(read_rgb(p)) for p in paths]).to(predictor.device)
-    except FileNotFoundError as e:
-        raise Coco4Error(f"image {e.filename} not found") from None
-    except UnreadableImage as e:
-        raise Coco4Error(f"cannot read image {e}") from None
+    x = torch.stack([transform(im) for im in images]).to(predictor.device)
     return predictor.predict(x)
 
 
