@@ -157,6 +157,13 @@ def check_against_direct(out, image_list, probs, classes):
     return metrics
 
 
+def at_temperature(probs, t):
+    """Probabilities (numpy or torch, [N, classes]) at temperature ``t`` by hand: each to the
+    power 1/T, renormalised, which is softmax(log p / T)."""
+    scaled = probs ** (1 / t)
+    return scaled / scaled.sum(1)[:, None]
+
+
 def stored_temperature(checkpoint):
     """The temperature a checkpoint file holds, read with torch alone (1 where there is none)."""
     return torch.load(checkpoint, weights_only=True).get("temperature") or 1.0

@@ -22,7 +22,7 @@ from coco4.trainer import fit
 
 import evaluate
 import predict
-from conftest import direct_predictions, eval_argv, read_csv, train_args
+from conftest import at_temperature, direct_predictions, eval_argv, read_csv, train_args
 
 
 def sklearn_nll(logits, labels, t):
@@ -117,8 +117,7 @@ def test_evaluate_reports_both_and_draws_the_reliability_diagram(calibrated_run,
     assert np.abs(got - probs.numpy()).max() < 1e-4  # --no-calibration: the plain softmax
     # calibrated: the raw probabilities at power 1/T, renormalised, and the NLL of those
     assert abs(np.log(t)) > 0.05, t  # else the two would be alike whatever evaluate.py did
-    scaled = probs.double().numpy() ** (1 / t)
-    scaled /= scaled.sum(1, keepdims=True)
+    scaled = at_temperature(probs.double().numpy(), t)
     cal = np.array([[float(r[f"prob_{c}"]) for c in metrics["classes"]]
                     for r in read_csv(tmp_path / "cal" / "predictions.csv")])
     assert np.abs(cal - scaled).max() < 1e-4
@@ -147,9 +146,7 @@ def test_predict_applies_the_temperature_unless_told_not_to(calibrated_run, tmp_
                                                                 "boat")]
                                for r in read_csv(tmp_path / f"{name}.csv")])
     # the calibrated probabilities are the raw ones at power 1/T, renormalised
-    expected = rows["raw"] ** (1 / t)
-    expected /= expected.sum(1, keepdims=True)
-    assert np.abs(rows["cal"] - expected).max() < 1e-4
+    assert np.abs(rows["cal"] - at_temperature(rows["raw"], t)).max() < 1e-4
 
 
 @pytest.mark.parametrize("value", [-1.0, 0.0, float("nan"), "warm"])

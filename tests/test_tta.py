@@ -13,6 +13,7 @@ from coco4.evaluation import averaged_log_probs, load_predictor
 import evaluate
 import predict
 from conftest import (
+    at_temperature,
     check_against_direct,
     direct_predictions,
     eval_argv,
@@ -60,8 +61,7 @@ def test_evaluate_tta_flip_averages_the_image_and_its_mirror(demo_data, trained,
     _, mirrored = direct_predictions(net, demo_data, 32, mirror=True)
     assert not torch.allclose(plain, mirrored, atol=1e-3)  # else this test could not fail
     # the mean of the raw probabilities, then the temperature: at power 1/T, renormalised
-    expected = ((plain + mirrored) / 2) ** (1 / t)
-    expected /= expected.sum(1, keepdim=True)
+    expected = at_temperature((plain + mirrored) / 2, t)
     metrics = check_against_direct(tmp_path, image_list, expected,
                                    ["bird", "airplane", "train", "boat"])
     assert metrics["tta"] == "flip"
