@@ -1,10 +1,17 @@
-"""Shared fixtures: one small synthetic COCO dataset with its lists, built once per session."""
+"""Shared fixtures, built once per session and read by every test that only reads them (a test
+that changes a file copies it first): the small synthetic COCO dataset with its lists, a larger
+one for the tests that learn, and a trained run of the test suite's tiny backbone; the
+in-process runner of the entry scripts; references that do not come from the code under test."""
 import argparse
 import contextlib
 import csv
+import importlib
+import io
 import json
+import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +25,9 @@ from torchvision import transforms as T
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the entry scripts live at the repository root
 
+import tiny_backbone  # noqa: E402  (registers --arch tiny)
+
+from coco4 import cli  # noqa: E402
 from coco4.data.images import read_rgb  # noqa: E402
 from coco4.data.lists import read_list  # noqa: E402
 from coco4.devtools.synthetic import make_synthetic_coco  # noqa: E402
@@ -58,14 +68,54 @@ class CreatesFile:
 
 
 @pytest.fixture(scope="session")
-def trained(demo_data, tmp_path_factory):
-    """best.pt of a 2-epoch run on ``demo_data``, shared by the tests that only read it (a test
-    that changes a checkpoint copies it first)."""
+def few_val(demo_data, tmp_path_factory):
+    """A data folder whose val list holds the first 8 of ``demo_data``'s val images (with its
+    classes.txt): for ResNet-50 at the original 224 px protocol, where each image costs."""
+    data = tmp_path_factory.mktemp("few") / "data"
+    data.mkdir()
+    shutil.copy(demo_data / "data" / "classes.txt", data)
+    lines = (demo_data / "data" / "annotation_val.txt").read_text().splitlines()
+    # two of each class, so the confusion matrix and per-class figures have every class
+    picked = [[line for line in lines if line.endswith(f" {c}")][k] for c in range(4)
+              for k in (0, 1)]
+    (data / "annotation_val.txt").write_text("".join(f"{line}\n" for line in picked))
+    return data
+
+
+@pytest.fixture(scope="session")
+def larger_data(tmp_path_factory):
+    """About 190 train-list and 60 val-list images: enough for a network to learn from in a
+    few epochs, and for a held-out split of about 40 to fit a temperature on."""
+    root = tmp_path_factory.mktemp("larger")
+    make_synthetic_coco(root / "coco", num_train=300, num_val=80, seed=2,
+                        image_sizes=((64, 48), (48, 64)), progress=False,
+                        lists_dir=root / "data")
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_run(demo_data, tmp_path_factory):
+    """The folder of a run of the tiny backbone on ``demo_data`` (last.pt, best.pt, metrics.csv,
+    tensorboard/), shared by the tests that only read it. Ten epochs at lr 1e-2 (0.7 s): a model
+    that tells the classes apart (about half the test images right, most probabilities far
+    from a quarter), whose pictures, thresholds and mirrored views differ as a real one's do."""
     from coco4.trainer import fit
 
     out = tmp_path_factory.mktemp("run")
-    fit(train_args(demo_data, out, epochs=2), progress=False)
-    return out / "best.pt"
+    fit(train_args(demo_data, out, epochs=10, lr=1e-2), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained(trained_run):
+    """best.pt of ``trained_run``: a test that changes a checkpoint copies it first."""
+    return trained_run / "best.pt"
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path):
+    """A copy of ``trained_run`` of this test's own, to resume, overwrite or damage."""
+    return Path(shutil.copytree(trained_run, tmp_path / "run"))
 
 
 def read_csv(path):
@@ -75,11 +125,13 @@ def read_csv(path):
 
 
 def train_args(data_root, out, **overrides):
-    """A tiny CPU training configuration over ``demo_data``, as train.py would build it."""
+    """A small CPU training configuration of the tiny backbone over ``demo_data``, as train.py
+    would build it; ``arch=`` where the backbone is what a test is about."""
     from coco4.config import TrainConfig
 
     values = {"coco_root": str(data_root / "coco"), "data_dir": str(data_root / "data"),
               "output_dir": str(out), "device": "cpu", "weights": "none", "image_size": 32,
+              "arch": tiny_backbone.NAME,
               "epochs": 1, "batch_size": 8, "lr": 1e-3, "workers": 0, "seed": 0,
               "val_fraction": 0.2}
     values.update(overrides)
@@ -107,24 +159,63 @@ def smooth_images(n, side=37):
     return images.clamp(0, 255).to(torch.uint8)
 
 
+def train_argv(data_root, out, *extra):
+    """train.py's arguments for the same small configuration of the tiny backbone."""
+    return ["--coco-root", str(data_root / "coco"), "--data-dir", str(data_root / "data"),
+            "--output-dir", str(out), "--device", "cpu", "--weights", "none", "--arch",
+            tiny_backbone.NAME, "--image-size", "32", "--batch-size", "8", "--lr", "1e-3",
+            "--workers", "0", "--val-fraction", "0.2", *map(str, extra)]
+
+
 def train_cli(data_root, out, *extra):
-    """train.py's command line for the same tiny configuration."""
-    return [sys.executable, str(REPO / "train.py"), "--coco-root", str(data_root / "coco"),
-            "--data-dir", str(data_root / "data"), "--output-dir", str(out), "--device", "cpu",
-            "--weights", "none", "--image-size", "32", "--batch-size", "8", "--lr", "1e-3",
-            "--workers", "0", "--val-fraction", "0.2", *extra]
+    """train.py's command line for the same configuration, for a test that needs a process of
+    its own (a signal, a resource limit): the script run as __main__ with the tiny backbone
+    registered (tests/scripts/with_tiny.py)."""
+    return [sys.executable, str(REPO / "tests" / "scripts" / "with_tiny.py"),
+            str(REPO / "train.py"), *train_argv(data_root, out, *extra)]
+
+
+@dataclass
+class Ran:
+    """What an entry script did: its exit status and what it printed."""
+
+    status: int
+    out: str
+    err: str
+
+    @property
+    def error(self) -> str:
+        """The one line an error is, checked to be the only ``error:`` line, with no traceback."""
+        lines = [line for line in self.err.splitlines() if line.startswith("error: ")]
+        assert len(lines) == 1 and "Traceback" not in self.err, self.err[-2000:]
+        assert self.err.strip().splitlines()[-1] == lines[0], self.err[-2000:]
+        return lines[0].removeprefix("error: ")
+
+
+def run_script(name, *argv) -> Ran:
+    """An entry script (``train``, ``evaluate``, ...) as its ``__main__`` block runs it:
+    ``cli.run(main, get_args_parser(), argv)``, here in this process (a traceback fails the
+    test as it would show one to a user). tests/test_scripts.py runs each one as a process."""
+    module = importlib.import_module(name)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+            pytest.raises(SystemExit) as done:
+        cli.run(module.main, module.get_args_parser(), [str(a) for a in argv])
+    return Ran(done.value.code or 0, out.getvalue(), err.getvalue())
 
 
 # ---------------------------------------------------------------- references that do not
 # come from the code under test: torchvision's own network and transforms, published constants
 
 
-def direct_predictions(model, demo_data, image_size, temperature=1.0, mirror=False):
+def direct_predictions(model, demo_data, image_size, temperature=1.0, mirror=False,
+                       list_path=None):
     """Predictions computed by hand: PIL decode, the original eval transform written out with
     torchvision and ImageNet's published constants, the bare torchvision network, and the
     logits divided by ``temperature`` (a checkpoint's, read from the file) before the softmax;
-    ``mirror``: of each image's left-right mirror, flipped by torchvision before the resize."""
-    image_list = read_list(demo_data / "data" / "annotation_val.txt")
+    ``mirror``: of each image's left-right mirror, flipped by torchvision before the resize.
+    The images of the val list, or of ``list_path`` (of val2017 images)."""
+    image_list = read_list(list_path or demo_data / "data" / "annotation_val.txt")
     side = round(image_size * 256 / 224)
     flip = [T.RandomHorizontalFlip(1.0)] if mirror else []
     transform = T.Compose([*flip, T.Resize((side, side)), T.ToTensor(),

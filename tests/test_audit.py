@@ -10,15 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from test_coco_filter import CAT_ID, DEFAULT, _prepare_args, _run_script, make_coco, write_json
+from test_coco_filter import CAT_ID, DEFAULT, _prepare_args, make_coco, write_json
 
 from coco4.data.audit import list_rule
 from coco4.data.prepare import prepare_train_data
-from coco4.devtools.synthetic import make_synthetic_coco
 from coco4.distributed import DistEnv
 
 import annotation_prepare
-from conftest import train_args
+from conftest import run_script, train_args
 
 CROWDED = ["person", "car", "dog", "cat", "bench", "bus", "truck", "bicycle", "motorcycle",
               "horse", "sheep"]
@@ -99,10 +98,9 @@ def lines_per_class(list_path):
 
 
 @pytest.fixture(scope="module")
-def synthetic_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic_coco")
-    make_synthetic_coco(root, num_train=60, num_val=40, progress=False)
-    return root
+def synthetic_root(demo_data):
+    """The session's generated COCO folder (annotations and images), made once for all tests."""
+    return demo_data / "coco"
 
 
 @pytest.mark.parametrize("rule", ["exact", "dominant"])
@@ -168,9 +166,7 @@ def test_a_training_run_records_the_rule_of_its_list(demo_data, tmp_path):
 ], ids=["zero", "above-one", "nan", "with-exact"])
 def test_bad_min_area_fraction_is_one_line(tmp_path, argv, fragment):
     out = tmp_path / "data"
-    proc = _run_script("annotation_prepare.py", "--coco-root", tmp_path / "no_coco",
-                       "--out-dir", out, *argv)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], proc.stderr
+    ran = run_script("annotation_prepare", "--coco-root", tmp_path / "no_coco", "--out-dir", out,
+                     *argv)
+    assert ran.status == 2 and ran.err.count("\n") == 1 and fragment in ran.error
     assert not Path(out).exists()

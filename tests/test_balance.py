@@ -2,7 +2,6 @@
 by torchrun ranks; the class-weighted loss (loss) has the hand-computed weights and the same
 gradient in micro-batches; both train end to end; the generator's --class-ratios."""
 import collections
-import subprocess
 
 import pytest
 import torch
@@ -21,7 +20,7 @@ from coco4.interrupt import Interrupted, StopRequest
 from coco4.loop import Amp, Learner, train_step
 from coco4.trainer import fit
 
-from conftest import read_csv, train_args, train_cli
+from conftest import read_csv, run_script, train_args, train_argv
 
 CPU = torch.device("cpu")
 # 1,000 images, the rarest class a twelfth of the commonest
@@ -123,13 +122,11 @@ def test_balance_is_checked_stored_and_older_checkpoints_resume_unbalanced():
     assert TrainConfig(resume="last.pt").resumed_from(stored)[0].balance == "sampler"
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("balance", ["sampler", "loss"])
 def test_train_py_balance_runs_end_to_end_and_is_stored(demo_data, tmp_path, balance):
     out = tmp_path / balance
-    proc = subprocess.run(train_cli(demo_data, out, "--epochs", "2", "--balance", balance),
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    ran = run_script("train", *train_argv(demo_data, out, "--epochs", "2", "--balance", balance))
+    assert ran.status == 0, ran.err[-2000:]
     assert read_file(out / "last.pt")["config"]["balance"] == balance
     assert len(read_csv(out / "metrics.csv")) == 2
 
@@ -163,7 +160,6 @@ class StopAfter(StopRequest):
         return StopAfter.calls < 0
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("balance", ["sampler", "loss"])
 def test_a_balanced_run_stopped_mid_epoch_resumes_to_the_same_weights(demo_data, tmp_path,
                                                                        monkeypatch, balance):

@@ -1,6 +1,7 @@
 """Temperature scaling: the fit against a search with scikit-learn's log loss, the temperature
 each checkpoint stores, and every consumer applying it (or not, with --no-calibration)."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,6 @@ from coco4.calibration import fit_temperature
 from coco4.checkpoint import load_model, save_checkpoint
 from coco4.cli import Coco4Error
 from coco4.data.prepare import prepare_train_data
-from coco4.devtools.synthetic import make_synthetic_coco
 from coco4.distributed import DistEnv
 from coco4.evaluation import load_predictor
 from coco4.loop import evaluate as evaluate_batches
@@ -64,26 +64,23 @@ def test_a_checkpoint_gives_back_its_temperature(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def calibrated_run(tmp_path_factory):
-    """~190 train-list images, so the held-out split has ~40: a trained checkpoint and the
-    configuration that reproduces its split."""
-    root = tmp_path_factory.mktemp("calibration")
-    make_synthetic_coco(root / "coco", num_train=260, num_val=40, seed=5,
-                        image_sizes=((64, 48), (48, 64)), progress=False, lists_dir=root / "data")
-    cfg = train_args(root, root / "run", epochs=4)
+def calibrated_run(larger_data, tmp_path_factory):
+    """A run on the larger data set, whose held-out split has about 40 images: a trained
+    checkpoint and the configuration that reproduces its split."""
+    cfg = train_args(larger_data, tmp_path_factory.mktemp("calibration") / "run", epochs=4)
     fit(cfg, progress=False)
-    return root, cfg
+    return larger_data, cfg
 
 
 def test_each_checkpoint_stores_a_temperature_that_does_not_worsen_the_held_out_ece(
         calibrated_run):
     root, cfg = calibrated_run
-    best = torch.load(root / "run" / "best.pt", weights_only=True)
-    last = torch.load(root / "run" / "last.pt", weights_only=True)
+    best = torch.load(Path(cfg.output_dir) / "best.pt", weights_only=True)
+    last = torch.load(Path(cfg.output_dir) / "last.pt", weights_only=True)
     assert 0.05 <= best["temperature"] <= 20 and 0.05 <= last["temperature"] <= 20
     # the held-out split again, and best.pt's logits on it
     data = prepare_train_data(cfg, DistEnv(), torch.device("cpu"), False, lambda m: None)
-    predictor = load_predictor(root / "run" / "best.pt", "cpu")
+    predictor = load_predictor(Path(cfg.output_dir) / "best.pt", "cpu")
     _, logits, labels = evaluate_batches(predictor.model, data.val, predictor.amp, 4)
     assert len(labels) >= 30
     t = best["temperature"]
@@ -99,8 +96,8 @@ def test_each_checkpoint_stores_a_temperature_that_does_not_worsen_the_held_out_
 
 
 def test_evaluate_reports_both_and_draws_the_reliability_diagram(calibrated_run, tmp_path):
-    root, _ = calibrated_run
-    ckpt = root / "run" / "best.pt"
+    root, cfg = calibrated_run
+    ckpt = Path(cfg.output_dir) / "best.pt"
     t = torch.load(ckpt, weights_only=True)["temperature"]
     metrics = evaluate.main(evaluate.get_args_parser().parse_args(
         eval_argv(root, ckpt, tmp_path / "cal")))
@@ -132,8 +129,8 @@ def test_evaluate_reports_both_and_draws_the_reliability_diagram(calibrated_run,
 
 
 def test_predict_applies_the_temperature_unless_told_not_to(calibrated_run, tmp_path):
-    root, _ = calibrated_run
-    ckpt = root / "run" / "best.pt"
+    root, cfg = calibrated_run
+    ckpt = Path(cfg.output_dir) / "best.pt"
     t = torch.load(ckpt, weights_only=True)["temperature"]
     assert abs(np.log(t)) > 0.05, t  # else the two would be alike whatever predict.py did
     images = sorted((root / "coco" / "images" / "val2017").iterdir())[:5]
@@ -150,9 +147,8 @@ def test_predict_applies_the_temperature_unless_told_not_to(calibrated_run, tmp_
 
 
 @pytest.mark.parametrize("value", [-1.0, 0.0, float("nan"), "warm"])
-def test_a_bad_stored_temperature_is_refused(calibrated_run, tmp_path, value):
-    root, _ = calibrated_run
-    payload = torch.load(root / "run" / "best.pt", weights_only=True)
+def test_a_bad_stored_temperature_is_refused(trained, tmp_path, value):
+    payload = torch.load(trained, weights_only=True)
     payload["temperature"] = value
     torch.save(payload, tmp_path / "bad.pt")
     with pytest.raises(Coco4Error, match=r"holds temperature .*, not a positive number"):

@@ -5,9 +5,6 @@ The rule: an image is kept for class C when the set of category ids over ALL its
 """
 import json
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -15,11 +12,10 @@ from coco4.cli import Coco4Error
 from coco4.data.coco_categories import COCO_CATEGORIES
 from coco4.data.coco_filter import load_coco, prepare_lists, select_images
 from coco4.data.lists import read_classes, read_list
-from coco4.devtools.synthetic import make_synthetic_coco
 
 import annotation_prepare
+from conftest import run_script
 
-REPO = Path(__file__).resolve().parent.parent
 DEFAULT = ("bird", "airplane", "train", "boat")
 CAT_ID = {c["name"]: c["id"] for c in COCO_CATEGORIES}
 
@@ -260,21 +256,15 @@ def test_annotation_prepare_unknown_class_writes_nothing(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def synthetic_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic_coco")
-    make_synthetic_coco(root, num_train=60, num_val=40, progress=False)
-    return root
-
-
-def _run_script(*argv, timeout=120):
-    return subprocess.run([sys.executable, *map(str, argv)], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
+def synthetic_root(demo_data):
+    """The session's generated COCO folder (annotations and images), made once for all tests."""
+    return demo_data / "coco"
 
 
 def test_annotation_prepare_script_on_synthetic_coco(synthetic_root, tmp_path):
     out = tmp_path / "data"
-    proc = _run_script("annotation_prepare.py", "--coco-root", synthetic_root, "--out-dir", out)
-    assert proc.returncode == 0, proc.stderr
+    ran = run_script("annotation_prepare", "--coco-root", synthetic_root, "--out-dir", out)
+    assert ran.status == 0, ran.err
     assert (out / "classes.txt").read_text().splitlines() == list(DEFAULT)
     for split in ("train", "val"):
         data = json.loads((synthetic_root / "annotations" / f"instances_{split}2017.json")
@@ -301,40 +291,31 @@ def test_annotation_prepare_script_on_synthetic_coco(synthetic_root, tmp_path):
         # the synthetic data holds crowd-of-same-class images: at least one must be kept
         crowd_files = {id_to_file[a["image_id"]] for a in data["annotations"] if a["iscrowd"]}
         assert crowd_files & rule.keys()
-        assert f"{split}: {len(rule)} images" in proc.stdout
+        assert f"{split}: {len(rule)} images" in ran.out
 
 
 def test_annotation_prepare_script_unknown_class(synthetic_root, tmp_path):
     out = tmp_path / "data"
-    proc = _run_script("annotation_prepare.py", "--coco-root", synthetic_root, "--out-dir", out,
-                       "--classes", "bird", "zeppelin")
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: ") and "zeppelin" in lines[0] and "airplane" in lines[0]
-    assert "Traceback" not in proc.stderr
+    ran = run_script("annotation_prepare", "--coco-root", synthetic_root, "--out-dir", out,
+                     "--classes", "bird", "zeppelin")
+    assert ran.status == 2 and ran.err.count("\n") == 1
+    assert "zeppelin" in ran.error and "airplane" in ran.error
     assert not (out / "annotation_train.txt").exists()
 
 
 def test_annotation_prepare_script_missing_coco(tmp_path):
-    proc = _run_script("annotation_prepare.py", "--coco-root", tmp_path / "no_coco",
-                       "--out-dir", tmp_path / "data")
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert str(tmp_path / "no_coco" / "annotations" / "instances_train2017.json") in lines[0]
+    ran = run_script("annotation_prepare", "--coco-root", tmp_path / "no_coco",
+                     "--out-dir", tmp_path / "data")
+    assert ran.status == 2 and ran.err.count("\n") == 1
+    assert str(tmp_path / "no_coco" / "annotations" / "instances_train2017.json") in ran.error
 
 
-@pytest.mark.parametrize("script", ["annotation_prepare.py", "train.py", "evaluate.py",
-                                    "visualize.py"])
-@pytest.mark.slow
+@pytest.mark.parametrize("script", ["annotation_prepare", "train", "evaluate", "visualize",
+                                    "predict", "export"])
 def test_script_help(script):
-    if not (REPO / script).is_file():
-        pytest.skip(f"{script} not written yet")
-    proc = _run_script(script, "--help")
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("usage:") and "--help" in proc.stdout
-    assert "Traceback" not in proc.stderr
+    ran = run_script(script, "--help")
+    assert ran.status == 0, ran.err
+    assert ran.out.startswith("usage:") and "--help" in ran.out
 
 
 def _broken(change):

@@ -17,10 +17,13 @@ from coco4.devtools.synthetic import make_synthetic_coco
 from coco4.loop import Amp, EpochState, Learner, _note_bad_loss, train_step
 from coco4.model import build_model, trainable_parameters
 
-from conftest import REPO, eval_argv, smooth_images, train_cli
+from conftest import REPO, eval_argv, smooth_images, train_argv, train_cli
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
+# the runs here train ResNet-50, the recipe's backbone: what the GPU path (AMP, channels_last,
+# memory) is measured on; the later --arch of a command line wins over train_cli's tiny one
+RECIPE = ("--arch", "resnet50")
 
 
 def smooth_cache(n):
@@ -95,7 +98,7 @@ def evaluate_argv(demo_data, checkpoint, out, device):
 
 def test_train_on_cuda_with_amp_then_evaluate_on_either_device(demo_data, tmp_path):
     out = tmp_path / "run"
-    proc = run(train_cli(demo_data, out, "--device", "cuda", "--epochs", "2"), tmp_path)
+    proc = run(train_cli(demo_data, out, "--device", "cuda", "--epochs", "2", *RECIPE), tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert read_file(out / "last.pt")["epoch"] == 2
     metrics = {}
@@ -118,7 +121,7 @@ def test_predict_and_export_from_a_gpu_trained_checkpoint(demo_data, tmp_path):
     """predict.py on the GPU (bf16) agrees with the CPU (fp32); the ONNX export of a checkpoint
     trained on the GPU passes its parity check, under this machine's torch and onnxruntime."""
     out = tmp_path / "run"
-    assert run(train_cli(demo_data, out, "--device", "cuda", "--epochs", "1"), tmp_path
+    assert run(train_cli(demo_data, out, "--device", "cuda", "--epochs", "1", *RECIPE), tmp_path
                ).returncode == 0
     image_dir = demo_data / "coco" / "images" / "val2017"
     probs = {}
@@ -153,9 +156,9 @@ def capped_train(data, out, cwd, *extra):
     prelude = (f"import runpy, sys, torch; sys.path.insert(0, {str(REPO)!r}); "
                f"torch.cuda.set_per_process_memory_fraction({cap}); "
                f"runpy.run_path({str(REPO / 'train.py')!r}, run_name='__main__')")
-    argv = train_cli(data, out, "--device", "cuda", "--image-size", "224", "--batch-size", "512",
-                     "--epochs", "1", *extra)
-    return run([sys.executable, "-c", prelude, *argv[2:]], cwd)
+    argv = train_argv(data, out, "--device", "cuda", "--image-size", "224", "--batch-size", "512",
+                      "--epochs", "1", *RECIPE, *extra)
+    return run([sys.executable, "-c", prelude, *argv], cwd)
 
 
 def test_out_of_memory_names_an_accum_steps_that_then_fits(many_images, tmp_path):
@@ -179,8 +182,8 @@ def test_out_of_memory_names_an_accum_steps_that_then_fits(many_images, tmp_path
 # last: compiling takes the longest, and a slow compiler must not hide the other results
 def test_compiled_training_writes_a_plain_portable_checkpoint(demo_data, tmp_path):
     out = tmp_path / "run"
-    proc = run(train_cli(demo_data, out, "--device", "cuda", "--compile", "--epochs", "2"),
-               tmp_path, timeout=150)
+    proc = run(train_cli(demo_data, out, "--device", "cuda", "--compile", "--epochs", "2",
+                         *RECIPE), tmp_path, timeout=150)
     assert proc.returncode == 0, proc.stderr
     ev = run(evaluate_argv(demo_data, out / "best.pt", tmp_path / "eval", "cpu"), tmp_path)
     assert ev.returncode == 0, ev.stderr  # no "_orig_mod." keys: a plain model loads it

@@ -81,11 +81,11 @@ def test_validation_uses_rank_0s_batchnorm_statistics_on_every_rank(tmp_path):
 def test_out_of_memory_on_one_rank_ends_every_rank_promptly_with_the_advice(demo_data, tmp_path):
     """Not a hang until the collective timeout (10 minutes with NCCL, 30 with gloo): the
     failing rank says what to do and exits, the other's next stop vote fails at once."""
-    from conftest import REPO, train_cli
+    from conftest import REPO, train_argv
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(REPO / "tests" / "scripts" / "oom_on_rank_1.py"),
-           *train_cli(demo_data, tmp_path / "run", "--epochs", "2", "--batch-size", "16")[2:]]
+           *train_argv(demo_data, tmp_path / "run", "--epochs", "2", "--batch-size", "16")]
     tic = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})

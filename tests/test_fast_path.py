@@ -11,13 +11,11 @@ import torch
 
 from coco4.cli import Coco4Error
 from coco4.data import cache
-from coco4.data.coco_filter import prepare_lists
 from coco4.data.images import ListDataset
 from coco4.data.lists import read_list
 from coco4.data.loaders import BatchPlan, CachedBatches, DataOptions, PilBatches
 from coco4.data.transforms import pil_eval_transform
 from coco4.devtools import bench
-from coco4.devtools.synthetic import make_synthetic_coco
 from coco4.evaluation import load_predictor, predict_list
 from coco4.trainer import fit
 
@@ -57,30 +55,20 @@ def test_cache_is_reused_and_rebuilt_when_an_image_changes(demo_data, tmp_path):
     assert sorted(p.suffix for p in (tmp_path / "c").iterdir()) == [".json", ".u8"]  # old one gone
 
 
-@pytest.fixture(scope="module")
-def larger_data(tmp_path_factory):
-    """About 190 train-list and 60 val-list images: enough to learn from in a few epochs."""
-    root = tmp_path_factory.mktemp("larger")
-    make_synthetic_coco(root / "coco", num_train=300, num_val=80, seed=2,
-                        image_sizes=((64, 48), (48, 64)), progress=False)
-    prepare_lists(root / "coco/annotations/instances_train2017.json",
-                  root / "coco/annotations/instances_val2017.json", root / "data",
-                  ["bird", "airplane", "train", "boat"])
-    return root
-
-
 @pytest.mark.slow
 def test_training_by_either_path_reaches_the_same_accuracy_band(larger_data, tmp_path):
-    """Eight epochs at 48 px from random weights (measured: fast 0.81, pil 0.73 test accuracy):
-    both pipelines learn well above the 0.25 of chance and land within 0.2 of each other.
-    At lr 5e-4: at 1e-3 the validation loss of a BatchNorm network trained from scratch spikes
-    to 60 and accuracy swings by 0.3 between epochs, and the comparison measures that chaos
-    (0.78 against 0.53 once the batches changed), not the pipelines."""
+    """Eight epochs of ResNet-50 at 48 px from random weights (measured: fast 0.81, pil 0.73
+    test accuracy): both pipelines learn well above the 0.25 of chance and land within 0.2 of
+    each other. An accuracy bar needs a network that learns this data reliably: the tiny test
+    backbone, with its random frozen stem, reaches 0.34 to 0.54 by seed. At lr 5e-4: at 1e-3
+    the validation loss of a BatchNorm network trained from scratch spikes to 60 and accuracy
+    swings by 0.3 between epochs, and the comparison measures that chaos (0.78 against 0.53
+    once the batches changed), not the pipelines."""
     accuracy = {}
     for path in ("fast", "pil"):
         out = tmp_path / path
         fit(train_args(larger_data, out, data_path=path, epochs=8, image_size=48, batch_size=32,
-                       workers=2, lr=5e-4), progress=False)
+                       workers=2, lr=5e-4, arch="resnet50"), progress=False)
         predictor = load_predictor(out / "best.pt", "cpu")
         p = predict_list(predictor, larger_data / "data" / "annotation_val.txt",
                          larger_data / "coco" / "images" / "val2017",
@@ -95,7 +83,7 @@ def test_benchmark_runs_in_a_tiny_mode(tmp_path, capsys):
     args = bench.get_args_parser().parse_args([
         "--device", "cpu", "--workers", "0", "--num-images", "12", "--batch-size", "4",
         "--image-size", "32", "--epochs", "1", "--train-steps", "1", "--load", "1", "--json",
-        str(tmp_path / "bench.json")])
+        str(tmp_path / "bench.json"), "--arch", "tiny"])
     returned = bench.main(args)
     figures = json.loads((tmp_path / "bench.json").read_text())
     assert figures == returned  # the file holds what was measured, nothing rounded away
@@ -109,7 +97,7 @@ def test_benchmark_runs_in_a_tiny_mode(tmp_path, capsys):
                                      "ceiling_img_s"}
     rates = [*figures["pipeline"].values(), *figures["train"].values()]
     assert all(isinstance(r, float) and 0 < r < 1e6 for r in rates), rates  # none left None
-    # this process imported torch and built a ResNet-50 (100 MB of float32 weights)
+    # this process imported torch (over 100 MB of libraries)
     assert figures["memory"]["host_peak_mb"] > 100 and figures["memory"]["gpu_peak_mb"] is None
     out = capsys.readouterr().out
     assert "1 busy processes running" in out

@@ -119,7 +119,6 @@ def test_host_peak_memory_is_measured_where_resource_exists():
     assert host_peak_mb() > 50  # this process holds torch: tens of MB at least
 
 
-@pytest.mark.slow
 def test_visualize_says_why_it_draws_no_training_curves(demo_data, trained, tmp_path, capsys):
     lone = tmp_path / "copied" / "best.pt"  # a checkpoint away from its run's metrics.csv
     lone.parent.mkdir()

@@ -20,10 +20,9 @@ from coco4.data.lists import read_list, write_list
 from coco4.data.prepare import stratified_split
 from coco4.distributed import DistEnv
 from coco4.metrics import CSV_COLUMNS, ECE_BINS, MetricAccumulator, csv_row
-from coco4.trainer import fit
 
 import evaluate
-from conftest import eval_argv, read_csv, train_args
+from conftest import eval_argv, read_csv
 
 CLASSES = ("bird", "airplane", "train", "boat")
 
@@ -135,13 +134,11 @@ def test_sums_are_added_up_across_ranks(tmp_path):
     assert accumulate(batches[0::2]).summary(CLASSES)["num_images"] == 5 + 3  # rank 0 alone
 
 
-@pytest.mark.slow
-def test_validation_during_training_equals_evaluate_on_the_same_images(demo_data, tmp_path):
+def test_validation_during_training_equals_evaluate_on_the_same_images(demo_data, trained_run,
+                                                                        tmp_path):
     """train.py's validation metrics for the best epoch and evaluate.py's on a list of exactly
     the held-out images, with the best checkpoint: one code path, so the same numbers."""
-    out = tmp_path / "run"
-    fit(train_args(demo_data, out, epochs=2), progress=False)
-    assert_validation_equals_evaluate(demo_data, out, tmp_path, 0.2)
+    assert_validation_equals_evaluate(demo_data, trained_run, tmp_path, 0.2)
 
 
 def assert_validation_equals_evaluate(demo_data, out, tmp_path, val_fraction):

@@ -24,7 +24,6 @@ from conftest import read_csv, smooth_images, train_args
 
 CPU = torch.device("cpu")
 CLASSES = ("bird", "airplane", "train", "boat")
-SMALL = {"arch": "resnet18"}  # what the trainer does is the same for every architecture
 
 
 def test_the_validation_split_is_disjoint_complete_stratified_and_seeded():
@@ -62,7 +61,7 @@ def test_evaluation_runs_in_eval_mode_whatever_mode_the_model_was_left_in():
     """Breakage: evaluation without model.eval(): dropout stays on, and the validation images
     move layer3/layer4's BatchNorm statistics."""
     torch.manual_seed(0)
-    model = build_model("resnet18", 4)
+    model = build_model("tiny", 4)
     images = smooth_images(6, side=37)
     batches = CachedBatches(images, [0, 1, 2, 3, 0, 1], range(6), BatchPlan(4, CPU, 32,
                                                                             train=False))
@@ -122,7 +121,7 @@ def test_the_best_checkpoint_is_the_first_epoch_with_the_best_chosen_score(
     best replacing best.pt."""
     scripted_validation(monkeypatch)
     out = tmp_path / "run"
-    fit(train_args(demo_data, out, epochs=3, select_by=select_by, **SMALL), progress=False)
+    fit(train_args(demo_data, out, epochs=3, select_by=select_by), progress=False)
     rows = read_csv(out / "metrics.csv")
     assert [float(r["val_acc"]) for r in rows] == [0.75, 0.75, 0.5]
     assert [float(r["val_min_class_acc"]) for r in rows] == [0.0, 0.5, 0.5]
@@ -137,7 +136,7 @@ def test_the_lr_drops_when_the_validation_loss_stops_improving(demo_data, tmp_pa
     training loss falls epoch after epoch, and would never drop the LR here)."""
     shown = scripted_validation(monkeypatch)
     out = tmp_path / "run"
-    fit(train_args(demo_data, out, epochs=3, plateau_patience=0, **SMALL), progress=False)
+    fit(train_args(demo_data, out, epochs=3, plateau_patience=0), progress=False)
     losses = [float(F.cross_entropy(logits, labels)) for logits, labels in shown]
     assert losses[1] > losses[0]  # worse at epoch 2: patience 0 drops the LR then
     rows = read_csv(out / "metrics.csv")
@@ -190,7 +189,7 @@ def test_a_run_stopped_mid_epoch_reports_the_whole_epochs_figures(demo_data, tmp
     polls = []
     monkeypatch.setattr(StopRequest, "requested", property(lambda self: polls.append(1) or
                                                            len(polls) > 3))
-    common = {"epochs": 1, "batch_size": 4, **SMALL}
+    common = {"epochs": 1, "batch_size": 4}
     with pytest.raises(Interrupted):
         fit(train_args(demo_data, tmp_path / "cut", **common), progress=False)
     assert read_file(tmp_path / "cut" / "last.pt")["run"]["step"] == 4  # 4 of 9 steps done
@@ -209,10 +208,10 @@ def test_a_resumed_run_continues_the_optimizer_and_the_lr_schedule(demo_data, tm
     """Breakage: resume without the optimizer's state (Adam's moments start again) or the
     scheduler's (ReduceLROnPlateau forgets its best loss, its patience and the lowered LR)."""
     out = tmp_path / "run"
-    fit(train_args(demo_data, out, epochs=2, **SMALL), progress=False)
+    fit(train_args(demo_data, out, epochs=2), progress=False)
     saved = read_file(out / "last.pt")
     assert saved["scheduler"]["last_epoch"] == 2 and saved["optimizer"]["state"]
-    cfg = train_args(demo_data, tmp_path / "more", epochs=3, resume=str(out / "last.pt"), **SMALL)
+    cfg = train_args(demo_data, tmp_path / "more", epochs=3, resume=str(out / "last.pt"))
     data = SimpleNamespace(classes=CLASSES, train=None)
     learner = build_learner(cfg, data, CPU, DistEnv(), load_model(out / "last.pt"))
     assert learner.scheduler.state_dict() == saved["scheduler"]

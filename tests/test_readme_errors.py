@@ -1,22 +1,18 @@
 """The README's "When things go wrong" table against the program: each case below provokes one
-documented message by running a script as a user would (a subprocess, in a fresh folder, with
-the default relative paths), and compares the line it prints with the table's row. The rows are
-read from README.md, so a change to either side fails here. In a row, ``...`` stands for text
-the README leaves out; everything else must be the program's text exactly."""
+documented message by running a script as a user would (through the runner of its ``__main__``
+block, in a fresh folder, with the default relative paths), and compares the line it prints
+with the table's row. The rows are read from README.md, so a change to either side fails here.
+In a row, ``...`` stands for text the README leaves out; everything else must be the program's
+text exactly."""
 import builtins
 import json
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
 from PIL import Image
 
-from conftest import HAVE_PYCOCOTOOLS, REPO
-
-pytestmark = pytest.mark.slow  # subprocesses: a few seconds each
+from conftest import HAVE_PYCOCOTOOLS, REPO, run_script
 
 
 def readme_rows() -> dict[str, list[str]]:
@@ -47,13 +43,13 @@ def matches(pattern: str, line: str) -> bool:
     return re.fullmatch(regex, line) is not None
 
 
-def run(tmp_path, script, *argv, env=None):
-    proc = subprocess.run([sys.executable, str(REPO / script), *argv], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **(env or {})})
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, proc.stderr[-2000:]  # one line, and no traceback
-    return proc.returncode, lines[0].removeprefix("error: ")
+def run(monkeypatch, tmp_path, script, *argv, env=None):
+    """The script's exit status and its one error line, run in ``tmp_path`` with ``env`` set."""
+    monkeypatch.chdir(tmp_path)
+    for name, value in (env or {}).items():
+        monkeypatch.setenv(name, value)
+    ran = run_script(script.removesuffix(".py"), *argv)
+    return ran.status, ran.error
 
 
 def write_list(tmp_path, lines, name="annotation_train.txt", encoding="utf-8"):
@@ -197,9 +193,10 @@ if not torch.backends.mps.is_available():
     pytest.param(*case, id=f"{case[1][0]}:{case[0][:30]}:{case[2].__name__}",
                  marks=[needs_pycocotools] if case[1][0] == "annotation_prepare.py" else [])
     for case in CASES])
-def test_the_program_prints_what_the_readme_documents(tmp_path, row, argv, setup, env, status):
+def test_the_program_prints_what_the_readme_documents(monkeypatch, tmp_path, row, argv, setup,
+                                                      env, status):
     setup(tmp_path)
-    code, line = run(tmp_path, *argv, env=env)
+    code, line = run(monkeypatch, tmp_path, *argv, env=env)
     messages = documented(row)
     assert any(matches(m, line) for m in messages), (line, messages)
     assert code == status

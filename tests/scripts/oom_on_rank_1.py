@@ -8,7 +8,9 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+import tiny_backbone  # noqa: E402, F401  (registers --arch tiny)
 
 import coco4.loop  # noqa: E402
 
