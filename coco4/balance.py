@@ -3,7 +3,7 @@ cross-entropy weighted by inverse class frequency (``loss``). Both are derived f
 training split's labels alone, so a resumed run and every torchrun rank derive the same."""
 import torch
 
-from .cli import Coco4Error
+from .errors import Coco4Error
 
 
 def balanced_order(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from .cli import Coco4Error
+from .errors import Coco4Error
 
 # a fit at or beyond these has found a degenerate set, not a calibration (labels that ignore
 # the logits drive T up): then T = 1, as for a set with no mistake, where the NLL keeps falling

@@ -3,8 +3,10 @@ for training, and every older layout upgraded on reading.
 
 Files hold the torchvision network's state dict (``Classifier.net``), so the original project's
 checkpoints and torchvision's own state dicts share one key layout. Layouts read:
-- coco4 format version 2 (this one): the architecture in ``config["arch"]``, the run state's
-  best score in ``run["best_metric"]``;
+- coco4 format version 3 (this one): a mid-epoch run state's running sums in
+  ``run["epoch_sums"]``;
+- coco4 format version 2: the same under ``run["partial"]``; the architecture in
+  ``config["arch"]``, the run state's best score in ``run["best_metric"]``;
 - coco4 format version 1 (before the architecture registry): always a ResNet-50;
 - the original project's ``model_state_dict`` / ``optimizer_state_dict`` / ``epoch`` (ResNet-50,
   the four default classes, 224 px);
@@ -21,13 +23,13 @@ from pathlib import Path
 import torch
 
 from .calibration import stored_temperature
-from .cli import Coco4Error
 from .data.lists import DEFAULT_CLASSES
+from .errors import Coco4Error
 from .fileio import atomic_path
 from .model import DEFAULT_ARCH, Classifier, build_model, unwrap
 
 FORMAT = "coco4"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 def save_checkpoint(path: str | Path, payload: dict, *copies: str | Path) -> None:
@@ -166,10 +168,15 @@ def _upgrade(ckpt: dict, path) -> dict:
         version = 1
     if version == 1:  # before the registry every model was a ResNet-50
         ckpt["config"] = {"arch": DEFAULT_ARCH, **ckpt.get("config", {})}
-        if "run" in ckpt:
+        if isinstance(ckpt.get("run"), dict):
             run = dict(ckpt["run"])
             run["best_metric"] = run.pop("best_acc", -1.0)
             ckpt["run"] = run
+        version = 2
+    if version == 2 and isinstance(ckpt.get("run"), dict) and "partial" in ckpt["run"]:
+        run = dict(ckpt["run"])  # the interrupted epoch's sums, under a name that says so
+        run["epoch_sums"] = run.pop("partial")
+        ckpt["run"] = run
     ckpt["format_version"] = FORMAT_VERSION
     return ckpt
 

@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from .cli import Coco4Error, first_line
+from .errors import Coco4Error, first_line
 
 INSTEAD = "or train without --compile"
 

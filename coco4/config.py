@@ -6,15 +6,19 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli import Coco4Error, default_workers, workers_problem
+from .cli import DEVICE_HELP, default_workers, workers_problem
 from .data.loaders import DataOptions
+from .data.prepare import TrainDataSpec
+from .errors import Coco4Error
 from .metrics import SELECTABLE
 from .model import ARCHITECTURES, DEFAULT_ARCH
+from .options import option
 
 # above this the cache (one uint8 square per image, 8/7 of the crop's side) outgrows most disks
 MAX_IMAGE_SIZE = 1024
 # --balance: none (the original), sampler (class-balanced epochs), loss (class-weighted loss)
 BALANCE_MODES = ("none", "sampler", "loss")
+DATA_PATHS = ("fast", "pil")
 # Settings that say where and how fast a run executes, not what it computes: on --resume these
 # come from the command line, everything else from the checkpoint being resumed.
 RUNTIME_FIELDS = ("coco_root", "data_dir", "train_list", "train_images", "cache_dir", "epochs",
@@ -23,33 +27,49 @@ RUNTIME_FIELDS = ("coco_root", "data_dir", "train_list", "train_images", "cache_
 
 @dataclass(frozen=True)
 class TrainConfig:
-    coco_root: str = "coco"
-    data_dir: str = "data"
-    train_list: str = None
-    train_images: str = None
-    cache_dir: str = None
-    epochs: int = 70
-    batch_size: int = 2048
-    accum_steps: int = 1
-    lr: float = 1e-4
-    image_size: int = 224
-    weights: str = "imagenet"
-    device: str = "auto"
-    workers: int = dataclasses.field(default_factory=default_workers)
-    seed: int = 0
-    val_fraction: float = 0.1
-    output_dir: str = "checkpoint"
-    resume: str = None
-    amp: bool = True
-    data_path: str = "fast"
-    compile: bool = False
-    strict: bool = False
-    plateau_factor: float = 0.1
-    plateau_patience: int = 5
-    arch: str = DEFAULT_ARCH
-    select_by: str = "accuracy"
-    balance: str = "none"  # older checkpoints lack it: they trained unbalanced
-    overwrite: bool = False  # a new run may delete an earlier run's files in output_dir
+    """Every setting of a run, each one train.py flag (``--batch-size`` for ``batch_size``):
+    adding a training option is a field here and its use."""
+
+    coco_root: str = option("coco", "COCO folder (images/train2017)")
+    data_dir: str = option("data", "lists from annotation_prepare.py")
+    train_list: str | None = option(None, "the training list (default: "
+                                    "DATA_DIR/annotation_train.txt)")
+    train_images: str | None = option(None, "its image folder (default: "
+                                      "COCO_ROOT/images/train2017)")
+    cache_dir: str | None = option(None, "decoded-image cache (default: DATA_DIR/cache)")
+    epochs: int = option(70, "total epochs (also on --resume)")
+    batch_size: int = option(2048, "global batch size")
+    accum_steps: int = option(1, "micro-batches per optimizer step (same effective batch, "
+                              "less GPU memory; BatchNorm sees each micro-batch alone)")
+    lr: float = option(1e-4, "Adam learning rate")
+    image_size: int = option(224, "training crop size")
+    weights: str = option("imagenet", "imagenet, none, or a local .pth file")
+    device: str = option("auto", DEVICE_HELP)
+    workers: int = option(help="image-decoding processes", factory=default_workers)
+    seed: int = option(0, "seeds the split, order, augmentation, dropout and the head's weights")
+    val_fraction: float = option(0.1, "share of each class held out from the train list for "
+                                 "validation")
+    output_dir: str = option("checkpoint", "checkpoints and logs")
+    resume: str | None = option(None, "a last.pt to continue from")
+    amp: bool = option(True, "mixed precision on CUDA (bf16, or fp16 with loss scaling)")
+    data_path: str = option("fast", "fast: decode once, augment on the device; pil: the "
+                            "original pipeline", choices=DATA_PATHS)
+    compile: bool = option(False, "torch.compile the model")
+    strict: bool = option(False, "stop on a missing or unreadable image instead of leaving "
+                          "it out")
+    plateau_factor: float = option(0.1, "ReduceLROnPlateau: the LR is multiplied by this when "
+                                   "the validation loss stops improving")
+    plateau_patience: int = option(5, "ReduceLROnPlateau: epochs without improvement before it")
+    arch: str = option(DEFAULT_ARCH, "backbone; stored in the checkpoint, so no later step "
+                       "needs it", choices=lambda: tuple(ARCHITECTURES))
+    select_by: str = option("accuracy", "the held-out validation metric that chooses best.pt",
+                            choices=SELECTABLE)
+    # older checkpoints lack it: they trained unbalanced
+    balance: str = option("none", "class balance: sampler draws each epoch class-balanced "
+                          "(with replacement); loss weights cross-entropy by inverse class "
+                          "frequency", choices=BALANCE_MODES)
+    overwrite: bool = option(False, "delete an earlier run's files in --output-dir and start "
+                             "anew")
 
     def __post_init__(self):
         checks = [
@@ -73,7 +93,7 @@ class TrainConfig:
             (workers_problem(self.workers) is None, workers_problem(self.workers)),
             (re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None,
              f"--device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}"),
-            (self.data_path in ("fast", "pil"), f"--data-path must be fast or pil, got "
+            (self.data_path in DATA_PATHS, f"--data-path must be fast or pil, got "
              f"{self.data_path!r}"),
             (self.arch in ARCHITECTURES, f"--arch must be one of {', '.join(ARCHITECTURES)}, "
              f"got {self.arch!r}"),
@@ -99,8 +119,13 @@ class TrainConfig:
         return Path(self.cache_dir or Path(self.data_dir) / "cache")
 
     @property
-    def data_options(self) -> DataOptions:
-        return DataOptions(self.data_path, self.cache_path, self.workers, self.strict)
+    def data_spec(self) -> TrainDataSpec:
+        """What data preparation needs of this configuration, and nothing else."""
+        return TrainDataSpec(self.train_list_path, self.train_images_path, self.image_size,
+                             DataOptions(self.data_path, self.cache_path, self.workers,
+                                         self.strict),
+                             self.val_fraction, self.seed, self.batch_size, self.accum_steps,
+                             balanced=self.balance == "sampler")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .cli import Coco4Error
+from .errors import Coco4Error
 
 
 @dataclass(frozen=True)

@@ -1,114 +1,119 @@
-"""Predict a labelled list or the user's own images with a model rebuilt from its checkpoint."""
-import argparse
+"""evaluate.py's work: a checkpoint's predictions for a labelled list (the val2017 test list by
+default), their metrics, and the files and pictures written of them. visualize.py starts from
+the same predictions."""
 import csv
 import dataclasses
 import io
 import json
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 
-from .checkpoint import load_model
-from .cli import Coco4Error, resolve_sources
+from .cli import check_fraction
+from .config import DATA_PATHS
 from .data.lists import read_classes, read_list
 from .data.loaders import BatchPlan, DataOptions
 from .data.prepare import make_batches, open_images, unusable_report
-from .data.transforms import pil_eval_transform
-from .distributed import DistEnv, pick_device
+from .errors import Coco4Error, GateFailed
 from .fileio import atomic_write_text, check_writable
-from .loop import Amp, predict_logits
-from .metrics import MetricAccumulator
+from .loop import predict_logits
+from .metrics import MetricAccumulator, classes_below, confusion_text, report_text
+from .options import option
+from .out_of_memory import prediction_advice
+from .plots import confusion_matrix_figure, reliability_figure, save
+from .predictor import (
+    Predictions,
+    Predictor,
+    PredictorOptions,
+    averaged_log_probs,
+    predictor_for,
+)
 
 
-@dataclass
-class Predictor:
-    """A checkpoint's model, in eval mode on its device, with what predicting needs."""
+@dataclass(frozen=True)
+class ListOptions(PredictorOptions):
+    """A labelled list and its images: what evaluate.py and visualize.py predict."""
 
-    model: torch.nn.Module
-    classes: list
-    image_size: int
-    device: torch.device
-    amp: Amp
-    checkpoint: str
-    temperature: float = 1.0  # the logits are divided by it before the softmax
-    tta: str = "none"  # "flip": the probabilities of the image and its mirror, averaged
-    checkpoint_temperature: float = 1.0  # the checkpoint's, applied or not
-
-    def view_models(self) -> list[torch.nn.Module]:
-        """The model once per test-time view of an image: itself, and for ``flip`` itself on
-        the mirror image (training's random flips make the mirror an equally likely photo)."""
-        return [self.model] + ([Mirrored(self.model)] if self.tta == "flip" else [])
-
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Probabilities for a batch of images already on the device, every view averaged."""
-        with self.amp.autocast():
-            views = [m(x).float() for m in self.view_models()]
-        return averaged_log_probs(views, self.temperature).exp().cpu()
-
-
-class Mirrored(torch.nn.Module):
-    """A model applied to the left-right mirror of its input (NCHW: the last axis is width)."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x.flip(-1))
-
-
-def averaged_log_probs(views: Sequence[torch.Tensor], temperature: float) -> torch.Tensor:
-    """log softmax(log(mean over views of softmax(logits)) / T). The probabilities are averaged,
-    not the logits: a view that is unsure should not be outvoted by the other's large logits.
-    T is applied once, to the average, so that as with one view (where this is
-    softmax(logits / T)) it changes no prediction: each view softened first would let T decide
-    which class wins where the views disagree. As logits these give the probabilities back, so
-    every metric reads them unchanged."""
-    log_probs = torch.stack([v.float().log_softmax(1) for v in views])
-    averaged = log_probs.logsumexp(0) - math.log(len(views))
-    return (averaged / temperature).log_softmax(1)
-
-
-def load_predictor(checkpoint: str | Path, device: str = "auto", amp: bool = True,
-                   calibrated: bool = True) -> Predictor:
-    """The model, classes, image size and temperature stored in ``checkpoint`` (any layout),
-    ready to use; ``calibrated=False`` leaves the temperature out (raw probabilities)."""
-    device = pick_device(device, DistEnv())
-    loaded = load_model(checkpoint, device)
-    loaded.model.eval()
-    if device.type == "cuda":
-        loaded.model.to(memory_format=torch.channels_last)  # as the model lays out its input
-    return Predictor(loaded.model, loaded.classes, loaded.image_size, device,
-                     Amp.for_device(device, amp), loaded.source,
-                     loaded.temperature if calibrated else 1.0,
-                     checkpoint_temperature=loaded.temperature)
-
-
-@dataclass
-class Predictions:
-    list_path: Path
-    image_dir: Path  # where ``files`` are
-    files: list
-    labels: list
-    probs: torch.Tensor  # [N, classes], softmax of the logits divided by the temperature
-    metrics: MetricAccumulator  # the same sums that validation during training keeps
-    left_out: dict
-    raw_metrics: MetricAccumulator  # the same, before the temperature
+    data_dir: Path = option(Path("data"), "lists from annotation_prepare.py")
+    coco_root: Path = option(Path("coco"), "COCO folder")
+    list: Path | None = option(None, "image list (default: DATA_DIR/annotation_val.txt)")
+    images: Path | None = option(None, "its image folder (default: COCO_ROOT/images/val2017)")
+    data_path: str = option("fast", "fast: decoded-image cache; pil: decode every image each "
+                                    "time", choices=DATA_PATHS)
+    cache_dir: Path | None = option(None, "decoded-image cache (default: DATA_DIR/cache)")
 
     @property
-    def preds(self) -> list:
-        return self.probs.argmax(1).tolist()
+    def list_path(self) -> Path:
+        return self.list or self.data_dir / "annotation_val.txt"
 
-    def losses(self) -> torch.Tensor:
-        """Each image's loss, -log p(true class): what "most wrong" is ranked by in the pictures
-        (clamped, so a probability that underflowed to 0 ranks first instead of giving inf)."""
-        labels = torch.tensor(self.labels, dtype=torch.long)
-        return -self.probs[torch.arange(len(labels)), labels].clamp_min(1e-12).log()
+    @property
+    def image_dir(self) -> Path:
+        return self.images or self.coco_root / "images" / "val2017"
+
+    @property
+    def data_options(self) -> DataOptions:
+        return DataOptions(self.data_path, self.cache_dir or self.data_dir / "cache",
+                           self.workers, self.strict)
+
+    def out(self, name: str, out_dir: Path | None) -> Path:
+        """The output folder: ``out_dir``, or NAME beside the checkpoint."""
+        return out_dir or Path(self.checkpoint).parent / name
+
+
+@dataclass(frozen=True)
+class EvaluateOptions(ListOptions):
+    out_dir: Path | None = option(None, "where the results go (default: CHECKPOINT_DIR/eval)")
+    min_class_acc: float | None = option(None, "exit with status 1 when any class's accuracy "
+                                               "is below this (0..1)")
+
+
+def evaluate_checkpoint(opts: EvaluateOptions) -> dict:
+    """Predict the list, write metrics.json, predictions.csv, confusion_matrix.png and
+    reliability_diagram.png, print the report; with ``min_class_acc``, fail the gate where a
+    class is below it (the results are written first). Returns the metrics."""
+    check_fraction("--min-class-acc", opts.min_class_acc)
+    out_dir = opts.out("eval", opts.out_dir)
+    check_writable(out_dir)  # before the predictions, not after them
+    predictor, predictions = predict_list_for(opts)
+    metrics = write_results(out_dir, predictor, predictions)
+    save(confusion_matrix_figure(metrics["confusion_matrix"], predictor.classes,
+                                 f"{Path(opts.checkpoint).name} on {predictions.list_path.name}"),
+         out_dir / "confusion_matrix.png")
+    save(reliability_figure(metrics), out_dir / "reliability_diagram.png")
+    print(report(metrics, predictor.classes) + f"; written to {out_dir}")
+    gate = opts.min_class_acc
+    below = classes_below(metrics, gate) if gate is not None else {}
+    if below:  # a class with no images is not known to pass: it fails the gate
+        raise GateFailed(f"below --min-class-acc {gate:.2%}: " + ", ".join(
+            f"{c} {'no test images' if a is None else f'{a:.2%}'}" for c, a in below.items()))
+    return metrics
+
+
+def report(metrics: dict, classes: list) -> str:
+    """What evaluate.py prints: the confusion matrix, scikit-learn's report, each class's
+    accuracy, the calibration, and the accuracy."""
+    per_class = [f"{c:>12s}: {'n/a' if acc is None else f'{acc:.2%}'}"
+                 for c, acc in metrics["per_class_accuracy"].items()]
+    return "\n".join([
+        confusion_text(metrics["confusion_matrix"], classes),
+        report_text(metrics["confusion_matrix"], classes), *per_class,
+        f"calibration: temperature {metrics['temperature']:.3g}, ECE "
+        f"{metrics['ece_uncalibrated']:.4f} raw, {metrics['ece']:.4f} calibrated; NLL "
+        f"{metrics['nll_uncalibrated']:.4f} raw, {metrics['nll']:.4f} calibrated",
+        f"accuracy {metrics['accuracy']:.2%} on {metrics['num_images']} images"])
+
+
+def predict_list_for(opts: ListOptions) -> tuple[Predictor, Predictions]:
+    """What evaluate.py and visualize.py start with: the checkpoint's predictions for the list
+    their options name, the options checked first."""
+    opts.check()
+    if opts.cache_dir:  # asked for by name: an error, not the fallback a default folder gets
+        check_writable(opts.cache_dir)
+    predictor = predictor_for(opts)
+    return predictor, predict_list(predictor, opts.list_path, opts.image_dir, opts.batch_size,
+                                   opts.data_options)
 
 
 def predict_list(predictor: Predictor, list_path: str | Path, image_dir: str | Path,
@@ -148,35 +153,9 @@ def _view_logits(predictor: Predictor, batches, progress: bool) -> tuple[list, t
         except torch.cuda.OutOfMemoryError:
             logits = None  # the advice once the failed batch's tensors are released
         if logits is None:
-            raise out_of_memory(batches.plan.batch_size, predictor.image_size)
+            raise prediction_advice(batches.plan.batch_size, predictor.image_size)
         views.append(logits)
     return views, labels
-
-
-def out_of_memory(batch_size: int, image_size: int, written: str = "") -> Coco4Error:
-    """The advice for a CUDA out-of-memory error while predicting: half the batch.
-    ``written`` says what was written before it (predict.py's rows so far)."""
-    return Coco4Error(f"CUDA out of memory predicting batches of {batch_size} images at "
-                      f"{image_size}px; rerun with --batch-size {max(1, batch_size // 2)}"
-                      f"{written}")
-
-
-def predict_from_args(args: argparse.Namespace) -> tuple[Predictor, Predictions]:
-    """What evaluate.py and visualize.py start with: the checkpoint's predictions for the list
-    their shared arguments (``cli.add_source_args``) name, arguments checked first."""
-    list_path, images, cache_dir = resolve_sources(args)
-    if args.cache_dir:  # asked for by name: an error, not the fallback a default folder gets
-        check_writable(args.cache_dir)
-    predictor = predictor_from_args(args)
-    return predictor, predict_list(predictor, list_path, images, args.batch_size, DataOptions(
-        args.data_path, cache_dir, args.workers, args.strict))
-
-
-def predictor_from_args(args: argparse.Namespace) -> Predictor:
-    """The predictor evaluate.py, visualize.py and predict.py ask for on their command line."""
-    predictor = load_predictor(args.checkpoint, args.device, args.amp, args.calibration)
-    predictor.tta = args.tta
-    return predictor
 
 
 def check_classes(predictor: Predictor, list_path: Path) -> None:
@@ -187,15 +166,6 @@ def check_classes(predictor: Predictor, list_path: Path) -> None:
                          f"{predictor.classes}, but {list_path} is labelled for "
                          f"{len(list_classes)} classes {list_classes}; use the checkpoint "
                          "trained on these lists, or lists made with its --classes")
-
-
-@torch.no_grad()
-def predict_images(predictor: Predictor, images: Sequence[Image.Image]) -> torch.Tensor:
-    """Probabilities for the user's own images (decoded by ``read_rgb``, which is where an
-    unreadable file is reported), through the original PIL eval transform."""
-    transform = pil_eval_transform(predictor.image_size)
-    x = torch.stack([transform(im) for im in images]).to(predictor.device)
-    return predictor.predict(x)
 
 
 def write_results(out_dir: str | Path, predictor: Predictor, predictions: Predictions) -> dict:

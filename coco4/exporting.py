@@ -17,14 +17,37 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cli import Coco4Error, GateFailed, first_line
-from .data.transforms import precrop_size
-from .evaluation import Predictor
-from .fileio import atomic_path
+from .data.images import probe
+from .data.lists import read_list
+from .data.transforms import pil_eval_transform, precrop_size
+from .errors import Coco4Error, GateFailed, first_line
+from .fileio import atomic_path, check_writable
+from .image_files import find_images
+from .options import option
+from .predictor import Predictor, calibration_option, checkpoint_option, load_predictor
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 INPUT, OUTPUT = "images", "probs"
 METADATA_FILE = "coco4.json"  # TorchScript's extra file holding the metadata
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    checkpoint: Path = checkpoint_option()
+    format: str = option("onnx", "onnx (for ONNX Runtime, OpenCV and other runtimes) or "
+                                 "torchscript (for libtorch)", choices=tuple(FORMATS))
+    out: Path | None = option(None, "the file to write (default: beside the checkpoint, as "
+                                    "NAME.onnx or NAME.torchscript.pt)")
+    overwrite: bool = option(False, "replace an existing --out")
+    verify: Path | None = option(None, "export nothing: check this exported file against the "
+                                       "checkpoint")
+    list: Path | None = option(None, "parity images: an image list (with --images, its "
+                                     "folder)")
+    images: Path | None = option(None, "parity images: a folder (or the folder of --list's "
+                                       "images; default: generated ones)")
+    num_images: int = option(16, "parity images used")
+    calibration: bool = calibration_option()
+    atol: float = option(1e-4, "largest probability difference the parity check accepts")
 
 
 class Probabilities(torch.nn.Module):
@@ -198,3 +221,62 @@ def parity(predictor: Predictor, path: Path, fmt: str, images: torch.Tensor) -> 
         return Parity(len(images), float("inf"), len(images))
     return Parity(len(images), float(np.abs(got - reference).max()),
                   int((got.argmax(1) != reference.argmax(1)).sum()))
+
+
+def parity_images(opts: ExportOptions, image_size: int) -> torch.Tensor:
+    """Up to --num-images decodable images from --list/--images, as the model's input."""
+    if opts.list and not opts.images:
+        raise Coco4Error("--list needs --images, the folder its file names are in")
+    if opts.list:
+        paths = [opts.images / f for f in read_list(opts.list).files]
+    else:
+        paths = find_images([str(opts.images)])
+    transform, images = pil_eval_transform(image_size), []
+    for path in paths:
+        image, _ = probe(path)
+        if image is not None:
+            images.append(transform(image))
+        if len(images) == opts.num_images:
+            break
+    if not images:
+        raise Coco4Error(f"no readable images in {opts.list or opts.images} for the parity check")
+    return torch.stack(images)
+
+
+def output_path(opts: ExportOptions) -> Path:
+    if opts.verify:
+        if not opts.verify.is_file():
+            raise Coco4Error(f"--verify {opts.verify}: no such file")
+        return opts.verify
+    out = opts.out or opts.checkpoint.with_name(opts.checkpoint.stem + FORMATS[opts.format])
+    check_writable(out.parent)
+    if out.exists() and not opts.overwrite:
+        raise Coco4Error(f"{out} exists; choose another --out, or pass --overwrite")
+    return out
+
+
+def export_checkpoint(opts: ExportOptions) -> dict:
+    """Export (or with ``verify``, only check) as the options say; a failed parity check is
+    GateFailed (exit 1). Returns the file, its format and the parity figures."""
+    if opts.num_images < 1 or not opts.atol >= 0:
+        raise Coco4Error(f"--num-images must be at least 1 and --atol 0 or more, got "
+                         f"{opts.num_images} and {opts.atol}")
+    out = output_path(opts)
+    # a file to verify says its format by its content; an export writes the one asked for
+    fmt = file_format(out) if opts.verify else opts.format
+    predictor = load_predictor(opts.checkpoint, "cpu", amp=False, calibrated=opts.calibration)
+    images = (parity_images(opts, predictor.image_size) if opts.list or opts.images
+              else example_input(predictor, opts.num_images))
+    if not opts.verify:
+        print(f"exporting {opts.checkpoint} to {fmt} (about 20 s for ResNet-50 on 2 cores) ...")
+        export(predictor, fmt, out)
+        print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+    meta = read_metadata(out, fmt)
+    print(f"input {meta['input']}\npreprocessing: {meta['preprocessing']}\n"
+          f"output {meta['output']}; classes {meta['classes']}")
+    result = parity(predictor, out, fmt, images)
+    print(result)
+    if not result.passed(opts.atol):
+        raise GateFailed(f"{out} fails the parity check against {opts.checkpoint} "
+                         f"(--atol {opts.atol:g}): {result}")
+    return {"out": str(out), "format": fmt, "parity": result}

@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .cli import Coco4Error
+from .errors import Coco4Error
 
 
 @contextlib.contextmanager

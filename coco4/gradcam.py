@@ -12,12 +12,12 @@ import numpy as np
 import torch
 from matplotlib import colormaps
 
-from .cli import Coco4Error
 from .data.images import read_rgb
 from .data.transforms import pil_eval_transform
-from .evaluation import Predictions, Predictor
+from .errors import Coco4Error
 from .model import unwrap
 from .plots import image_grid_figure, save
+from .predictor import Predictions, Predictor
 
 
 def gradcam_picks(predictions: Predictions, num: int) -> list[int]:

@@ -2,7 +2,7 @@
 import contextlib
 import signal
 
-from .cli import Coco4Error
+from .errors import Coco4Error
 
 
 class Interrupted(Coco4Error):

@@ -1,4 +1,4 @@
-"""The inner loops: one training step, one training epoch, one evaluation pass.
+"""The inner loops: one training step, one training epoch, one validation pass.
 
 Per-step figures stay on the device and are read at the epoch's end and when the progress bar
 refreshes (at most once a second), so on one GPU the host runs ahead of the queued steps.
@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .cli import Coco4Error
 from .data.loaders import Batches
+from .errors import Coco4Error
 from .metrics import MetricAccumulator
 from .seeding import seed_everything
 
@@ -47,8 +47,9 @@ class Amp:
 
 
 @dataclass
-class Learner:
-    """What a training step needs, built once per run."""
+class TrainingParts:
+    """The model being trained and everything that updates it, built once per run: what a
+    training step needs."""
 
     model: nn.Module  # possibly wrapped by DistributedDataParallel or torch.compile
     optimizer: torch.optim.Optimizer
@@ -60,9 +61,9 @@ class Learner:
     accum_steps: int = 1
 
 
-def train_step(learner: Learner, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor,
+def train_step(parts: TrainingParts, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor,
                                                                              torch.Tensor]:
-    """One optimizer step over batch (x, y), in ``learner.accum_steps`` nearly equal micro-batches.
+    """One optimizer step over batch (x, y), in ``parts.accum_steps`` nearly equal micro-batches.
 
     Each micro-batch's summed loss is divided by the whole batch's size (with class weights,
     its images' summed weight, as cross_entropy's reduction="mean" divides), so the accumulated
@@ -71,12 +72,12 @@ def train_step(learner: Learner, x: torch.Tensor, y: torch.Tensor) -> tuple[torc
     averages the ranks: with class weights that is the mean of the ranks' weighted means.
     Returns the batch's summed (weighted) loss and number correct, on the device.
     """
-    model = learner.model
-    weight = learner.criterion.weight
+    model = parts.model
+    weight = parts.criterion.weight
     total = len(y) if weight is None else weight[y].sum()
     # sizes differing by at most one (13 images in 4: 4, 3, 3, 3), never a remainder of one
     # image (4, 4, 4, 1), which BatchNorm cannot train on
-    chunks = list(zip(x.tensor_split(learner.accum_steps), y.tensor_split(learner.accum_steps)))
+    chunks = list(zip(x.tensor_split(parts.accum_steps), y.tensor_split(parts.accum_steps)))
     loss_sum = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device, dtype=torch.long)
     for i, (xb, yb) in enumerate(chunks):
@@ -84,15 +85,15 @@ def train_step(learner: Learner, x: torch.Tensor, y: torch.Tensor) -> tuple[torc
         sync = contextlib.nullcontext() if i == len(chunks) - 1 or not hasattr(model, "no_sync") \
             else model.no_sync()
         with sync:
-            with learner.amp.autocast():
+            with parts.amp.autocast():
                 logits = model(xb)
-            loss = learner.criterion(logits.float(), yb)
-            learner.scaler.scale(loss / total).backward()
+            loss = parts.criterion(logits.float(), yb)
+            parts.scaler.scale(loss / total).backward()
         loss_sum += loss.detach()
         correct += (logits.argmax(1) == yb).sum()
-    learner.scaler.step(learner.optimizer)
-    learner.scaler.update()
-    learner.optimizer.zero_grad(set_to_none=True)
+    parts.scaler.step(parts.optimizer)
+    parts.scaler.update()
+    parts.optimizer.zero_grad(set_to_none=True)
     return loss_sum, correct
 
 
@@ -127,7 +128,7 @@ class EpochState:
                 "count": self.count, "seconds": self.seconds}
 
 
-def train_one_epoch(learner: Learner, batches: Batches, state: EpochState, seed: tuple,
+def train_one_epoch(parts: TrainingParts, batches: Batches, state: EpochState, seed: tuple,
                     should_stop: Callable[[], bool] = lambda: False,
                     desc: str | None = None) -> bool:
     """Train over ``batches.iterate(state.epoch, state.step)``, adding to ``state``.
@@ -140,14 +141,14 @@ def train_one_epoch(learner: Learner, batches: Batches, state: EpochState, seed:
     The first step with a non-finite loss is noted in ``state.first_bad_step``, on the device.
     A progress bar is shown when ``desc`` is given.
     """
-    learner.model.train()
+    parts.model.train()
     steps = len(batches)
     with tqdm(total=steps, initial=state.step, desc=desc, unit="step", leave=False,
               disable=desc is None, dynamic_ncols=True) as bar:
         tic = shown = time.perf_counter()
         for step, (x, y) in enumerate(batches.iterate(state.epoch, state.step), state.step):
             seed_everything(*seed, state.epoch, step)
-            loss_sum, correct = train_step(learner, x, y)
+            loss_sum, correct = train_step(parts, x, y)
             _note_bad_loss(state, loss_sum, step)
             state.loss_sum += loss_sum
             state.correct += correct
@@ -183,7 +184,7 @@ def non_finite_loss(bad_step: int | None, epoch: int, saved: bool = True) -> Coc
                       f"stopped without saving it ({kept}): lower --lr, or try --no-amp")
 
 
-def evaluate(model: nn.Module, batches: Batches, amp: Amp, num_classes: int,
+def validate(model: nn.Module, batches: Batches, amp: Amp, num_classes: int,
              desc: str | None = None
              ) -> tuple[MetricAccumulator, torch.Tensor, torch.Tensor]:
     """The metric sums over ``batches`` (on the device, for torchrun's all-reduce), and

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torchvision import models as tv
 
-from .cli import Coco4Error
+from .errors import Coco4Error
 
 # ImageNet statistics, which every registered torchvision weight set was trained with
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

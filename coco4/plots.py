@@ -16,8 +16,8 @@ from .data.images import read_rgb
 from .fileio import atomic_path
 from .run_log import read_metrics_csv
 
-if TYPE_CHECKING:  # evaluation is heavier than pictures need at run time
-    from .evaluation import Predictions
+if TYPE_CHECKING:  # the model code is heavier than pictures need at run time
+    from .predictor import Predictions
 
 
 def save(fig: Figure, path: str | Path) -> Path:

@@ -8,12 +8,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .cli import Coco4Error
 from .config import TrainConfig
 from .distributed import DistEnv
+from .errors import Coco4Error
 from .fileio import atomic_write_text
-from .loop import Amp
-from .metrics import CSV_COLUMNS
+from .loop import Amp, EpochState
+from .metrics import CSV_COLUMNS, csv_row
 
 # the columns earlier coco4 versions wrote keep their positions; further validation metrics follow
 _FIRST = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds",
@@ -68,6 +68,16 @@ class RunLog:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def epoch_row(state: EpochState, trained: list[float], val: dict, lr: float) -> dict:
+    """An epoch's metrics.csv row: its training figures (``trained``: the summed loss, the
+    images right and the images seen, over every rank), the validation ``summary()``, the LR
+    it trained at, and its time and throughput (images, not steps)."""
+    loss_sum, correct, count = trained
+    return {"epoch": state.epoch + 1, "train_loss": loss_sum / count, "train_acc": correct / count,
+            **csv_row(val), "lr": lr, "seconds": state.seconds,
+            "images_per_s": count / max(state.seconds, 1e-9)}
 
 
 def write_metrics_csv(path: str | Path, rows: Sequence[dict]) -> None:

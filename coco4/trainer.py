@@ -1,19 +1,15 @@
-"""The fine-tuning run: data, model, the epoch loop, checkpoints, logs, and what to do when a
-batch does not fit on the GPU.
+"""The fine-tuning run: data, model, the epoch loop, checkpoints and logs.
 
 Recipe (the original's, with its bugs fixed): a torchvision backbone (ResNet-50 by default)
 with its stem and first stages frozen, Adam over ALL trainable parameters (the original gave
 Adam only the head, so layer3/layer4 never moved), CrossEntropy, ReduceLROnPlateau on the
 held-out validation loss, best checkpoint by a held-out validation metric (the original picked
-it by accuracy on the test set).
+it by accuracy on the test set). Where the rest lives: resume.py (what a resumed run keeps, the
+command that continues one), out_of_memory.py (the advice when a batch does not fit),
+run_folder.py (one run per output folder), run_log.py (what the user is told).
 """
 import contextlib
 import dataclasses
-import math
-import os
-import shlex
-import shutil
-import signal
 from pathlib import Path
 
 import torch
@@ -22,11 +18,9 @@ from tqdm import tqdm
 from . import run_log
 from .balance import inverse_frequency
 from .calibration import fit_temperature
-from .checkpoint import CheckpointWriter, LoadedModel, load_model, model_state, starting_model
-from .cli import Coco4Error
+from .checkpoint import CheckpointWriter, LoadedModel, model_state, starting_model
 from .compiling import check_compile_tools, compile_errors, compile_failed
-from .config import RUNTIME_FIELDS, TrainConfig
-from .data.loaders import Batches
+from .config import TrainConfig
 from .data.prepare import TrainData, prepare_train_data
 from .distributed import (
     DistEnv,
@@ -40,33 +34,15 @@ from .distributed import (
     init_distributed,
     pick_device,
 )
+from .errors import Coco4Error
 from .fileio import check_writable, remove_stale_temporaries
-from .interrupt import Interrupted, StopRequest
-from .loop import (
-    Amp,
-    EpochState,
-    Learner,
-    evaluate,
-    non_finite_loss,
-    train_one_epoch,
-    train_step,
-)
-from .metrics import csv_row
+from .interrupt import StopRequest
+from .loop import Amp, EpochState, TrainingParts, non_finite_loss, train_one_epoch, validate
 from .model import trainable_parameters, unwrap
-from .runlock import run_lock
+from .out_of_memory import accum_steps_that_fit, training_advice
+from .resume import RunState, interrupted, load_resumable, resumed_config
+from .run_folder import earlier_run, remove, run_lock
 from .seeding import seed_everything
-
-
-@dataclasses.dataclass
-class RunState:
-    """Where the run stands; stored in every checkpoint so --resume continues exactly."""
-
-    epoch: int = 0        # completed epochs
-    step: int = 0         # steps already done in epoch ``epoch`` (mid-epoch checkpoints only)
-    partial: dict = None  # that epoch's running sums, for a mid-epoch checkpoint
-    best_metric: float = -1.0  # the best validation score by the config's ``select_by``
-    best_epoch: int = 0
-    history: list = dataclasses.field(default_factory=list)
 
 
 def fit(cfg: TrainConfig, progress: bool = True, program: str = "python train.py") -> dict:
@@ -87,38 +63,39 @@ class Training:
     def __init__(self, cfg: TrainConfig, env: DistEnv, progress: bool, program: str):
         self.env, self.progress, self.program = env, progress, program
         self.device = pick_device(cfg.device, env)
-        resumed = _load_resume(cfg.resume) if cfg.resume else None
+        resumed = load_resumable(cfg.resume) if cfg.resume else None
         if resumed:
-            cfg, ignored = cfg.resumed_from(resumed.checkpoint["config"])
-            if ignored and env.is_main:
-                tqdm.write(f"resuming keeps the checkpoint's settings, not {ignored}")
+            cfg = resumed_config(cfg, resumed, tqdm.write if env.is_main else lambda m: None)
         self.cfg = cfg
-        done = resumed.checkpoint["run"].get("epoch", 0) if resumed else 0
-        if done >= cfg.epochs:  # checked before any work, not a silent exit 0
-            raise Coco4Error(f"{cfg.resume} has already trained {done} epoch"
-                             f"{'' if done == 1 else 's'}, and --epochs "
-                             f"{cfg.epochs} is the total: pass a larger --epochs to train on")
-        if cfg.cache_dir:  # asked for by name: an error, not the fallback a default folder gets
-            check_writable(cfg.cache_dir)
+        earlier = self._check_before_work(resumed)
         self.log = run_log.RunLog(cfg.output_dir, env.is_main, resumed is not None)
         self.log.config(cfg, self.device, env)
-        if cfg.compile:  # before an earlier run's files are removed to make room
-            check_compile_tools(self.device)
-        if env.is_main:  # the folder is checked and locked (fit) by now
+        if env.is_main:  # a killed run's half-written files, never a user's
             remove_stale_temporaries(cfg.output_dir, self.log.info)
-            if not resumed:
-                make_room_for_a_new_run(cfg)
-        self.data = prepare_train_data(cfg, env, self.device, progress, self.log.info)
+        self.data = prepare_train_data(cfg.data_spec, env, self.device, progress, self.log.info)
         if resumed and resumed.classes != list(self.data.classes):
             raise Coco4Error(f"{cfg.resume} was trained on classes {resumed.classes}, but "
                              f"{cfg.train_list_path} is labelled for {list(self.data.classes)};"
                              " resume with the lists it was trained on")
-        self.learner = build_learner(cfg, self.data, self.device, env, resumed)
+        self.parts = build_training_parts(cfg, self.data, self.device, env, resumed)
+        remove(earlier)  # --overwrite: only once every check of this run has passed
         self.state = RunState(**resumed.checkpoint["run"]) if resumed else RunState()
         # fitted on each validation's logits, stored with the checkpoint written after it
         self.temperature = resumed.checkpoint.get("temperature") if resumed else None
         self.writer = CheckpointWriter()
         self.stop_vote = StopVote(env)
+
+    def _check_before_work(self, resumed: LoadedModel | None) -> list[Path]:
+        """What can be checked before the data and the model are prepared; returns an earlier
+        run's files in the output folder, which --overwrite lets this run replace."""
+        cfg = self.cfg
+        if cfg.cache_dir:  # asked for by name: an error, not the fallback a default folder gets
+            check_writable(cfg.cache_dir)
+        if cfg.compile:
+            check_compile_tools(self.device)
+        if resumed or not self.env.is_main:  # the folder is checked and locked (fit) by now
+            return []
+        return earlier_run(cfg.output_dir, cfg.overwrite)
 
     def run(self) -> dict:
         failed_compile = compile_errors() if self.cfg.compile else ()
@@ -138,13 +115,13 @@ class Training:
 
     def _one_epoch(self, epoch: int, stop: StopRequest) -> None:
         """Train, validate, checkpoint and log one epoch; on a stop request, save and raise."""
-        cfg, env, device, run, learner = self.cfg, self.env, self.device, self.state, self.learner
+        cfg, env, device, run = self.cfg, self.env, self.device, self.state
         stopped_here = epoch == run.epoch  # where a mid-epoch checkpoint (if any) stopped
-        state = EpochState.start(epoch, device, run.partial if stopped_here else None,
+        state = EpochState.start(epoch, device, run.epoch_sums if stopped_here else None,
                                  run.step if stopped_here else 0)
         try:
             completed = train_one_epoch(
-                learner, self.data.train, state, seed=(cfg.seed, env.rank),
+                self.parts, self.data.train, state, seed=(cfg.seed, env.rank),
                 should_stop=lambda: self.stop_vote(stop.requested),
                 desc=f"epoch {epoch + 1}/{cfg.epochs}" if self.progress else None)
         except torch.cuda.OutOfMemoryError:
@@ -156,68 +133,72 @@ class Training:
             raise non_finite_loss(bad_step if bad_step >= 0 else None, epoch,
                                   (Path(cfg.output_dir) / "last.pt").exists())
         if not completed:
-            run.epoch, run.step, run.partial = epoch, state.step, state.to_dict()
+            run.epoch, run.step, run.epoch_sums = epoch, state.step, state.to_dict()
             self._save(best=False)
             self.writer.wait()
-            raise self._interrupted(stop.signum, epoch, state.step)
+            raise interrupted(self.program, cfg, stop.signum, epoch, state.step)
         row, score = self._end_epoch(state)
         is_best = score > run.best_metric
         if is_best:
             run.best_metric, run.best_epoch = score, epoch + 1
-        run.epoch, run.step, run.partial = epoch + 1, 0, None
+        run.epoch, run.step, run.epoch_sums = epoch + 1, 0, None
         run.history.append(row)
         self._save(best=is_best)
         self.log.epoch(run.history, run.best_epoch)
         voted = self.stop_vote.result()  # the last step's vote, in flight until now
         if (any_rank(stop.requested, env, device) or voted) and epoch + 1 < cfg.epochs:
             self.writer.wait()
-            raise self._interrupted(stop.signum, epoch + 1, 0)
+            raise interrupted(self.program, cfg, stop.signum, epoch + 1, 0)
 
     def _end_epoch(self, state: EpochState) -> tuple[dict, float]:
-        """Reduce the epoch's figures over ranks, validate, step the LR schedule; the row for
-        metrics.csv, and the score the best checkpoint is chosen by."""
-        env, device, learner = self.env, self.device, self.learner
-        lr = learner.optimizer.param_groups[0]["lr"]
-        loss_sum, correct, count = all_reduce_sum(
-            [float(state.loss_sum), float(state.correct), float(state.count)], env, device)
+        """Validate, fit the temperature, step the LR schedule: the epoch's metrics.csv row,
+        and the score the best checkpoint is chosen by."""
+        lr = self.parts.optimizer.param_groups[0]["lr"]  # the LR this epoch trained at
+        trained = all_reduce_sum([float(state.loss_sum), float(state.correct),
+                                  float(state.count)], self.env, self.device)
+        val, logits, labels = self._validate()
+        self.temperature = fit_temperature(logits, labels)
+        self.parts.scheduler.step(val["nll"])
+        return run_log.epoch_row(state, trained, val, lr), val[self.cfg.select_by]
+
+    def _validate(self) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        """The held-out split's metrics, summed over ranks, and every rank's logits and labels."""
+        env = self.env
         # the bare model: evaluation needs no gradient sync, and DDP's forward would broadcast
         # buffers, a collective that a rank with no validation images would never join; so
         # every rank takes rank 0's buffers here, and scores the weights rank 0 saves
-        model = unwrap(learner.model)
+        model = unwrap(self.parts.model)
         broadcast_buffers(model, env)
         try:
-            metrics, logits, labels = evaluate(model, self.data.val, learner.amp,
+            metrics, logits, labels = validate(model, self.data.val, self.parts.amp,
                                                len(self.data.classes))
         except torch.cuda.OutOfMemoryError:
             metrics = None
         if metrics is None:
             raise self._out_of_memory("validation")
         val = metrics.all_reduce(env).summary(self.data.classes)
-        self.temperature = fit_temperature(all_gather_cat(logits, env),
-                                           all_gather_cat(labels, env))
-        learner.scheduler.step(val["nll"])
-        row = {"epoch": state.epoch + 1, "train_loss": loss_sum / count,
-               "train_acc": correct / count, **csv_row(val), "lr": lr,
-               "seconds": state.seconds, "images_per_s": count / max(state.seconds, 1e-9)}
-        return row, val[self.cfg.select_by]
+        return val, all_gather_cat(logits, env), all_gather_cat(labels, env)
 
     def _out_of_memory(self, during: str) -> Coco4Error:
         """The one-line advice for a CUDA out-of-memory error ``during`` training or
-        validation. Under torchrun this process then exits at once: the other ranks' next
-        stop vote fails on the lost peer, and torchrun ends them, instead of all waiting for
-        the NCCL timeout."""
-        self.learner.optimizer.zero_grad(set_to_none=True)
-        return Coco4Error(out_of_memory_advice(self.cfg, self.learner, self.data.train,
-                                               self.env, during))
+        validation (validation runs in micro-batches of the training step's size). Under
+        torchrun this process then exits at once: the other ranks' next stop vote fails on the
+        lost peer, and torchrun ends them, instead of all waiting for the NCCL timeout."""
+        self.parts.optimizer.zero_grad(set_to_none=True)
+        fits = None
+        if during == "training":
+            fits = accum_steps_that_fit(self.parts, self.data.train, self.env,
+                                        self.cfg.accum_steps)
+        return Coco4Error(training_advice(self.cfg, self.data.train, during, fits))
 
     def _save(self, best: bool) -> None:
         if not self.env.is_main:
             return
-        run, learner = self.state, self.learner
-        payload = {"model": model_state(learner.model),
-                   "optimizer": learner.optimizer.state_dict(),
-                   "scheduler": learner.scheduler.state_dict(),
-                   "scaler": learner.scaler.state_dict(),
+        run, parts = self.state, self.parts
+        payload = {"model": model_state(parts.model),
+                   "optimizer": parts.optimizer.state_dict(),
+                   "scheduler": parts.scheduler.state_dict(),
+                   "scaler": parts.scaler.state_dict(),
                    "epoch": run.epoch, "run": dataclasses.asdict(run),
                    "best_metric": run.best_metric, "classes": list(self.data.classes),
                    "config": self.cfg.to_dict(), "data": self.data.report,
@@ -227,84 +208,9 @@ class Training:
         self.writer.save([out / "last.pt", out / "best.pt"] if best else [out / "last.pt"],
                          payload)
 
-    def _interrupted(self, signum: int | None, epoch: int, step: int) -> Interrupted:
-        # under torchrun a rank may stop because another rank was signalled: call it SIGTERM
-        signum = signum or signal.SIGTERM
-        last = Path(self.cfg.output_dir) / "last.pt"
-        command = [*shlex.split(self.program), "--resume", str(last)]
-        defaults = TrainConfig()
-        for field in RUNTIME_FIELDS:
-            value = getattr(self.cfg, field)
-            if field in ("resume", "overwrite") or value == getattr(defaults, field):
-                continue
-            flag = "--" + field.replace("_", "-")
-            if isinstance(value, bool):
-                command.append(flag if value else "--no-" + flag[2:])
-            else:
-                command += [flag, str(value)]
-        where = f"epoch {epoch + 1}, step {step}" if step else f"the end of epoch {epoch}"
-        return Interrupted(f"stopped by {signal.Signals(signum).name} at {where}; saved {last}. "
-                           f"Continue with: {shlex.join(command)}"
-                           + (" (under torchrun, with the same torchrun options)"
-                              if "WORLD_SIZE" in os.environ else ""), signum)
 
-
-RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "tensorboard")
-
-
-def make_room_for_a_new_run(cfg: TrainConfig) -> None:
-    """A new run never silently replaces another run's files: it is refused, or, with
-    ``overwrite``, the earlier run's files go first, so none of them (best.pt, TensorBoard
-    events) is left to mix with the new run's."""
-    out = Path(cfg.output_dir)
-    found = [name for name in RUN_FILES if (out / name).exists()]
-    if found and not cfg.overwrite:
-        raise Coco4Error(f"{out} already holds a run ({', '.join(found)}); continue it with "
-                         f"--resume {out / 'last.pt'}, choose another --output-dir, or pass "
-                         "--overwrite to replace it")
-    for name in found:
-        if (out / name).is_dir():
-            shutil.rmtree(out / name)
-        else:
-            (out / name).unlink()
-
-
-def _load_resume(path: str) -> LoadedModel:
-    loaded = load_model(path, "cpu")
-    ckpt = loaded.checkpoint
-    if "run" not in ckpt:
-        raise Coco4Error(f"{path} holds no training state (optimizer, epoch) to resume; "
-                         "to start a new run from its weights use --weights PATH instead")
-    problem = _run_state_problem(ckpt)
-    if problem:
-        raise Coco4Error(f"{path} holds a training state this coco4 cannot resume ({problem}); "
-                         "start a new run from its weights with --weights PATH")
-    return loaded
-
-
-def _run_state_problem(ckpt: dict) -> str | None:
-    """What is wrong with a checkpoint's resumable state, or None: every field RunState and
-    build_learner read, of the type they need."""
-    run, fields = ckpt["run"], {f.name: f for f in dataclasses.fields(RunState)}
-    if not isinstance(run, dict):
-        return f"'run' is a {type(run).__name__}"
-    unknown = sorted(set(run) - set(fields))
-    if unknown:
-        return f"'run' has fields {unknown} that a newer coco4 wrote"
-    numbers = {"epoch": int, "step": int, "best_metric": (int, float), "best_epoch": int}
-    for name, kind in numbers.items():
-        if name in run and (not isinstance(run[name], kind) or isinstance(run[name], bool)):
-            return f"run.{name} is {run[name]!r}"
-    if run.get("epoch", 0) < 0:
-        return f"run.epoch is {run['epoch']!r}"
-    for name in ("optimizer", "scheduler", "scaler"):
-        if not isinstance(ckpt.get(name), dict):
-            return f"no {name} state"
-    return None
-
-
-def build_learner(cfg: TrainConfig, data: TrainData, device: torch.device, env: DistEnv,
-                  resumed: LoadedModel | None = None) -> Learner:
+def build_training_parts(cfg: TrainConfig, data: TrainData, device: torch.device,
+                         env: DistEnv, resumed: LoadedModel | None = None) -> TrainingParts:
     """The model (from ``cfg.weights``, or the resumed checkpoint), optimizer, scheduler,
     criterion and AMP parts of a run, on ``device``."""
     if resumed:
@@ -340,56 +246,6 @@ def build_learner(cfg: TrainConfig, data: TrainData, device: torch.device, env: 
     # images, whose loss and the LR schedule on it stay unweighted)
     weight = (inverse_frequency(data.train.labels, data.classes).to(device)
               if cfg.balance == "loss" else None)
-    return Learner(model, optimizer, scheduler,
-                   torch.nn.CrossEntropyLoss(weight=weight, reduction="sum"), amp, scaler,
-                   cfg.accum_steps)
-
-
-def out_of_memory_advice(cfg: TrainConfig, learner: Learner, batches: Batches, env: DistEnv,
-                         during: str = "training") -> str:
-    """A one-line message naming an --accum-steps that fits ``batches``' steps. On one GPU,
-    for ``training``, it is found by running real training steps (the optimizer's state, the
-    uint8 batch and its crops included) with more and more micro-batches, then a quarter more
-    for a margin; under torchrun (a lone rank cannot step a DDP model), on other devices, or
-    for ``validation`` (which runs in micro-batches of the same size), it is doubled."""
-    local = batches.smallest_batch()  # this rank's images per step: every step has as many
-    micro = math.ceil(local / cfg.accum_steps)
-    most = max(1, local // 2)  # micro-batches of at least 2 images: BatchNorm needs them
-    what = (f"CUDA out of memory in {during} with micro-batches of {micro} images at "
-            f"{cfg.image_size}px")
-    if cfg.accum_steps >= most:
-        return (f"{what}, and they cannot shrink below 2 images; lower --batch-size or "
-                "--image-size, or use a GPU with more memory")
-    fits = None
-    if during == "training" and not env.enabled:
-        fits = _accum_steps_that_fit(learner, batches, cfg.accum_steps * 2, most)
-    accum = fits or min(cfg.accum_steps * 2, most)
-    return (f"{what}; rerun with --accum-steps {accum} (micro-batches of "
-            f"{math.ceil(local / accum)}, the same effective batch; BatchNorm sees each "
-            "micro-batch alone)")
-
-
-def _accum_steps_that_fit(learner, batches, start, most):
-    if batches.plan.device.type != "cuda":
-        return None
-    accum = start
-    while accum <= most:
-        if _a_step_fits(learner, batches, accum):
-            return min(most, math.ceil(accum * 4 / 3))  # room for fragmentation
-        accum *= 2
-    return None
-
-
-def _a_step_fits(learner, batches, accum):
-    """Whether one real step (this run's next batch, its crops, the optimizer's update) fits
-    with ``accum`` micro-batches. The weights it changes are never saved: the run ends here."""
-    learner.accum_steps = accum
-    try:
-        torch.cuda.empty_cache()
-        x, y = next(iter(batches.iterate(0)))
-        train_step(learner, x, y)
-        torch.cuda.synchronize(batches.plan.device)
-        return True
-    except torch.cuda.OutOfMemoryError:
-        learner.optimizer.zero_grad(set_to_none=True)
-        return False
+    return TrainingParts(model, optimizer, scheduler,
+                         torch.nn.CrossEntropyLoss(weight=weight, reduction="sum"), amp, scaler,
+                         cfg.accum_steps)

@@ -56,7 +56,7 @@ torch.__version__, 'torchvision', torchvision.__version__, 'cuda', torch.version
 } > "$OUT/gpu.txt" 2>&1
 
 # the images are generated on the CPU while the GPU runs the tests
-"$PY" -m coco4.devtools.synthetic --root "$WORK/coco" --lists "$WORK/data" $GEN \
+"$PY" -m coco4.synthetic --root "$WORK/coco" --lists "$WORK/data" $GEN \
     > "$WORK/generate.txt" 2>&1 &
 generator=$!
 

@@ -2,7 +2,6 @@
 that changes a file copies it first): the small synthetic COCO dataset with its lists, a larger
 one for the tests that learn, and a trained run of the test suite's tiny backbone; the
 in-process runner of the entry scripts; references that do not come from the code under test."""
-import argparse
 import contextlib
 import csv
 import importlib
@@ -28,11 +27,10 @@ sys.path.insert(0, str(REPO))  # the entry scripts live at the repository root
 import tiny_backbone  # noqa: E402  (registers --arch tiny)
 
 from coco4 import cli  # noqa: E402
+from coco4.annotation_lists import ListsOptions, make_lists  # noqa: E402
 from coco4.data.images import read_rgb  # noqa: E402
 from coco4.data.lists import read_list  # noqa: E402
-from coco4.devtools.synthetic import make_synthetic_coco  # noqa: E402
-
-import annotation_prepare  # noqa: E402  (pycocotools is imported only when it runs)
+from coco4.synthetic import make_synthetic_coco  # noqa: E402
 
 try:
     import pycocotools.coco  # noqa: F401, E402
@@ -51,9 +49,7 @@ def demo_data(tmp_path_factory):
                         image_sizes=((64, 48), (48, 64)), progress=False,
                         lists_dir=None if HAVE_PYCOCOTOOLS else root / "data")
     if HAVE_PYCOCOTOOLS:
-        annotation_prepare.main(argparse.Namespace(
-            coco_root=root / "coco", train_json=None, val_json=None, out_dir=root / "data",
-            classes=["bird", "airplane", "train", "boat"], rule="exact", min_area_fraction=None))
+        make_lists(ListsOptions(coco_root=root / "coco", out_dir=root / "data"))
     return root
 
 

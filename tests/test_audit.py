@@ -154,7 +154,7 @@ def test_a_training_run_records_the_rule_of_its_list(demo_data, tmp_path):
     """What the trainer stores in every checkpoint as "data": demo_data's lists come from
     annotation_prepare.py with the default rule."""
     cfg = train_args(demo_data, tmp_path / "run", cache_dir=str(tmp_path / "cache"))
-    data = prepare_train_data(cfg, DistEnv(), torch.device("cpu"), False, lambda m: None)
+    data = prepare_train_data(cfg.data_spec, DistEnv(), torch.device("cpu"), False, lambda m: None)
     assert data.report["list_rule"] == {"rule": "exact", "min_area_fraction": None}
 
 

@@ -10,14 +10,14 @@ from torch import nn
 from coco4 import trainer
 from coco4.balance import inverse_frequency
 from coco4.checkpoint import read_file
-from coco4.cli import Coco4Error
 from coco4.config import TrainConfig
 from coco4.data.lists import read_list
 from coco4.data.loaders import BatchPlan, CachedBatches
-from coco4.devtools.synthetic import TARGETS, make_synthetic_coco, parse_ratios
 from coco4.distributed import DistEnv
+from coco4.errors import Coco4Error
 from coco4.interrupt import Interrupted, StopRequest
-from coco4.loop import Amp, Learner, train_step
+from coco4.loop import Amp, TrainingParts, train_step
+from coco4.synthetic import TARGETS, make_synthetic_coco, parse_ratios
 from coco4.trainer import fit
 
 from conftest import read_csv, run_script, train_args, train_argv
@@ -103,9 +103,9 @@ def test_weighted_loss_gives_cross_entropy_weighted_mean_gradient_in_any_micro_b
     grads = torch.autograd.grad(loss, list(model.parameters()))
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     amp = Amp.for_device(CPU, False)
-    learner = Learner(model, opt, None, nn.CrossEntropyLoss(weight=weight, reduction="sum"), amp,
-                      amp.scaler(), accum)
-    loss_sum, _ = train_step(learner, x, y)
+    criterion = nn.CrossEntropyLoss(weight=weight, reduction="sum")
+    parts = TrainingParts(model, opt, None, criterion, amp, amp.scaler(), accum)
+    loss_sum, _ = train_step(parts, x, y)
     for p, p0, g in zip(model.parameters(), start, grads):
         assert torch.allclose(p0 - p.detach(), g, atol=1e-6)
     # the summed weighted loss: the weighted mean times the batch's weight sum (0.4 * 5 + 7)
@@ -138,7 +138,7 @@ def test_the_balance_flag_reaches_the_sampler_and_the_loss(demo_data, tmp_path, 
                            False, "python train.py")
     assert run.data.train.plan.balanced == (balance == "sampler")
     assert not run.data.val.plan.balanced
-    weight = run.learner.criterion.weight
+    weight = run.parts.criterion.weight
     if balance != "loss":
         assert weight is None
         return

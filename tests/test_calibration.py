@@ -11,13 +11,13 @@ from sklearn.metrics import log_loss
 
 from coco4.calibration import fit_temperature
 from coco4.checkpoint import load_model, save_checkpoint
-from coco4.cli import Coco4Error
 from coco4.data.prepare import prepare_train_data
 from coco4.distributed import DistEnv
-from coco4.evaluation import load_predictor
-from coco4.loop import evaluate as evaluate_batches
+from coco4.errors import Coco4Error
+from coco4.loop import validate
 from coco4.metrics import MetricAccumulator
 from coco4.model import build_model
+from coco4.predictor import load_predictor
 from coco4.trainer import fit
 
 import evaluate
@@ -79,9 +79,9 @@ def test_each_checkpoint_stores_a_temperature_that_does_not_worsen_the_held_out_
     last = torch.load(Path(cfg.output_dir) / "last.pt", weights_only=True)
     assert 0.05 <= best["temperature"] <= 20 and 0.05 <= last["temperature"] <= 20
     # the held-out split again, and best.pt's logits on it
-    data = prepare_train_data(cfg, DistEnv(), torch.device("cpu"), False, lambda m: None)
+    data = prepare_train_data(cfg.data_spec, DistEnv(), torch.device("cpu"), False, lambda m: None)
     predictor = load_predictor(Path(cfg.output_dir) / "best.pt", "cpu")
-    _, logits, labels = evaluate_batches(predictor.model, data.val, predictor.amp, 4)
+    _, logits, labels = validate(predictor.model, data.val, predictor.amp, 4)
     assert len(labels) >= 30
     t = best["temperature"]
     nll = lambda s: sklearn_nll(logits.double(), labels.numpy(), s)  # noqa: E731

@@ -9,8 +9,8 @@ import torchvision
 from torch import nn
 
 from coco4.checkpoint import load_model, read_file, save_checkpoint, starting_model
-from coco4.cli import Coco4Error
 from coco4.config import TrainConfig
+from coco4.errors import Coco4Error
 from coco4.run_log import read_metrics_csv
 from coco4.trainer import fit
 
@@ -81,7 +81,7 @@ def test_a_format_1_last_pt_keeps_resuming(demo_data, tmp_path):
     fit(train_args(demo_data, tmp_path, epochs=2, resume=str(tmp_path / "last.pt")),
         progress=False)
     ckpt = read_file(tmp_path / "last.pt")
-    assert ckpt["epoch"] == 2 and ckpt["format_version"] == 2
+    assert ckpt["epoch"] == 2 and ckpt["format_version"] == 3
     assert ckpt["config"]["arch"] == "resnet50"
     # Adam went on counting from the old file's state: its optimizer was restored
     train_steps = -(-ckpt["data"]["train_images"] // 8)

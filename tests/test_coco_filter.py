@@ -8,10 +8,10 @@ import re
 
 import pytest
 
-from coco4.cli import Coco4Error
 from coco4.data.coco_categories import COCO_CATEGORIES
 from coco4.data.coco_filter import load_coco, prepare_lists, select_images
 from coco4.data.lists import read_classes, read_list
+from coco4.errors import Coco4Error
 
 import annotation_prepare
 from conftest import run_script

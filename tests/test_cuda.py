@@ -13,9 +13,9 @@ import torch
 from coco4.checkpoint import read_file
 from coco4.data.loaders import BatchPlan, CachedBatches
 from coco4.data.transforms import random_crops, resized_crops
-from coco4.devtools.synthetic import make_synthetic_coco
-from coco4.loop import Amp, EpochState, Learner, _note_bad_loss, train_step
+from coco4.loop import Amp, EpochState, TrainingParts, _note_bad_loss, train_step
 from coco4.model import build_model, trainable_parameters
+from coco4.synthetic import make_synthetic_coco
 
 from conftest import REPO, eval_argv, smooth_images, train_argv, train_cli
 
@@ -62,20 +62,20 @@ def test_training_steps_never_make_the_host_wait_for_the_gpu(resident):
     torch.manual_seed(0)
     model = build_model("resnet50", 4).to(CUDA).to(memory_format=torch.channels_last)
     amp = Amp.for_device(CUDA, True)
-    learner = Learner(model, torch.optim.Adam(trainable_parameters(model), lr=1e-4), None,
-                      torch.nn.CrossEntropyLoss(reduction="sum"), amp, amp.scaler(), 2)
+    parts = TrainingParts(model, torch.optim.Adam(trainable_parameters(model), lr=1e-4), None,
+                          torch.nn.CrossEntropyLoss(reduction="sum"), amp, amp.scaler(), 2)
     images = torch.randint(0, 256, (48, 73, 73, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
     batches = CachedBatches(images.to(CUDA) if resident else images, [i % 4 for i in range(48)],
                             range(48), BatchPlan(16, CUDA, 64, train=True))
     # warm-up with the same shapes: cudnn's algorithm search and first allocations may sync
     for x, y in batches.iterate(0):
-        train_step(learner, x, y)
+        train_step(parts, x, y)
     state = EpochState.start(1, CUDA)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for step, (x, y) in enumerate(batches.iterate(1)):
-            loss_sum, correct = train_step(learner, x, y)
+            loss_sum, correct = train_step(parts, x, y)
             _note_bad_loss(state, loss_sum, step)
             state.loss_sum += loss_sum
             state.correct += correct

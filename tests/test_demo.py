@@ -108,7 +108,7 @@ def test_the_notebook_learns_at_the_readers_settings(tmp_path, monkeypatch):
 
 def test_the_summary_lists_only_the_folders_the_demo_wrote(tmp_path, capsys):
     """With --no-visualize there is no vis/ folder to point the user to."""
-    from coco4.devtools.demo import _summary
+    from coco4.demo import _summary
 
     for name in ("coco", "data", "checkpoint", "eval"):
         (tmp_path / name).mkdir()

@@ -114,7 +114,7 @@ def _prepare_on_two_machines(env, tmp_path):
     machine = env.rank // 2
     cfg = train_args(tmp_path / "demo", tmp_path / "run", workers=0, batch_size=16,
                      cache_dir=str(tmp_path / f"machine{machine}"))
-    data = prepare_train_data(cfg, env, torch.device("cpu"), False, lambda message: None)
+    data = prepare_train_data(cfg.data_spec, env, torch.device("cpu"), False, lambda message: None)
     (x, _), *_ = data.train.iterate(0)  # every rank reads pixels from its machine's cache
     assert x.shape[1:] == (3, 32, 32) and int(x.max()) > 0
 

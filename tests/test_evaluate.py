@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from coco4.cli import Coco4Error
+from coco4.errors import Coco4Error
 
 import evaluate
 import visualize
@@ -27,7 +27,7 @@ def run_evaluate(*argv):
 
 
 def test_evaluate_a_coco4_checkpoint_matches_direct_computation(demo_data, trained, tmp_path):
-    from coco4.evaluation import load_predictor
+    from coco4.predictor import load_predictor
 
     run_evaluate(*eval_argv(demo_data, trained, tmp_path))
     predictor = load_predictor(trained, "cpu")
@@ -97,10 +97,11 @@ def test_min_class_acc_sets_the_exit_status(demo_data, trained, tmp_path):
 def test_out_of_memory_names_a_batch_size_and_amp_can_be_turned_off(demo_data, trained,
                                                                        tmp_path, monkeypatch):
     import coco4.evaluation
+    import coco4.predictor
 
     seen = []
-    real_load = coco4.evaluation.load_predictor
-    monkeypatch.setattr(coco4.evaluation, "load_predictor",
+    real_load = coco4.predictor.load_predictor
+    monkeypatch.setattr(coco4.predictor, "load_predictor",
                         lambda *a: seen.append(a) or real_load(*a))
 
     monkeypatch.setattr(coco4.evaluation, "predict_logits", out_of_memory)

@@ -11,7 +11,7 @@ import onnxruntime
 import pytest
 import torch
 
-from coco4.cli import Coco4Error, GateFailed
+from coco4.errors import Coco4Error, GateFailed
 from coco4.exporting import read_metadata
 
 import export

@@ -9,14 +9,15 @@ import sys
 import pytest
 import torch
 
-from coco4.cli import Coco4Error
+from coco4 import bench
 from coco4.data import cache
 from coco4.data.images import ListDataset
 from coco4.data.lists import read_list
 from coco4.data.loaders import BatchPlan, CachedBatches, DataOptions, PilBatches
 from coco4.data.transforms import pil_eval_transform
-from coco4.devtools import bench
-from coco4.evaluation import load_predictor, predict_list
+from coco4.errors import Coco4Error
+from coco4.evaluation import predict_list
+from coco4.predictor import load_predictor
 from coco4.trainer import fit
 
 from conftest import tmpfs, train_args
@@ -170,7 +171,7 @@ import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
 from coco4 import cli
-from coco4.cli import Coco4Error
+from coco4.errors import Coco4Error
 from coco4.data import cache
 from coco4.data.lists import read_list
 def main(_):

@@ -9,10 +9,10 @@ import sys
 import pytest
 import torch
 
-from coco4.cli import Coco4Error
 from coco4.config import TrainConfig
 from coco4.data.coco_check import check_instances
 from coco4.distributed import DistEnv, pick_device
+from coco4.errors import Coco4Error
 from coco4.run_log import RunLog
 
 import evaluate
@@ -20,7 +20,7 @@ import visualize
 from conftest import REPO, eval_argv
 
 PARSERS = ("train", "evaluate", "visualize", "predict", "export",
-           "coco4.devtools.demo", "coco4.devtools.bench")
+           "coco4.demo", "coco4.bench")
 
 
 @pytest.mark.parametrize("name", PARSERS)
@@ -99,7 +99,7 @@ def test_the_benchmark_runs_where_there_is_no_resource_module():
     """Windows has no ``resource``: the benchmark starts, and its table says what it did not
     measure."""
     code = ("import sys; sys.modules['resource'] = None\n"
-            "from coco4.devtools import bench\n"
+            "from coco4 import bench\n"
             "assert bench.host_peak_mb() is None\n"
             "f = {'device': 'cpu', 'images': 1, 'batch_size': 1, 'image_size': 32, 'workers': 0,"
             " 'pipeline': dict.fromkeys(('original_img_s', 'pil_fair_img_s', 'fast_img_s',"
@@ -114,7 +114,7 @@ def test_the_benchmark_runs_where_there_is_no_resource_module():
 
 
 def test_host_peak_memory_is_measured_where_resource_exists():
-    from coco4.devtools.bench import host_peak_mb
+    from coco4.bench import host_peak_mb
 
     assert host_peak_mb() > 50  # this process holds torch: tens of MB at least
 

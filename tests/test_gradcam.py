@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from coco4.evaluation import Predictions, load_predictor
 from coco4.gradcam import cam_maps, gradcam_picks, gradcam_png
 from coco4.metrics import MetricAccumulator
+from coco4.predictor import Predictions, load_predictor
 
 from conftest import eval_argv
 
@@ -94,7 +94,7 @@ def test_without_grad_cam_visualize_says_it_skipped_the_picture(demo_data, train
                                                                 monkeypatch, capsys):
     import builtins
 
-    from coco4.cli import Coco4Error
+    from coco4.errors import Coco4Error
 
     import visualize
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from coco4.cli import Coco4Error
 from coco4.data.lists import DEFAULT_CLASSES, read_classes, read_list, write_classes, write_list
+from coco4.errors import Coco4Error
 
 # The first 40 and last 20 lines of the val list the original project published.
 ORIGINAL_VAL = Path(__file__).parent / "fixtures" / "original_annotation_val.txt"

@@ -7,7 +7,7 @@ import torchvision
 from torch import nn
 from torchvision import transforms as T
 
-from coco4.cli import Coco4Error
+from coco4.errors import Coco4Error
 from coco4.model import ARCHITECTURES, arch_spec, build_model, trainable_parameters
 
 # Per architecture, written from torchvision's own module layout (not from coco4.model): the

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from coco4.devtools.mutants import GROUPS
+from tools.mutants import GROUPS
 
 REPO = Path(__file__).resolve().parents[1]
 MUTANTS = [m for group in GROUPS.values() for m in group]

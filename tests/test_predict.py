@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from coco4.cli import Coco4Error
-from coco4.predicting import find_images
+from coco4.errors import Coco4Error
+from coco4.image_files import find_images
 
 import evaluate
 import predict
@@ -112,7 +112,7 @@ def test_probabilities_equal_evaluate_and_a_direct_computation(demo_data, traine
     assert [r["path"] for r in rows] == [str(image_dir / r["file"]) for r in listed]
     ours = probs_of(rows)
     assert np.abs(ours - probs_of(listed)).max() < 2e-6  # both written to 6 decimals
-    from coco4.evaluation import load_predictor
+    from coco4.predictor import load_predictor
 
     image_list, direct = direct_predictions(load_predictor(trained, "cpu").model.net,
                                             demo_data, 32, stored_temperature(trained))
@@ -259,10 +259,10 @@ def test_strict_stops_at_an_unreadable_image_and_an_unsafe_checkpoint_is_refused
 
 
 def test_the_unseen_kind_of_the_min_prob_tradeoff_is_the_generators_distractor_images(tmp_path):
-    """``python -m coco4.devtools.unknowns`` measures --min-prob on images that hold only
+    """``python -m tools.unknowns`` measures --min-prob on images that hold only
     other categories: exactly the generator's distractors-only case, in both splits."""
-    from coco4.devtools.synthetic import make_synthetic_coco
-    from coco4.devtools.unknowns import unseen_kind
+    from coco4.synthetic import make_synthetic_coco
+    from tools.unknowns import unseen_kind
 
     summary = make_synthetic_coco(tmp_path / "coco", num_train=60, num_val=40, seed=2,
                                   image_sizes=((48, 48),), progress=False,

@@ -9,16 +9,15 @@ import torch
 import torch.nn.functional as F
 
 from coco4.checkpoint import load_model, read_file
-from coco4.cli import Coco4Error
 from coco4.data.loaders import BatchPlan, CachedBatches
 from coco4.data.prepare import stratified_split
 from coco4.distributed import DistEnv
+from coco4.errors import Coco4Error
 from coco4.interrupt import Interrupted, StopRequest
-from coco4.loop import Amp, EpochState, Learner, train_one_epoch, train_step
-from coco4.loop import evaluate as evaluate_batches
+from coco4.loop import Amp, EpochState, TrainingParts, train_one_epoch, train_step, validate
 from coco4.metrics import MetricAccumulator
 from coco4.model import build_model
-from coco4.trainer import build_learner, fit
+from coco4.trainer import build_training_parts, fit
 
 from conftest import read_csv, smooth_images, train_args
 
@@ -72,8 +71,8 @@ def test_evaluation_runs_in_eval_mode_whatever_mode_the_model_was_left_in():
     buffers = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
     amp = Amp.for_device(CPU, False)
     with torch.no_grad():
-        _, first, labels = evaluate_batches(model, batches, amp, 4)
-        _, second, _ = evaluate_batches(model, batches, amp, 4)
+        _, first, labels = validate(model, batches, amp, 4)
+        _, second, _ = validate(model, batches, amp, 4)
     assert torch.equal(first, second) and labels.tolist() == [0, 1, 2, 3, 0, 1]
     assert torch.allclose(first, expected, atol=1e-5)
     for k, v in model.state_dict().items():
@@ -93,7 +92,7 @@ def scripted_validation(monkeypatch):
     logits as validated."""
     import coco4.trainer
 
-    real, shown = coco4.trainer.evaluate, []
+    real, shown = coco4.trainer.validate, []
 
     def scripted(model, batches, amp, num_classes):
         _, _, labels = real(model, batches, amp, num_classes)
@@ -110,7 +109,7 @@ def scripted_validation(monkeypatch):
         shown.append((logits, labels))
         return metrics, logits, labels
 
-    monkeypatch.setattr(coco4.trainer, "evaluate", scripted)
+    monkeypatch.setattr(coco4.trainer, "validate", scripted)
     return shown
 
 
@@ -170,10 +169,10 @@ def test_each_step_of_an_epoch_draws_its_own_dropout_and_a_resumed_step_the_same
         torch.manual_seed(0)
         model = TinyNet()
         amp = Amp.for_device(CPU, False)
-        learner = Learner(model, torch.optim.SGD(model.parameters(), lr=0.1), None,
-                          torch.nn.CrossEntropyLoss(reduction="sum"), amp, amp.scaler())
+        parts = TrainingParts(model, torch.optim.SGD(model.parameters(), lr=0.1), None,
+                              torch.nn.CrossEntropyLoss(reduction="sum"), amp, amp.scaler())
         state = EpochState.start(1, CPU, step=start)
-        assert train_one_epoch(learner, batches, state, (0,))
+        assert train_one_epoch(parts, batches, state, (0,))
         assert state.count == 12 - 4 * start  # images, not steps
         masks.append(model.masks)
     full, resumed = masks
@@ -213,9 +212,9 @@ def test_a_resumed_run_continues_the_optimizer_and_the_lr_schedule(demo_data, tm
     assert saved["scheduler"]["last_epoch"] == 2 and saved["optimizer"]["state"]
     cfg = train_args(demo_data, tmp_path / "more", epochs=3, resume=str(out / "last.pt"))
     data = SimpleNamespace(classes=CLASSES, train=None)
-    learner = build_learner(cfg, data, CPU, DistEnv(), load_model(out / "last.pt"))
-    assert learner.scheduler.state_dict() == saved["scheduler"]
-    optimizer = learner.optimizer.state_dict()
+    parts = build_training_parts(cfg, data, CPU, DistEnv(), load_model(out / "last.pt"))
+    assert parts.scheduler.state_dict() == saved["scheduler"]
+    optimizer = parts.optimizer.state_dict()
     assert optimizer["param_groups"] == saved["optimizer"]["param_groups"]
     assert optimizer["state"].keys() == saved["optimizer"]["state"].keys()
     for k, state in optimizer["state"].items():
@@ -230,11 +229,11 @@ def test_each_step_updates_by_its_own_batchs_gradient_alone():
     model = torch.nn.Linear(6, 4)
     reference = [p.detach().clone() for p in model.parameters()]
     amp = Amp.for_device(CPU, False)
-    learner = Learner(model, torch.optim.SGD(model.parameters(), lr=0.5), None,
-                      torch.nn.CrossEntropyLoss(reduction="sum"), amp, amp.scaler())
+    parts = TrainingParts(model, torch.optim.SGD(model.parameters(), lr=0.5), None,
+                          torch.nn.CrossEntropyLoss(reduction="sum"), amp, amp.scaler())
     for _ in range(3):
         x, y = torch.randn(5, 6), torch.randint(0, 4, (5,))
-        train_step(learner, x, y)
+        train_step(parts, x, y)
         weight, bias = (p.requires_grad_() for p in reference)
         loss = F.cross_entropy(x @ weight.T + bias, y)  # the batch's mean loss
         grads = torch.autograd.grad(loss, [weight, bias])

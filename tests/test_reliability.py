@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from coco4.checkpoint import read_file, save_checkpoint
-from coco4.cli import Coco4Error
 from coco4.data.lists import read_list, write_list
+from coco4.errors import Coco4Error
 from coco4.trainer import fit
 
 from conftest import (
@@ -310,7 +310,7 @@ def test_a_refused_checkpoint_is_called_unsafe_not_truncated(tmp_path, payload):
 
 
 def test_not_a_checkpoint_and_not_a_resnet50(tmp_path):
-    from coco4.evaluation import load_predictor
+    from coco4.predictor import load_predictor
 
     (tmp_path / "noise.pt").write_bytes(random.Random(0).randbytes(1000))
     with pytest.raises(Coco4Error, match="not a"):
@@ -323,7 +323,7 @@ def test_not_a_checkpoint_and_not_a_resnet50(tmp_path):
 
 HOLD = """
 import sys, time
-from coco4.runlock import run_lock
+from coco4.run_folder import run_lock
 with run_lock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(120)
@@ -361,7 +361,7 @@ def test_a_second_run_in_the_same_folder_is_refused_naming_the_first(demo_data, 
 
 
 def test_a_run_that_fails_at_once_leaves_no_folder_behind(tmp_path):
-    from coco4.runlock import run_lock
+    from coco4.run_folder import run_lock
 
     inside = []
     # the error stands for a check that fails inside the lock: the lock must pass it on, not
@@ -453,8 +453,12 @@ def test_evaluate_and_visualize_check_cheap_things_before_predicting(demo_data, 
                                                                       extra, fragment):
     import importlib
 
+    import coco4.evaluation
+    import coco4.pictures
+
     module = importlib.import_module(script)
-    monkeypatch.setattr(module, "predict_from_args", never_predicted)
+    for package_module in (coco4.evaluation, coco4.pictures):
+        monkeypatch.setattr(package_module, "predict_list_for", never_predicted)
     (tmp_path / "file").write_text("not a folder, not a metrics.csv\n")
     argv = eval_argv(demo_data, tmp_path / "model.pt", tmp_path / "out",
                      *(e.format(tmp=tmp_path) for e in extra))

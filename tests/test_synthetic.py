@@ -8,9 +8,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from coco4.cli import Coco4Error
 from coco4.data.coco_categories import CATEGORY_ID, COCO_CATEGORIES
-from coco4.devtools.synthetic import CASES, get_args_parser, main, make_synthetic_coco
+from coco4.errors import Coco4Error
+from coco4.synthetic import CASES, get_args_parser, main, make_synthetic_coco
 
 # pycocotools calls np.array(copy=False) on NumPy 2; harmless, not ours.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

@@ -11,8 +11,8 @@ import torchvision
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from coco4.checkpoint import read_file
-from coco4.cli import Coco4Error
-from coco4.loop import Amp, EpochState, Learner, non_finite_loss, train_one_epoch, train_step
+from coco4.errors import Coco4Error
+from coco4.loop import Amp, EpochState, TrainingParts, non_finite_loss, train_one_epoch, train_step
 from coco4.model import build_model
 from coco4.trainer import fit
 
@@ -61,7 +61,7 @@ def test_cli_run_writes_checkpoints_metrics_and_events(demo_data, tmp_path):
     ckpt = read_file(out / "last.pt")  # weights_only=True: plain data only
     assert ckpt["epoch"] == 2 and ckpt["classes"] == ["bird", "airplane", "train", "boat"]
     assert ckpt["config"]["image_size"] == 32 and ckpt["config"]["batch_size"] == 8
-    assert ckpt["config"]["arch"] == "tiny" and ckpt["format_version"] == 2
+    assert ckpt["config"]["arch"] == "tiny" and ckpt["format_version"] == 3
     assert {"model", "optimizer", "scheduler", "scaler", "versions"} <= set(ckpt)
     best = read_file(out / "best.pt")
     assert best["run"]["best_epoch"] == best["epoch"]
@@ -136,9 +136,9 @@ def test_accumulated_micro_batches_give_the_full_batch_update():
         start = {k: v.clone() for k, v in model.state_dict().items()}
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
         amp = Amp.for_device(torch.device("cpu"), False)
-        learner = Learner(model, opt, None, torch.nn.CrossEntropyLoss(reduction="sum"), amp,
-                          amp.scaler(), accum)
-        loss, correct = train_step(learner, x, y)
+        criterion = torch.nn.CrossEntropyLoss(reduction="sum")
+        parts = TrainingParts(model, opt, None, criterion, amp, amp.scaler(), accum)
+        loss, correct = train_step(parts, x, y)
         results.append((model.state_dict(), float(loss), int(correct)))
     assert max_diff(results[0][0], results[1][0]) < 1e-6
     assert results[0][1] == pytest.approx(results[1][1], rel=1e-5)
@@ -223,11 +223,11 @@ class ListBatches:
 def test_non_finite_loss_stops_naming_epoch_and_step():
     model = NanModel()
     amp = Amp.for_device(torch.device("cpu"), False)
-    learner = Learner(model, torch.optim.Adam(model.parameters()), None,
-                      torch.nn.CrossEntropyLoss(reduction="sum"), amp, amp.scaler())
+    parts = TrainingParts(model, torch.optim.Adam(model.parameters()), None,
+                          torch.nn.CrossEntropyLoss(reduction="sum"), amp, amp.scaler())
     batches = ListBatches([(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))] * 3)
     state = EpochState.start(3, torch.device("cpu"))
-    assert train_one_epoch(learner, batches, state, seed=(0, 0))
+    assert train_one_epoch(parts, batches, state, seed=(0, 0))
     assert int(state.first_bad_step) == 0  # noted on the device, read once per epoch
     message = str(non_finite_loss(int(state.first_bad_step), 3))
     assert "non-finite at epoch 4, step 1; stopped without saving it (last.pt holds the " \
@@ -263,7 +263,7 @@ def test_out_of_memory_in_validation_names_the_accum_steps_too(demo_data, tmp_pa
                                                                monkeypatch):
     import coco4.trainer
 
-    monkeypatch.setattr(coco4.trainer, "evaluate", out_of_memory)
+    monkeypatch.setattr(coco4.trainer, "validate", out_of_memory)
     # about 36 training images at batch 8: 5 steps of 7, in 2 micro-batches of up to 4; 3
     # micro-batches is the most that keeps 2 images in each
     with pytest.raises(Coco4Error, match=r"^CUDA out of memory in validation with micro-batches "
@@ -283,9 +283,9 @@ def test_batchnorm_never_trains_on_a_micro_batch_of_one_image():
             return torch.zeros(len(x), 4, requires_grad=True)
 
     amp = Amp.for_device(torch.device("cpu"), False)
-    learner = Learner(Recorder(), torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1),
-                      None, torch.nn.CrossEntropyLoss(reduction="sum"), amp, amp.scaler(), 4)
-    train_step(learner, torch.zeros(13, 3, 32, 32), torch.zeros(13, dtype=torch.long))
+    parts = TrainingParts(Recorder(), torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1),
+                          None, torch.nn.CrossEntropyLoss(reduction="sum"), amp, amp.scaler(), 4)
+    train_step(parts, torch.zeros(13, 3, 32, 32), torch.zeros(13, dtype=torch.long))
     assert sizes == [4, 3, 3, 3]
 
 

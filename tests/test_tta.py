@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from coco4.checkpoint import read_file, save_checkpoint
-from coco4.evaluation import averaged_log_probs, load_predictor
+from coco4.predictor import averaged_log_probs, load_predictor
 
 import evaluate
 import predict

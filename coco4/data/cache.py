@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..cli import Coco4Error
+from ..errors import Coco4Error
 from ..fileio import atomic_path, atomic_write_text, check_writable, remove_stale_temporaries
 from .images import image_paths, probe
 from .lists import ImageList

@@ -9,7 +9,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from ..cli import Coco4Error
+from ..errors import Coco4Error
 
 SECTIONS = ("images", "annotations", "categories")
 UNLISTABLE = re.compile(r"\s|[\x00-\x1f\x7f]")  # a list line is "<file_name> <label>"

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..cli import Coco4Error
+from ..errors import Coco4Error
 from .audit import ClassAudit, write_report
 from .coco_check import check_instances
 from .lists import write_classes, write_list

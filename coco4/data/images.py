@@ -9,7 +9,7 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from ..cli import Coco4Error
+from ..errors import Coco4Error
 from .lists import ImageList
 
 

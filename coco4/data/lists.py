@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cli import Coco4Error
+from ..errors import Coco4Error
 from ..fileio import atomic_write_text
 
 DEFAULT_CLASSES = ("bird", "airplane", "train", "boat")

@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cli import Coco4Error
-from ..config import TrainConfig
 from ..distributed import DistEnv, barrier
+from ..errors import Coco4Error
 from . import cache
 from .audit import list_rule
 from .images import check_image_dir, find_unusable
@@ -76,6 +75,22 @@ def unusable_report(source: ImageSource, strict: bool, warn: Callable[[str], Non
     return {"listed_images": len(image_list), "left_out": names}
 
 
+@dataclass(frozen=True)
+class TrainDataSpec:
+    """What a training run asks of its data: which list and images, how they are read, how the
+    held-out split and the batches are cut (TrainConfig.data_spec builds it)."""
+
+    train_list: Path
+    train_images: Path
+    image_size: int
+    options: DataOptions
+    val_fraction: float
+    seed: int
+    batch_size: int  # global: each of torchrun's processes takes its share
+    accum_steps: int
+    balanced: bool  # --balance sampler: each epoch a class-balanced draw
+
+
 @dataclass
 class TrainData:
     train: Batches
@@ -84,12 +99,12 @@ class TrainData:
     report: dict  # stored in every checkpoint: listed, left out, train and validation counts
 
 
-def prepare_train_data(cfg: TrainConfig, env: DistEnv, device: torch.device, progress: bool,
+def prepare_train_data(spec: TrainDataSpec, env: DistEnv, device: torch.device, progress: bool,
                        info: Callable[[str], None]) -> TrainData:
     """The training run's batches; ``info`` tells the user what was found."""
-    classes = read_classes(cfg.train_list_path.parent)
-    image_list = read_list(cfg.train_list_path, len(classes))
-    check_image_dir(cfg.train_images_path)  # on every rank: all fail together, none waits
+    classes = read_classes(spec.train_list.parent)
+    image_list = read_list(spec.train_list, len(classes))
+    check_image_dir(spec.train_images)  # on every rank: all fail together, none waits
     # each machine's local rank 0 builds the cache (machines may have disks of their own)
     # while every other rank waits, then all map it. On a shared file system several machines
     # may build the same file at once: each writes a temporary file of its own and renames it
@@ -97,36 +112,43 @@ def prepare_train_data(cfg: TrainConfig, env: DistEnv, device: torch.device, pro
     builds = env.local_rank == 0
     if not builds:
         barrier(env)
-    source = open_images(image_list, cfg.train_images_path, cfg.image_size, cfg.data_options,
-                         progress)
+    source = open_images(image_list, spec.train_images, spec.image_size, spec.options, progress)
     if builds:
         barrier(env)
-    report = unusable_report(source, cfg.strict, info)
-    report["list_rule"] = list_rule(cfg.train_list_path)  # which data the checkpoint saw
+    report = unusable_report(source, spec.options.strict, info)
+    report["list_rule"] = list_rule(spec.train_list)  # which data the checkpoint saw
     usable = source.usable()
     train_pos, val_pos = stratified_split([image_list.labels[i] for i in usable], classes,
-                                          cfg.val_fraction, cfg.seed)
+                                          spec.val_fraction, spec.seed)
     train_idx, val_idx = [usable[i] for i in train_pos], [usable[i] for i in val_pos]
     report.update(train_images=len(train_idx), val_images=len(val_idx))
     info(f"data: {len(train_idx)} train / {len(val_idx)} validation images held out "
-         f"from {cfg.train_list_path} ({len(classes)} classes: {', '.join(classes)})")
+         f"from {spec.train_list} ({len(classes)} classes: {', '.join(classes)})")
     if source.cache is not None:
         source.cache = cache_on_gpu_if_it_fits(source.cache, device)
-    local_batch = math.ceil(cfg.batch_size / env.world)
-    plan = BatchPlan(local_batch, device, cfg.image_size, True, cfg.seed, env.rank, env.world,
-                     balanced=cfg.balance == "sampler")
+    train, val = _split_batches(spec, source, (train_idx, val_idx), env, device)
+    return TrainData(train, val, classes, report)
+
+
+def _split_batches(spec: TrainDataSpec, source: ImageSource, split: tuple, env: DistEnv,
+                   device: torch.device) -> tuple[Batches, Batches]:
+    """The training and validation batches of the (train, val) indices ``split``."""
+    train_idx, val_idx = split
+    local_batch = math.ceil(spec.batch_size / env.world)
+    plan = BatchPlan(local_batch, device, spec.image_size, True, spec.seed, env.rank, env.world,
+                     balanced=spec.balanced)
     # validation in micro-batches, unshuffled: what fits for a training step fits there
-    val_plan = BatchPlan(math.ceil(local_batch / cfg.accum_steps), device, cfg.image_size,
-                         False, cfg.seed, env.rank, env.world)
+    val_plan = BatchPlan(math.ceil(local_batch / spec.accum_steps), device, spec.image_size,
+                         False, spec.seed, env.rank, env.world)
     train = make_batches(source, train_idx, plan)
-    if train.smallest_batch() < 2 * cfg.accum_steps:
+    if train.smallest_batch() < 2 * spec.accum_steps:
         raise Coco4Error(
-            f"{len(train_idx)} training images at --batch-size {cfg.batch_size}"
+            f"{len(train_idx)} training images at --batch-size {spec.batch_size}"
             f"{f' over {env.world} processes' if env.enabled else ''} make steps of "
-            f"{train.smallest_batch()} images, which --accum-steps {cfg.accum_steps} splits into "
-            "micro-batches of fewer than 2, and BatchNorm cannot train on one image: raise "
+            f"{train.smallest_batch()} images, which --accum-steps {spec.accum_steps} splits "
+            "into micro-batches of fewer than 2, and BatchNorm cannot train on one image: raise "
             "--batch-size or lower --accum-steps")
-    return TrainData(train, make_batches(source, val_idx, val_plan), classes, report)
+    return train, make_batches(source, val_idx, val_plan)
 
 
 def stratified_split(labels: Sequence[int], classes: Sequence[str], val_fraction: float,

@@ -17,11 +17,11 @@ import coco4.loop  # noqa: E402
 real_step, steps = coco4.loop.train_step, []
 
 
-def train_step(learner, x, y):
+def train_step(parts, x, y):
     steps.append(1)
     if os.environ["RANK"] == "1" and len(steps) == 2:
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-    return real_step(learner, x, y)
+    return real_step(parts, x, y)
 
 
 coco4.loop.train_step = train_step

@@ -1,4 +1,5 @@
-"""One training run per output folder at a time: an exclusive lock held for the run's lifetime.
+"""A training run's output folder: one run at a time holds it, and a new run never silently
+replaces another run's files.
 
 The lock is ``flock`` on ``OUTPUT_DIR/.coco4.lock``, which holds who took it (PID, host, when).
 The kernel drops the lock when its process dies, however it dies, so a lock left by a killed
@@ -7,15 +8,17 @@ run is never in the way: the next run takes it over, and says whose it was.
 import contextlib
 import fcntl
 import os
+import shutil
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .cli import Coco4Error
+from .errors import Coco4Error
 from .fileio import check_writable
 
 LOCK_FILE = ".coco4.lock"
+RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "tensorboard")  # what a run writes here
 
 
 @contextlib.contextmanager
@@ -53,3 +56,25 @@ def run_lock(folder: str | Path, say=print) -> Iterator[None]:
                         made.rmdir()
     finally:
         os.close(fd)  # releases the lock
+
+
+def earlier_run(folder: str | Path, overwrite: bool) -> list[Path]:
+    """An earlier run's files in ``folder``, which ``overwrite`` allows a new run to replace
+    (``remove`` them once every check of the new run has passed); without it, an error."""
+    folder = Path(folder)
+    found = [folder / name for name in RUN_FILES if (folder / name).exists()]
+    if found and not overwrite:
+        raise Coco4Error(f"{folder} already holds a run ({', '.join(p.name for p in found)}); "
+                         f"continue it with --resume {folder / 'last.pt'}, choose another "
+                         "--output-dir, or pass --overwrite to replace it")
+    return found
+
+
+def remove(paths: list[Path]) -> None:
+    """Delete files and folders: an earlier run's, so that none of them (best.pt, TensorBoard
+    events) is left to mix with the new run's."""
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()

@@ -1,8 +1,8 @@
 """What ``predict.py --min-prob`` trades: images of a kind the model never saw rejected as
 ``unknown``, against real test images wrongly rejected, on the demo's data.
 
-    python -m coco4.devtools.unknowns               # after python -m coco4.demo
-    python -m coco4.devtools.unknowns --demo DIR --png docs/images/unknowns.png
+    python -m tools.unknowns               # after python -m coco4.demo
+    python -m tools.unknowns --demo DIR --png docs/images/unknowns.png
 
 The unseen kind: the demo's generated images (both splits) whose objects are all of other
 COCO categories, none of the four; no list holds them, so training never saw them. The test
@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import cli
-from ..data.lists import read_classes, read_list
-from ..evaluation import load_predictor
-from ..plots import save
-from ..predicting import predict_stream
+from coco4 import cli
+from coco4.data.lists import read_classes, read_list
+from coco4.file_predictions import predict_stream
+from coco4.plots import save
+from coco4.predictor import load_predictor
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 

@@ -1,11 +1,11 @@
 """A small mutation pass over the modules that decide results: does some test fail when the
 code is broken in a way that silently gives wrong numbers?
 
-    python -m coco4.devtools.mutants                 # every mutant (about 25 minutes on 2 cores)
-    python -m coco4.devtools.mutants --list          # their names, files and tests
-    python -m coco4.devtools.mutants --only split-floor,ece-abs-outside
-    python -m coco4.devtools.mutants --group issue16 # the five a first pass (#16) let through
-    python -m coco4.devtools.mutants --from-head     # the last commit, not the working tree
+    python -m tools.mutants                 # every mutant
+    python -m tools.mutants --list          # their names, files and tests
+    python -m tools.mutants --only split-floor,ece-abs-outside
+    python -m tools.mutants --group issue16 # the five a first pass (#16) let through
+    python -m tools.mutants --from-head     # the last commit, not the working tree
 
 Each mutant is one realistic breakage: a snippet of a file replaced by a wrong one, and the
 narrowest tests that should notice. The repository (the working tree's tracked and untracked,
@@ -25,9 +25,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import cli
+from coco4 import cli
+from coco4.errors import Coco4Error
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -94,11 +95,11 @@ MUTANTS = [
     Mutant("precision-recall-swapped", METRICS, "    return true, pred\n",
            "    return pred, true\n", METRIC_TESTS),
     # the training step, its figures, and validation under torchrun
-    Mutant("loss-per-micro-batch", LOOP, "learner.scaler.scale(loss / total).backward()",
-           "learner.scaler.scale(loss / len(yb)).backward()", STEP_TESTS),
+    Mutant("loss-per-micro-batch", LOOP, "parts.scaler.scale(loss / total).backward()",
+           "parts.scaler.scale(loss / len(yb)).backward()", STEP_TESTS),
     Mutant("gradients-never-zeroed", LOOP,
-           "    learner.scaler.update()\n    learner.optimizer.zero_grad(set_to_none=True)\n",
-           "    learner.scaler.update()\n", STEP_TESTS),
+           "    parts.scaler.update()\n    parts.optimizer.zero_grad(set_to_none=True)\n",
+           "    parts.scaler.update()\n", STEP_TESTS),
     Mutant("dropout-seed-without-step", LOOP, "seed_everything(*seed, state.epoch, step)",
            "seed_everything(*seed, state.epoch)", STEP_TESTS),
     Mutant("train-count-per-step", LOOP, "state.count += len(y)", "state.count += 1",
@@ -110,15 +111,15 @@ MUTANTS = [
     # checkpoint selection and the LR schedule
     Mutant("best-on-ties-moves-later", TRAINER, "is_best = score > run.best_metric",
            "is_best = score >= run.best_metric", BEST_TESTS),
-    Mutant("select-by-ignored", TRAINER, "return row, val[self.cfg.select_by]",
-           'return row, val["accuracy"]', BEST_TESTS),
-    Mutant("plateau-on-training-loss", TRAINER, 'learner.scheduler.step(val["nll"])',
-           "learner.scheduler.step(loss_sum / count)",
+    Mutant("select-by-ignored", TRAINER, "lr), val[self.cfg.select_by]",
+           'lr), val["accuracy"]', BEST_TESTS),
+    Mutant("plateau-on-training-loss", TRAINER, 'parts.scheduler.step(val["nll"])',
+           "parts.scheduler.step(trained[0] / trained[2])",
            (P + "the_lr_drops_when_the_validation_loss_stops_improving",)),
     # resume
     Mutant("resume-without-optimizer-state", TRAINER,
            '        optimizer.load_state_dict(ckpt["optimizer"])\n', "", RESUME_TESTS),
-    Mutant("resume-mid-epoch-loses-sums", TRAINER, "run.partial if stopped_here else None",
+    Mutant("resume-mid-epoch-loses-sums", TRAINER, "run.epoch_sums if stopped_here else None",
            "None", (P + "a_run_stopped_mid_epoch_reports_the_whole_epochs_figures",)),
     Mutant("format-1-best-forgotten", CHECKPOINT,
            'run["best_metric"] = run.pop("best_acc", -1.0)',
@@ -138,7 +139,7 @@ MUTANTS = [
            "calibrated = averaged_log_probs(views, 1.0)",
            ("tests/test_calibration.py::test_evaluate_reports_both_and_draws_the_reliability_"
             "diagram",)),
-    Mutant("balance-sampler-ignored", SPLIT, 'balanced=cfg.balance == "sampler")',
+    Mutant("balance-sampler-ignored", "coco4/config.py", 'balanced=self.balance == "sampler")',
            "balanced=False)", BALANCE_TESTS),
     Mutant("balance-loss-ignored", TRAINER, 'if cfg.balance == "loss" else None)',
            "if False else None)", BALANCE_TESTS),
@@ -193,7 +194,7 @@ def chosen(args: argparse.Namespace) -> list[Mutant]:
     names = args.only.split(",")
     unknown = sorted(set(names) - {m.name for m in mutants})
     if unknown:
-        raise cli.Coco4Error(f"--only names unknown mutants {unknown}; --list shows them")
+        raise Coco4Error(f"--only names unknown mutants {unknown}; --list shows them")
     return [m for m in mutants if m.name in names]
 
 
@@ -217,7 +218,8 @@ def copy_repo(dest: Path, from_head: bool) -> None:
 
 def run_tests(work: Path, tests: tuple[str, ...], timeout: int) -> tuple[str, float]:
     """'passed', 'failed' or 'timeout', and the seconds pytest took."""
-    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+    # -m "": a mutant's tests may be in the slow tier, which the default options leave out
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "",
            f"--basetemp={work / '.pytest-tmp'}", *tests]
     tic = time.monotonic()
     try:
@@ -226,7 +228,7 @@ def run_tests(work: Path, tests: tuple[str, ...], timeout: int) -> tuple[str, fl
         return "timeout", time.monotonic() - tic
     if done.returncode not in (0, 1):  # 2-5: pytest itself failed (collection, usage)
         tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
-        raise cli.Coco4Error(f"pytest {' '.join(tests)} could not run (exit "
+        raise Coco4Error(f"pytest {' '.join(tests)} could not run (exit "
                              f"{done.returncode}): {' | '.join(tail)}")
     return ("passed" if done.returncode == 0 else "failed"), time.monotonic() - tic
 
@@ -236,7 +238,7 @@ def apply(work: Path, mutant: Mutant) -> str:
     path = work / mutant.path
     text = path.read_text()
     if text.count(mutant.original) != 1:
-        raise cli.Coco4Error(f"mutant {mutant.name}: its snippet occurs "
+        raise Coco4Error(f"mutant {mutant.name}: its snippet occurs "
                              f"{text.count(mutant.original)} times in {mutant.path}, not once; "
                              "the code changed: update the mutant")
     path.write_text(text.replace(mutant.original, mutant.mutated))
@@ -261,7 +263,7 @@ def main(args: argparse.Namespace) -> dict:
             print(f"baseline, {len(tests)} tests unmutated: {status} ({seconds:.0f} s)",
                   flush=True)
             if status != "passed":
-                raise cli.Coco4Error("the chosen tests do not pass unmutated (run them to see "
+                raise Coco4Error("the chosen tests do not pass unmutated (run them to see "
                                      "which); fix them first, or every mutant counts as caught")
         results = {}
         for m in mutants:

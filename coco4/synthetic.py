@@ -1,4 +1,4 @@
-"""python -m coco4.devtools.synthetic --root DIR --num-train 240 --num-val 80 --seed 0 [--coco-size]
+"""python -m coco4.synthetic --root DIR --num-train 240 --num-val 80 --seed 0 [--coco-size]
     [--class-ratios 1,1,1,0.33]
 
 Write a small synthetic dataset in COCO 2017's own format and layout (ROOT/annotations/
@@ -17,10 +17,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from ..cli import Coco4Error
-from ..data.coco_categories import CATEGORY_ID, COCO_CATEGORIES
-from ..data.lists import write_classes, write_list
-from ..fileio import atomic_write_text, check_writable
+from .data.coco_categories import CATEGORY_ID, COCO_CATEGORIES
+from .data.lists import write_classes, write_list
+from .errors import Coco4Error
+from .fileio import atomic_write_text, check_writable
 
 TARGETS = ("bird", "airplane", "train", "boat")
 DISTRACTORS = ("person", "car", "dog", "cat", "bench")
@@ -349,6 +349,6 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    from ..cli import run
+    from .cli import run
 
     run(main, get_args_parser())

@@ -2,8 +2,8 @@
 an imbalanced synthetic set (a third as many boats by default), each over several seeds, then
 a markdown table of worst-class and overall test accuracy, mean and standard deviation.
 
-    python -m coco4.devtools.balance_study --out /tmp/balance-runs   # the README's table
-    python -m coco4.devtools.balance_study --out /tmp/quick --seeds 0 --epochs 2   # a smoke run
+    python -m tools.balance_study --out /tmp/balance-runs   # the README's table
+    python -m tools.balance_study --out /tmp/quick --seeds 0 --epochs 2   # a smoke run
 
 Each run is ``python -m coco4.demo --class-ratios R --balance B --seed S --no-visualize`` with
 the settings below, in OUT/B-seedS; a run whose metrics.json exists is read, not run again.
@@ -14,9 +14,8 @@ import statistics
 import time
 from pathlib import Path
 
-from .. import cli
-from ..config import BALANCE_MODES
-from . import demo
+from coco4 import cli, demo
+from coco4.config import BALANCE_MODES
 
 
 def get_args_parser() -> argparse.ArgumentParser:

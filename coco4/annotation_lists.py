@@ -1,0 +1,69 @@
+"""annotation_prepare.py's work: COCO 2017 instances annotations to class lists
+(annotation_{train,val}.txt, classes.txt) and the audit of what the rule kept and dropped
+(report.json, report.png). The rule itself is coco4.data.coco_filter's."""
+from dataclasses import dataclass
+from pathlib import Path
+
+from .data.coco_filter import RULES, prepare_lists
+from .data.lists import DEFAULT_CLASSES
+from .errors import Coco4Error
+from .fileio import check_writable
+from .options import option
+
+
+@dataclass(frozen=True)
+class ListsOptions:
+    coco_root: Path = option(Path("coco"), "COCO folder holding annotations/"
+                                           "instances_{train,val}2017.json")
+    train_json: Path | None = option(None, "train annotations (default: "
+                                           "COCO_ROOT/annotations/instances_train2017.json)")
+    val_json: Path | None = option(None, "val annotations (default: "
+                                         "COCO_ROOT/annotations/instances_val2017.json)")
+    out_dir: Path = option(Path("data"), "where the lists go")
+    classes: tuple[str, ...] = option(DEFAULT_CLASSES, "COCO category names; their order gives "
+                                                       "labels 0..N-1")
+    rule: str = option("exact", "exact: keep an image whose annotations are all of one class "
+                                "(the original rule); dominant: one target class, covering at "
+                                "least --min-area-fraction of the annotated area, other objects "
+                                "allowed", choices=RULES)
+    min_area_fraction: float | None = option(None, "with --rule dominant: the class's share of "
+                                                   "the area of all the image's annotations, "
+                                                   "in (0, 1] (default: 0.5)")
+
+    def rule_dict(self) -> dict:
+        """The rule as stored in report.json; a fraction given to the exact rule is refused,
+        since it would be silently ignored."""
+        fraction = self.min_area_fraction
+        if self.rule == "exact":
+            if fraction is not None:
+                raise Coco4Error("--min-area-fraction applies to --rule dominant only; add "
+                                 "--rule dominant or drop --min-area-fraction")
+            return {"rule": "exact", "min_area_fraction": None}
+        fraction = 0.5 if fraction is None else fraction
+        if not 0 < fraction <= 1:  # NaN fails this too
+            raise Coco4Error(f"--min-area-fraction must be in (0, 1], got {fraction}")
+        return {"rule": "dominant", "min_area_fraction": fraction}
+
+
+def make_lists(opts: ListsOptions) -> dict:
+    """Write the lists and the audit, say what was kept; returns each split's kept images per
+    class."""
+    rule = opts.rule_dict()
+    check_writable(opts.out_dir)  # before reading hundreds of megabytes of JSON
+    ann = opts.coco_root / "annotations"
+    # the report is rewritten with the lists, never apart: it always describes the lists beside it
+    report = prepare_lists(opts.train_json or ann / "instances_train2017.json",
+                           opts.val_json or ann / "instances_val2017.json",
+                           opts.out_dir, opts.classes, rule)
+    counts = {split: {name: c["kept"] for name, c in entry["classes"].items()}
+              for split, entry in report["splits"].items()}
+    for split, per_class in counts.items():
+        total = sum(per_class.values())
+        detail = ", ".join(f"{name} {n}" for name, n in per_class.items())
+        print(f"{split}: {total} images ({detail}) -> {opts.out_dir / f'annotation_{split}.txt'}")
+    from . import plots  # matplotlib and torch: seconds that a refused argument need not wait
+
+    png = plots.data_report_png(report, opts.out_dir / "report.png")
+    print(f"audit (--rule {rule['rule']}): kept and dropped per class, and why -> "
+          f"{opts.out_dir / 'report.json'}, {png}")
+    return counts

@@ -1,2 +1,0 @@
-"""Developer tooling, apart from the product: synthetic COCO-format data, the demo and the
-benchmark."""

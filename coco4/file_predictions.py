@@ -1,0 +1,245 @@
+"""predict.py's work: classify the user's own images, decoding them in parallel and streaming
+one row per image (class, probability, every class's probability) to a CSV or JSON-lines file
+as batches are predicted: memory for one batch, however many images."""
+import csv
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import torch
+from tqdm import tqdm
+
+from .cli import check_at_least, check_fraction
+from .data.images import probe
+from .data.transforms import pil_eval_transform
+from .errors import Coco4Error
+from .fileio import atomic_write_text, check_writable
+from .image_files import find_images
+from .options import option
+from .out_of_memory import prediction_advice
+from .predictor import Predictor, PredictorOptions, predictor_for
+
+UNKNOWN = "unknown"
+TABLE_AT_MOST = 20  # more images than this, and no --out: a CSV beside the checkpoint
+
+
+@dataclass(frozen=True)
+class PredictOptions(PredictorOptions):
+    paths: tuple[str, ...] = option((), "image files, folders (recursive) or globs",
+                                    positional=True, nargs="*")
+    list: Path | None = option(None, "a file of image paths, one a line")
+    out: Path | None = option(None, f"CSV or JSON-lines file (default: a table for up to "
+                                    f"{TABLE_AT_MOST} images, else CHECKPOINT_DIR/"
+                                    "predictions.csv or .jsonl)")
+    format: str | None = option(None, "default: jsonl when --out ends in .jsonl, else csv",
+                                choices=("csv", "jsonl"))
+    top_k: int = option(1, "also give the K most likely classes")
+    min_prob: float = option(0.0, "below this top probability an image is labelled 'unknown'")
+    overwrite: bool = option(False, "replace an existing --out")
+
+    def check(self) -> None:
+        super().check()
+        check_fraction("--min-prob", self.min_prob)
+        check_at_least(self, top_k=1)
+
+class _Decoded(torch.utils.data.Dataset):
+    """(index, uint8 tensor or None, why not) per path: the evaluation transform of evaluate.py's
+    PIL path, which its cache path equals, so probabilities match evaluate.py's."""
+
+    def __init__(self, paths: Sequence[Path], image_size: int):
+        self.paths, self.transform = paths, pil_eval_transform(image_size)
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        image, why = probe(self.paths[i])
+        return i, None if image is None else self.transform(image), why
+
+
+def _collate(items):
+    good = [(i, x) for i, x, _ in items if x is not None]
+    x = torch.stack([x for _, x in good]) if good else None
+    return [i for i, _ in good], x, [(i, why) for i, x, why in items if x is None]
+
+
+@dataclass
+class Batch:
+    paths: list  # the images predicted, in order
+    probs: torch.Tensor  # [n, classes]
+    skipped: list  # (path, why) of the batch's images that could not be used
+
+
+@torch.no_grad()
+def predict_stream(predictor: Predictor, paths: Sequence[Path], batch_size: int,
+                   workers: int) -> Iterator[Batch]:
+    """Batches of predictions, in the order of ``paths``, decoded by ``workers`` processes."""
+    loader = torch.utils.data.DataLoader(_Decoded(paths, predictor.image_size), batch_size,
+                                         num_workers=workers, collate_fn=_collate)
+    for index, x, bad in loader:
+        probs = torch.empty(0, len(predictor.classes))
+        if x is not None:
+            probs = predictor.predict(x.to(predictor.device))
+        yield Batch([paths[i] for i in index], probs, [(paths[i], why) for i, why in bad])
+
+
+@dataclass(frozen=True)
+class RowFormat:
+    """What each output row holds: every class's probability, the top ``top_k``, and the
+    predicted class, or ``unknown`` where the top probability is below ``min_prob``."""
+
+    classes: tuple
+    top_k: int = 1
+    min_prob: float = 0.0
+
+    def rows(self, batch: Batch) -> Iterator[dict]:
+        top = batch.probs.topk(self.top_k, dim=1)
+        for path, probs, values, idx in zip(batch.paths, batch.probs.tolist(),
+                                            top.values.tolist(), top.indices.tolist()):
+            best = values[0]
+            yield {"path": str(path),
+                   "class": self.classes[idx[0]] if best >= self.min_prob else UNKNOWN,
+                   "prob": best,
+                   "top_k": [(self.classes[j], v) for j, v in zip(idx, values)],
+                   "probs": dict(zip(self.classes, probs))}
+
+
+class RowWriter:
+    """Rows to an open text file as CSV or JSON lines, flushed after every batch."""
+
+    def __init__(self, f: IO[str], fmt: str, rows: RowFormat):
+        self.f, self.fmt, self.rows = f, fmt, rows
+        self.csv = csv.writer(f) if fmt == "csv" else None
+        if self.csv:
+            top = [f"top{j}" for j in range(1, rows.top_k + 1)] if rows.top_k > 1 else []
+            self.csv.writerow(["path", "class", "prob", *top,
+                               *(f"prob_{c}" for c in rows.classes)])
+
+    def write(self, batch: Batch) -> None:
+        for row in self.rows.rows(batch):
+            if self.csv:
+                top = [f"{c}:{p:.6f}" for c, p in row["top_k"]] if self.rows.top_k > 1 else []
+                self.csv.writerow([row["path"], row["class"], f"{row['prob']:.6f}", *top,
+                                   *(f"{p:.6f}" for p in row["probs"].values())])
+            else:
+                row["top_k"] = [{"class": c, "prob": p} for c, p in row["top_k"]]
+                self.f.write(json.dumps(row) + "\n")
+        self.f.flush()
+
+
+def table(rows: list[dict], top_k: int) -> str:
+    """A few predictions as an aligned text table, for the terminal."""
+    if not rows:
+        return "no image could be read"
+    width = max(len(r["path"]) for r in rows)
+    lines = [f"{'image':<{width}}  {'class':<10} prob" + ("   top" if top_k > 1 else "")]
+    for r in rows:
+        top = "   " + " ".join(f"{c}:{p:.3f}" for c, p in r["top_k"]) if top_k > 1 else ""
+        lines.append(f"{r['path']:<{width}}  {r['class']:<10} {r['prob']:.3f}{top}")
+    return "\n".join(lines)
+
+
+def output_paths(opts: PredictOptions, count: int) -> tuple[Path | None, Path | None]:
+    """(rows file, skipped file), both checked now; (None, None) for a table on the terminal."""
+    out = opts.out
+    if out is None:
+        if count <= TABLE_AT_MOST:
+            return None, None
+        ext = ".jsonl" if opts.format == "jsonl" else ".csv"
+        out = Path(opts.checkpoint).parent / f"predictions{ext}"
+        n = 1
+        while out.exists() or skipped_path(out).exists():  # never another run's results
+            n += 1
+            out = out.with_name(f"predictions-{n}{ext}")
+    check_writable(out.parent)
+    if out.is_dir():
+        raise Coco4Error(f"--out {out} is a folder; give a file name, such as {out}/preds.csv")
+    for path in (out, skipped_path(out)):
+        if path.exists() and not opts.overwrite:
+            raise Coco4Error(f"{path} exists; choose another --out, or pass --overwrite")
+    return out, skipped_path(out)
+
+
+def skipped_path(out: Path) -> Path:
+    # the whole name: preds.csv's and preds.jsonl's lists must not be one file
+    return out.with_name(out.name + ".skipped.tsv")
+
+
+def predict_files(opts: PredictOptions) -> dict:
+    """Classify the images the options name: rows to a file, or a table for a few; returns
+    where they went, how many were predicted and which were skipped."""
+    opts.check()
+    paths = find_images(opts.paths, opts.list)
+    out, skipped_out = output_paths(opts, len(paths))
+    predictor = predictor_for(opts)
+    if opts.top_k > len(predictor.classes):
+        raise Coco4Error(f"--top-k {opts.top_k}: the checkpoint has only "
+                         f"{len(predictor.classes)} classes")
+    rows = RowFormat(tuple(predictor.classes), opts.top_k, opts.min_prob)
+    fmt = opts.format or ("jsonl" if out and out.suffix == ".jsonl" else "csv")
+    if out is None:
+        shown, skipped = run_to_table(predictor, paths, rows, opts)
+        print(table(shown, opts.top_k))
+    else:
+        skipped = run_to_file(predictor, paths, rows, opts, out, fmt)
+    report_skipped(skipped, skipped_out)
+    done = len(paths) - len(skipped)
+    if out:
+        print(f"predicted {done} image{'' if done == 1 else 's'} -> {out}")
+    return {"out": out and str(out), "predicted": done, "skipped": [str(p) for p, _ in skipped]}
+
+
+def _batches(predictor, paths, opts, out):
+    """The stream of predicted batches with a progress bar; a GPU out-of-memory error and a
+    --strict stop say what was written."""
+    so_far = f"; the rows so far are in {out}" if out else ""
+    bar = tqdm(total=len(paths), unit="img", desc="predicting")
+    try:
+        for batch in predict_stream(predictor, paths, opts.batch_size, opts.workers):
+            if batch.skipped and opts.strict:
+                path, why = batch.skipped[0]
+                raise Coco4Error(f"cannot use image {path} ({why}) and --strict is set{so_far}")
+            bar.update(len(batch.paths) + len(batch.skipped))
+            yield batch
+    except torch.cuda.OutOfMemoryError:
+        raise prediction_advice(opts.batch_size, predictor.image_size, so_far) from None
+    finally:
+        bar.close()
+
+
+def run_to_table(predictor, paths, rows, opts):
+    shown, skipped = [], []
+    for batch in _batches(predictor, paths, opts, None):
+        shown += rows.rows(batch)
+        skipped += batch.skipped
+    return shown, skipped
+
+
+def run_to_file(predictor, paths, rows, opts, out, fmt):
+    skipped = []
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # written as predicted ("x": never over a file that appeared since the check)
+    with open(out, "w" if opts.overwrite else "x", newline="", encoding="utf-8") as f:
+        writer = RowWriter(f, fmt, rows)
+        for batch in _batches(predictor, paths, opts, out):
+            writer.write(batch)
+            skipped += batch.skipped
+    return skipped
+
+
+def report_skipped(skipped, skipped_out) -> None:
+    if not skipped:
+        if skipped_out and skipped_out.exists():  # an earlier run's (--overwrite): not this one's
+            skipped_out.unlink()
+        return
+    if skipped_out:
+        atomic_write_text(skipped_out, "path\treason\n" + "".join(
+            f"{p}\t{why}\n" for p, why in skipped))
+    names = ", ".join(f"{p} ({why})" for p, why in skipped[:5])
+    more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+    where = f"; all listed in {skipped_out}" if skipped_out else ""
+    images = "1 image" if len(skipped) == 1 else f"{len(skipped)} images"
+    print(f"warning: {images} skipped: {names}{more}{where}", file=sys.stderr)

@@ -1,0 +1,138 @@
+"""Options declared once. A dataclass field holds an option's name, type, default and help text,
+and a script's command line is generated from the dataclasses it takes (litgpt builds its
+command line from its dataclasses the same way): a field cannot exist without its flag, nor a
+flag without its field, and the two cannot drift apart.
+
+    @dataclass(frozen=True)
+    class Options:
+        epochs: int = option(70, "total epochs")
+        device: str = option("auto", "cpu, cuda or auto", choices=("auto", "cpu", "cuda"))
+
+    parser = options.parser("What the script does.", Options)      # --epochs, --device
+    opts = options.from_args(Options, parser.parse_args())
+
+The flag is the field's name with dashes (``--batch-size`` for ``batch_size``); a bool is a
+``--x/--no-x`` pair; ``X | None`` takes an X and defaults to None (its help says what None
+falls back to); ``list[X]`` takes one or more values (``nargs``).
+"""
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Iterable, Sequence
+
+# --help shows each option's default once: argparse's formatter adds "(default: ...)", except
+# where the default is None (the help text says what it falls back to) or the text says already
+DEFAULT_SHOWN = "(default"
+
+
+def option(default=dataclasses.MISSING, help: str = "", *, factory: Callable | None = None,
+           choices: Sequence | Callable[[], Sequence] | None = None, nargs: str | None = None,
+           positional: bool = False, metavar: str | None = None):
+    """A dataclass field that is also a command-line option. ``choices`` may be a function,
+    called when the parser is built (a registry that tests or plugins extend after import);
+    ``factory`` computes the default (the machine's core count)."""
+    metadata = {"help": help, "choices": choices, "nargs": nargs, "positional": positional,
+                "metavar": metavar}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's formatter with each default shown once (see DEFAULT_SHOWN)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or DEFAULT_SHOWN in text or not action.option_strings:
+            return text
+        return super()._get_help_string(action)
+
+
+def parser(description: str, *classes: type, only: Iterable[str] | None = None
+           ) -> argparse.ArgumentParser:
+    """A parser of every field of ``classes`` (of those named in ``only``, if given)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    for cls in classes:
+        add_options(p, cls, only)
+    return p
+
+
+def add_options(p: argparse.ArgumentParser, cls: type,
+                only: Iterable[str] | None = None) -> None:
+    hints = typing.get_type_hints(cls)
+    wanted = set(only) if only is not None else None
+    for field in dataclasses.fields(cls):
+        if wanted is not None and field.name not in wanted:
+            continue
+        if "help" not in field.metadata:
+            raise TypeError(f"{cls.__name__}.{field.name} is not declared with options.option()")
+        p.add_argument(*_names(field), **_argument(field, hints[field.name]))
+
+
+def _names(field: dataclasses.Field) -> list[str]:
+    return [field.name] if field.metadata["positional"] else [flag(field.name)]
+
+
+def _argument(field: dataclasses.Field, hint) -> dict:
+    meta = field.metadata
+    kind, many = _value_type(hint)
+    default = (field.default_factory() if field.default is dataclasses.MISSING
+               else field.default)
+    kwargs = {"help": meta["help"], "default": default}
+    if not meta["positional"]:
+        kwargs["dest"] = field.name
+    if kind is bool:
+        return {**kwargs, "action": argparse.BooleanOptionalAction}
+    choices = meta["choices"]
+    kwargs.update(type=kind, choices=choices() if callable(choices) else choices,
+                  metavar=meta["metavar"])
+    if many or meta["nargs"]:
+        kwargs["nargs"] = meta["nargs"] or "+"
+    return {k: v for k, v in kwargs.items() if v is not None or k == "default"}
+
+
+def _value_type(hint) -> tuple[type, bool]:
+    """(the type one value is parsed as, whether the option takes several): ``X | None`` is
+    X, ``list[X]`` and ``tuple[X, ...]`` are several X."""
+    hint = _strip_none(hint)
+    if typing.get_origin(hint) in (list, tuple):
+        return typing.get_args(hint)[0], True
+    return hint, False
+
+
+def _strip_none(hint):
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def from_args(cls: type, args: argparse.Namespace):
+    """An instance of ``cls`` from a parsed command line holding its fields (among others)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():  # nargs gives a list; a tuple field keeps a tuple
+        if isinstance(value, list) and typing.get_origin(_strip_none(hints[name])) is tuple:
+            values[name] = tuple(value)
+    return cls(**values)
+
+
+def to_argv(values: object, names: Iterable[str]) -> list[str]:
+    """The command-line arguments that give the dataclass ``values`` its values of ``names``
+    (None is left out: it is every such option's default)."""
+    argv = []
+    for name in names:
+        value = getattr(values, name)
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            argv.append(flag(name) if value else "--no-" + flag(name)[2:])
+        elif isinstance(value, (list, tuple)):
+            argv += [flag(name), *map(str, value)]
+        else:
+            argv += [flag(name), str(value)]
+    return argv

@@ -1,0 +1,101 @@
+"""--resume: where a run stands (stored in every checkpoint), which checkpoints can be
+continued and with which settings, and the command that continues an interrupted run."""
+import dataclasses
+import os
+import shlex
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from .checkpoint import LoadedModel, load_model
+from .config import RUNTIME_FIELDS, TrainConfig
+from .errors import Coco4Error
+from .interrupt import Interrupted
+from .options import to_argv
+
+
+@dataclasses.dataclass
+class RunState:
+    """Where the run stands; stored in every checkpoint so --resume continues exactly."""
+
+    epoch: int = 0        # completed epochs
+    step: int = 0         # steps already done in epoch ``epoch`` (mid-epoch checkpoints only)
+    epoch_sums: dict = None  # that epoch's running sums (loss, correct, images, seconds)
+    best_metric: float = -1.0  # the best validation score by the config's ``select_by``
+    best_epoch: int = 0
+    history: list = dataclasses.field(default_factory=list)
+
+
+def load_resumable(path: str) -> LoadedModel:
+    """The checkpoint to continue, with a run state this coco4 can continue: or an error."""
+    loaded = load_model(path, "cpu")
+    ckpt = loaded.checkpoint
+    if "run" not in ckpt:
+        raise Coco4Error(f"{path} holds no training state (optimizer, epoch) to resume; "
+                         "to start a new run from its weights use --weights PATH instead")
+    problem = _run_state_problem(ckpt)
+    if problem:
+        raise Coco4Error(f"{path} holds a training state this coco4 cannot resume ({problem}); "
+                         "start a new run from its weights with --weights PATH")
+    return loaded
+
+
+def _run_state_problem(ckpt: dict) -> str | None:
+    """What is wrong with a checkpoint's resumable state, or None: every field RunState and
+    the training parts read, of the type they need."""
+    run, fields = ckpt["run"], {f.name: f for f in dataclasses.fields(RunState)}
+    if not isinstance(run, dict):
+        return f"'run' is a {type(run).__name__}"
+    unknown = sorted(set(run) - set(fields))
+    if unknown:
+        return f"'run' has fields {unknown} that a newer coco4 wrote"
+    numbers = {"epoch": int, "step": int, "best_metric": (int, float), "best_epoch": int}
+    for name, kind in numbers.items():
+        if name in run and (not isinstance(run[name], kind) or isinstance(run[name], bool)):
+            return f"run.{name} is {run[name]!r}"
+    if run.get("epoch", 0) < 0:
+        return f"run.epoch is {run['epoch']!r}"
+    for name in ("optimizer", "scheduler", "scaler"):
+        if not isinstance(ckpt.get(name), dict):
+            return f"no {name} state"
+    return None
+
+
+def resumed_config(cfg: TrainConfig, resumed: LoadedModel,
+                   say: Callable[[str], None]) -> TrainConfig:
+    """The stored run's settings with this command line's runtime ones on top; says which
+    other settings given here it ignores, and refuses a run that has nothing left to train."""
+    merged, ignored = cfg.resumed_from(resumed.checkpoint["config"])
+    if ignored:
+        say(f"resuming keeps the checkpoint's settings, not {ignored}")
+    done = resumed.checkpoint["run"].get("epoch", 0)
+    if done >= merged.epochs:  # checked before any work, not a silent exit 0
+        raise Coco4Error(f"{cfg.resume} has already trained {done} epoch"
+                         f"{'' if done == 1 else 's'}, and --epochs "
+                         f"{merged.epochs} is the total: pass a larger --epochs to train on")
+    return merged
+
+
+def resume_command(program: str, cfg: TrainConfig) -> str:
+    """The command that continues ``cfg``'s run from its last.pt: ``program`` (how the user
+    started it), --resume, and the runtime settings given that are not their defaults (the
+    others come from the checkpoint)."""
+    defaults = TrainConfig()
+    changed = [f for f in RUNTIME_FIELDS if f not in ("resume", "overwrite")
+               and getattr(cfg, f) != getattr(defaults, f)]
+    last = Path(cfg.output_dir) / "last.pt"
+    return shlex.join([*shlex.split(program), "--resume", str(last), *to_argv(cfg, changed)])
+
+
+def interrupted(program: str, cfg: TrainConfig, signum: int | None, epoch: int,
+                step: int) -> Interrupted:
+    """The error that ends a run stopped by a signal once its last.pt is saved: where it
+    stopped, and how to continue."""
+    # under torchrun a rank may stop because another rank was signalled: call it SIGTERM
+    signum = signum or signal.SIGTERM
+    where = f"epoch {epoch + 1}, step {step}" if step else f"the end of epoch {epoch}"
+    return Interrupted(f"stopped by {signal.Signals(signum).name} at {where}; saved "
+                       f"{Path(cfg.output_dir) / 'last.pt'}. Continue with: "
+                       f"{resume_command(program, cfg)}"
+                       + (" (under torchrun, with the same torchrun options)"
+                          if "WORLD_SIZE" in os.environ else ""), signum)
