@@ -92,3 +92,63 @@ def test_every_module_imports_on_its_own():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout == ""  # no printing on import
+
+
+def reachable(graph, start):
+    """Every module ``start`` imports, directly or through others."""
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+def test_data_preparation_does_not_reach_up_to_the_training_config():
+    graph = package_graph()
+    data = [name for name in graph if name.startswith("coco4.data.")]
+    assert data
+    for name in data:
+        assert "coco4.config" not in reachable(graph, name), name
+    assert "coco4.config" in reachable(graph, "coco4.trainer")  # the check can see an import
+
+
+ROOT_SCRIPTS = {p.stem for p in REPO.glob("*.py")}
+
+
+def imports_of(path):
+    """Every module name ``path`` imports (absolute, as written), and every name it uses."""
+    modules, names = set(), set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            modules.add(node.module)
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.Attribute):
+            names.add(node.attr)
+        elif isinstance(node, ast.Name):
+            names.add(node.id)
+    return modules, names
+
+
+def test_the_package_never_imports_or_runs_a_root_script_or_the_test_suite():
+    """The demo calls package functions, the scripts call the package: never the other way."""
+    assert {"train", "evaluate", "predict"} <= ROOT_SCRIPTS
+    for path in PACKAGE.rglob("*.py"):
+        name = str(path.relative_to(REPO))
+        modules, names = imports_of(path)
+        assert not modules & ROOT_SCRIPTS, (name, modules & ROOT_SCRIPTS)
+        assert not any(m.split(".")[0] in ("pytest", "tools", "tests") for m in modules), name
+        # the ways to run another file: a module run as a script, a file imported by its path
+        assert "runpy" not in modules and "spec_from_file_location" not in names, name
+        if "subprocess" in modules:  # the benchmark's --load: busy loops of its own
+            assert name == "coco4/bench.py", name
+        assert "pytest" not in path.read_text(), name
+
+
+def test_the_repository_tools_live_outside_the_package():
+    tools = {p.stem for p in (REPO / "tools").glob("*.py")} - {"__init__"}
+    assert {"mutants", "balance_study", "unknowns"} <= tools
+    assert not {p.stem for p in PACKAGE.rglob("*.py")} & tools
+    assert not (PACKAGE / "devtools").exists()

@@ -1,0 +1,99 @@
+"""Options declared once: every field of a script's options is a flag of that script, every flag
+a field, and every training setting is stored in each checkpoint. A new option is a field (and
+its use); these tests fail when one is not wired to the command line or not stored."""
+import argparse
+import dataclasses
+import importlib
+import typing
+
+import pytest
+import torch
+
+from coco4 import options
+from coco4.annotation_lists import ListsOptions
+from coco4.config import TrainConfig
+from coco4.evaluation import EvaluateOptions
+from coco4.exporting import ExportOptions
+from coco4.file_predictions import PredictOptions
+from coco4.pictures import PictureOptions
+
+SCRIPTS = {"train": TrainConfig, "evaluate": EvaluateOptions, "visualize": PictureOptions,
+           "predict": PredictOptions, "export": ExportOptions,
+           "annotation_prepare": ListsOptions}
+
+
+def element_type(hint) -> type:
+    """The type of one value of an option: X for X, ``X | None``, ``tuple[X, ...]``."""
+    args = [a for a in typing.get_args(hint) if a is not type(None) and a is not Ellipsis]
+    return element_type(args[0]) if args else hint
+
+
+def other_value(field: dataclasses.Field, hint, parser: argparse.ArgumentParser):
+    """A value of the field's type that is not its default, and the words that give it."""
+    action = next(a for a in parser._actions if a.dest == field.name)
+    default, flag = action.default, action.option_strings[:1]
+    if isinstance(action, argparse.BooleanOptionalAction):
+        return not default, [("--no-" if default else "--") + field.name.replace("_", "-")]
+    kind = element_type(hint)
+    if action.choices:
+        one = next(c for c in action.choices if c != default)
+    elif field.name == "device":  # checked against the device names
+        one = "cpu"
+    elif kind is int:
+        one = (default or 0) + 3
+    elif kind is float:  # fractions and rates stay in their ranges
+        one = default / 2 if default else 0.5
+    else:
+        one = kind("some/where")
+    if action.nargs in ("+", "*"):
+        return (one, kind("else/where")), [*flag, str(one), "else/where"]
+    return one, [*flag, str(one)]
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_every_field_is_a_flag_and_every_flag_a_field(script):
+    cls, parser = SCRIPTS[script], importlib.import_module(script).get_args_parser()
+    flags = {a.dest for a in parser._actions if a.dest != "help"}
+    assert flags == {f.name for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        value, words = other_value(field, hints[field.name], parser)
+        opts = options.from_args(cls, parser.parse_args(words))
+        got = getattr(opts, field.name)
+        assert got == value and got != getattr(cls(), field.name), (field.name, words, got)
+
+
+def test_every_training_setting_is_stored_in_each_checkpoint(trained_run):
+    for name in ("last.pt", "best.pt"):
+        stored = torch.load(trained_run / name, weights_only=True)["config"]
+        assert set(stored) == {f.name for f in dataclasses.fields(TrainConfig)}
+        # and read back into the same configuration
+        assert TrainConfig.from_dict(stored).to_dict() == stored
+
+
+def test_the_help_shows_each_default_once_and_never_none():
+    for script in SCRIPTS:
+        text = importlib.import_module(script).get_args_parser().format_help()
+        assert "(default: None)" not in text, script
+        for entry in text.split("\n  -")[1:]:  # one option's entry
+            assert entry.count("(default") <= 1, (script, entry)
+
+
+def test_an_undeclared_field_is_refused_when_the_parser_is_built():
+    @dataclasses.dataclass
+    class Forgotten:
+        declared: int = options.option(1, "a declared option")
+        plain: int = 2
+
+    with pytest.raises(TypeError, match="Forgotten.plain is not declared with options.option"):
+        options.parser("x", Forgotten)
+
+
+def test_the_resume_command_gives_back_the_runtime_settings():
+    """to_argv is the inverse of the parser: the words it writes parse to the same values."""
+    cfg = TrainConfig(epochs=9, workers=1, compile=True, cache_dir="c", device="cpu")
+    names = ("epochs", "workers", "compile", "cache_dir", "device", "train_list")
+    words = options.to_argv(cfg, names)
+    again = options.from_args(TrainConfig, options.parser("x", TrainConfig).parse_args(words))
+    assert {n: getattr(again, n) for n in names} == {n: getattr(cfg, n) for n in names}
+    assert "--train-list" not in words  # None: the default, left out
