@@ -33,12 +33,13 @@ from .distributed import DistEnv, pick_device
 from .fileio import atomic_write_text, check_writable
 from .loop import Amp, TrainingParts, train_step
 from .model import ARCHITECTURES, DEFAULT_ARCH, build_model, trainable_parameters
+from .options import HelpFormatter
 from .synthetic import CASES
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Benchmark the input pipelines and training speed.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--device", default="auto", help=cli.DEVICE_HELP)
     p.add_argument("--workers", type=int, default=cli.default_workers(),
                    help="image-decoding processes")
@@ -49,10 +50,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=224, help="crop size")
     p.add_argument("--num-images", type=int, default=512, help="generated images (no --list)")
     p.add_argument("--train-steps", type=int, default=3, help="timed training steps per feed")
-    p.add_argument("--list", type=Path, default=None, help="benchmark on this list ...")
+    p.add_argument("--list", type=Path, default=None,
+                   help="benchmark on this list (default: generated images) ...")
     p.add_argument("--images", type=Path, default=None, help="... and this image folder")
-    p.add_argument("--work-dir", type=Path, default=None, help="generated data and cache")
-    p.add_argument("--json", type=Path, default=None, help="write the figures here")
+    p.add_argument("--work-dir", type=Path, default=None,
+                   help="generated data and cache (default: a temporary folder)")
+    p.add_argument("--json", type=Path, default=None,
+                   help="write the figures here (default: not written)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                    help="mixed precision on CUDA")
     p.add_argument("--load", type=int, default=0,

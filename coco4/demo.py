@@ -21,7 +21,7 @@ from .annotation_lists import ListsOptions, make_lists
 from .config import BALANCE_MODES, TrainConfig
 from .evaluation import EvaluateOptions, evaluate_checkpoint
 from .model import ARCHITECTURES, DEFAULT_ARCH
-from .options import to_argv
+from .options import HelpFormatter, to_argv
 from .pictures import PictureOptions, draw_pictures
 from .synthetic import make_synthetic_coco, parse_ratios
 from .trainer import fit
@@ -29,7 +29,7 @@ from .trainer import fit
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Run the coco4 workflow on generated demo data.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="everything goes here")
     p.add_argument("--num-train", type=int, default=500, help="generated train2017 images")
     p.add_argument("--num-val", type=int, default=120, help="generated val2017 images")

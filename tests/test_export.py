@@ -2,8 +2,6 @@
 checkpoint's probabilities, carries what a caller needs, and a corrupted one fails the check."""
 import json
 import re
-import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -16,7 +14,7 @@ from coco4.exporting import read_metadata
 
 import export
 import predict
-from conftest import REPO, read_csv, run_script
+from conftest import read_csv, run_script
 
 CLASSES = ["bird", "airplane", "train", "boat"]
 
@@ -135,31 +133,3 @@ def test_an_existing_file_is_never_replaced_unasked(trained, tmp_path):
     assert out.read_bytes() == b"a user's file"
     with pytest.raises(Coco4Error, match="--list needs --images"):
         run_export(trained, "--out", tmp_path / "x.onnx", "--list", tmp_path / "l.txt")
-
-
-def readme_snippet() -> str:
-    text = (REPO / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
-    found = [b for b in blocks if "onnxruntime as ort" in b]
-    assert len(found) == 1, "the README has one standalone ONNX snippet"
-    return found[0]
-
-
-def test_the_readmes_standalone_snippet_needs_no_torch_and_agrees_with_predict(
-        demo_data, trained, onnx_file, tmp_path):
-    snippet = readme_snippet()
-    assert len(snippet.strip().splitlines()) <= 10
-    (tmp_path / "classify.py").write_text(snippet)
-    (tmp_path / "blocked").mkdir()  # importing torch or torchvision there fails
-    for name in ("torch", "torchvision"):
-        (tmp_path / "blocked" / f"{name}.py").write_text(
-            f"raise ImportError('the snippet must not need {name}')\n")
-    rows, paths = val_predictions(demo_data, trained, tmp_path)
-    env = {"PYTHONPATH": str(tmp_path / "blocked"), "PATH": "/usr/bin:/bin"}
-    for row in rows[:3]:
-        proc = subprocess.run([sys.executable, str(tmp_path / "classify.py"), str(onnx_file),
-                               row["path"]], capture_output=True, text=True, env=env)
-        assert proc.returncode == 0, proc.stderr
-        name, prob = proc.stdout.split()
-        assert name == row["class"] and float(prob) == pytest.approx(float(row["prob"]),
-                                                                      abs=1e-4)

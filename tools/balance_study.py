@@ -16,11 +16,12 @@ from pathlib import Path
 
 from coco4 import cli, demo
 from coco4.config import BALANCE_MODES
+from coco4.options import HelpFormatter
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Compare --balance modes on imbalanced demo data.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="one demo folder per run, and table.md")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                    help="data, split, initialisation and order seeds, one run each")

@@ -1,8 +1,8 @@
-"""The README's "When things go wrong" table against the program: each case below provokes one
+"""The error table (docs/troubleshooting.md) against the program: each case below provokes one
 documented message by running a script as a user would (through the runner of its ``__main__``
 block, in a fresh folder, with the default relative paths), and compares the line it prints
-with the table's row. The rows are read from README.md, so a change to either side fails here.
-In a row, ``...`` stands for text the README leaves out; everything else must be the program's
+with the table's row. The rows are read from the page, so a change to either side fails here.
+In a row, ``...`` stands for text the page leaves out; everything else must be the program's
 text exactly."""
 import builtins
 import json
@@ -18,8 +18,8 @@ from conftest import HAVE_PYCOCOTOOLS, REPO, run_script
 def readme_rows() -> dict[str, list[str]]:
     """Each row of the table: its first message -> every backticked message in its first
     column (a row may give several: "A / B", "(also: C)")."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    table = text.split("\n## When things go wrong\n", 1)[1].split("\n## ", 1)[0]
+    text = (REPO / "docs" / "troubleshooting.md").read_text(encoding="utf-8")
+    table = text.split("\n| message (after `error:`) |", 1)[1]
     rows = {}
     for line in table.splitlines():
         if not line.startswith("| `"):
@@ -34,7 +34,7 @@ def documented(row_start: str) -> list[str]:
     """The messages of the one row whose first message starts with ``row_start``."""
     found = [messages for first, messages in readme_rows().items()
              if first.startswith(row_start)]
-    assert len(found) == 1, f"no README row (or several) starts with {row_start!r}"
+    assert len(found) == 1, f"no row (or several) of the error table starts with {row_start!r}"
     return found[0]
 
 
@@ -137,7 +137,7 @@ def setup_existing_out(tmp_path):
     (tmp_path / "preds.csv").write_text("file,label\n")
 
 
-# (the start of the README row, the script and its arguments, the setup, extra environment,
+# (the start of the row, the script and its arguments, the setup, extra environment,
 # the exit status)
 CASES = [
     ("image list data/annotation_train.txt not found", ["train.py"], setup_nothing, None, 2),
@@ -203,7 +203,7 @@ def test_the_program_prints_what_the_readme_documents(monkeypatch, tmp_path, row
 
 
 def test_the_readme_names_each_case_it_tests_once():
-    """Every row the cases above name exists once; a row renamed in the README fails here
+    """Every row the cases above name exists once; a row renamed on the page fails here
     without running anything."""
     for row, *_ in CASES:
         documented(row)
