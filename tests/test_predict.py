@@ -273,3 +273,12 @@ def test_the_unseen_kind_of_the_min_prob_tradeoff_is_the_generators_distractor_i
     listed = {f for s in ("train", "val") for f in
               (tmp_path / "data" / f"annotation_{s}.txt").read_text().split()}
     assert not {p.name for p in found} & listed  # training never saw them
+
+
+def test_the_count_it_prints_is_of_images_predicted(demo_data, trained, tmp_path, capsys):
+    image = val_images(demo_data)[0]
+    run_predict(trained, image, "--out", tmp_path / "one.csv")
+    run_predict(trained, image, val_images(demo_data)[1], "--out", tmp_path / "two.csv")
+    printed = capsys.readouterr().out
+    assert f"predicted 1 image -> {tmp_path / 'one.csv'}" in printed
+    assert f"predicted 2 images -> {tmp_path / 'two.csv'}" in printed
