@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .data.coco_filter import RULES, prepare_lists
 from .data.lists import DEFAULT_CLASSES
+from .data.other_class import OTHER, OtherSpec
 from .errors import Coco4Error
 from .fileio import check_writable
 from .options import option
@@ -29,6 +30,16 @@ class ListsOptions:
     min_area_fraction: float | None = option(None, "with --rule dominant: the class's share of "
                                                    "the area of all the image's annotations, "
                                                    "in (0, 1] (default: 0.5)")
+    other: int | None = option(None, "add a last class 'other' of N train2017 images holding "
+                                     "none of the classes (and a share of val2017), spread over "
+                                     "what they show, and write lists of val2017 negatives to "
+                                     "evaluate with; 0: only those lists (default: no other "
+                                     "class)", metavar="N")
+    other_holdout: tuple[str, ...] | None = option(
+        None, "with --other: COCO categories or supercategories whose images are kept out of "
+              "the other class, to measure rejection of kinds never seen; none for none "
+              "(default: two supercategories chosen by --seed)")
+    seed: int = option(0, "seeds the other sample and the kinds held out")
 
     def rule_dict(self) -> dict:
         """The rule as stored in report.json; a fraction given to the exact rule is refused,
@@ -45,18 +56,34 @@ class ListsOptions:
         return {"rule": "dominant", "min_area_fraction": fraction}
 
 
+    def other_spec(self) -> OtherSpec | None:
+        if self.other is None:
+            if self.other_holdout is not None:
+                raise Coco4Error("--other-holdout applies to --other only; add --other N or "
+                                 "drop --other-holdout")
+            return None
+        if self.other < 0:
+            raise Coco4Error(f"--other must be 0 or more, got {self.other}")
+        if self.seed < 0:
+            raise Coco4Error(f"--seed must be 0 or more, got {self.seed}")
+        return OtherSpec(self.other, self.other_holdout, self.seed)
+
+
 def make_lists(opts: ListsOptions) -> dict:
     """Write the lists and the audit, say what was kept; returns each split's kept images per
     class."""
-    rule = opts.rule_dict()
+    rule, other = opts.rule_dict(), opts.other_spec()
     check_writable(opts.out_dir)  # before reading hundreds of megabytes of JSON
     ann = opts.coco_root / "annotations"
     # the report is rewritten with the lists, never apart: it always describes the lists beside it
     report = prepare_lists(opts.train_json or ann / "instances_train2017.json",
                            opts.val_json or ann / "instances_val2017.json",
-                           opts.out_dir, opts.classes, rule)
+                           opts.out_dir, opts.classes, rule, other)
     counts = {split: {name: c["kept"] for name, c in entry["classes"].items()}
               for split, entry in report["splits"].items()}
+    if other and other.count:
+        for split in counts:
+            counts[split][OTHER] = report["other"][split]["images"]
     for split, per_class in counts.items():
         total = sum(per_class.values())
         detail = ", ".join(f"{name} {n}" for name, n in per_class.items())
@@ -66,4 +93,9 @@ def make_lists(opts: ListsOptions) -> dict:
     png = plots.data_report_png(report, opts.out_dir / "report.png")
     print(f"audit (--rule {rule['rule']}): kept and dropped per class, and why -> "
           f"{opts.out_dir / 'report.json'}, {png}")
+    if other:
+        held = ", ".join(report["other"]["held_out"]) or "none"
+        print(f"negatives of val2017 for evaluate.py --negatives (kinds held out: {held}): "
+              + ", ".join(f"{opts.out_dir / name} ({n})"
+                          for name, n in report["other"]["negatives"].items()))
     return counts

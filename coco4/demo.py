@@ -19,6 +19,7 @@ from typing import Any
 from . import cli
 from .annotation_lists import ListsOptions, make_lists
 from .config import BALANCE_MODES, TrainConfig
+from .data.other_class import HELD_OUT_NEGATIVES, SEEN_NEGATIVES
 from .evaluation import EvaluateOptions, evaluate_checkpoint
 from .model import ARCHITECTURES, DEFAULT_ARCH
 from .options import HelpFormatter, to_argv
@@ -52,6 +53,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="train.py --arch (resnet18 trains several times faster on a CPU)")
     p.add_argument("--visualize", action=argparse.BooleanOptionalAction, default=True,
                    help="run visualize.py too (--no-visualize for measurements)")
+    p.add_argument("--other", type=int, default=None, metavar="N",
+                   help="annotation_prepare.py --other N: a fifth class 'other' of N images of "
+                        "none of the four (0: four classes, with the lists of negatives), and "
+                        "evaluate.py --negatives; the data then holds images of none of the "
+                        "classes too, as many as --num-train in train2017 and twice --num-val "
+                        "in val2017 (default: none, four classes)")
     return p
 
 
@@ -61,10 +68,10 @@ def main(args: argparse.Namespace) -> dict:
     print(f"== generating demo COCO data in {out / 'coco'}")
     ratios = parse_ratios(args.class_ratios) if args.class_ratios else None
     make_synthetic_coco(out / "coco", args.num_train, args.num_val, seed=args.seed,
-                        class_ratios=ratios)
+                        class_ratios=ratios, negatives=demo_negatives(args))
     data = {"coco_root": out / "coco", "data_dir": out / "data"}
     step("annotation_prepare", make_lists,
-         ListsOptions(coco_root=data["coco_root"], out_dir=data["data_dir"]))
+         ListsOptions(coco_root=data["coco_root"], out_dir=data["data_dir"], other=args.other))
     step("train", fit, TrainConfig(
         **{k: str(v) for k, v in data.items()}, output_dir=str(out / "checkpoint"),
         overwrite=True, device="cpu", weights="none", epochs=args.epochs,
@@ -73,12 +80,21 @@ def main(args: argparse.Namespace) -> dict:
         balance=args.balance, arch=args.arch))
     model = {**data, "checkpoint": out / "checkpoint" / "best.pt", "device": "cpu",
              "workers": args.workers}
+    lists = None if args.other is None else tuple(
+        data["data_dir"] / name for name in (SEEN_NEGATIVES, HELD_OUT_NEGATIVES))
     metrics = step("evaluate", evaluate_checkpoint,
-                   EvaluateOptions(**model, out_dir=out / "eval"))
+                   EvaluateOptions(**model, out_dir=out / "eval", negatives=lists))
     if args.visualize:
         step("visualize", draw_pictures, PictureOptions(**model, out_dir=out / "vis"))
     _summary(out, metrics, time.perf_counter() - tic)
     return metrics
+
+
+def demo_negatives(args: argparse.Namespace) -> tuple[int, int]:
+    """The images of none of the classes the demo's data holds with --other: as many as
+    --num-train in train2017, twice --num-val in val2017; not a function of --other's N, so
+    that --other 0 and --other 100 make the same data."""
+    return (0, 0) if args.other is None else (args.num_train, 2 * args.num_val)
 
 
 def step(script: str, run: Callable, opts: object) -> Any:
@@ -95,7 +111,7 @@ def _summary(out, metrics, seconds):
     print(f"\n== demo finished in {seconds:.0f}s: test accuracy {metrics['accuracy']:.1%} "
           f"on {metrics['num_images']} val images ({per_class}); chance is "
           f"{1 / len(metrics['classes']):.0%}")
-    for what, path in (("generated COCO data", "coco/"), ("4-class lists", "data/"),
+    for what, path in (("generated COCO data", "coco/"), ("class lists", "data/"),
                        ("checkpoints, metrics.csv, tensorboard", "checkpoint/"),
                        ("evaluation (metrics.json, predictions.csv, confusion_matrix.png)",
                         "eval/"), ("pictures", "vis/")):

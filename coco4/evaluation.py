@@ -9,20 +9,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .cli import check_fraction
 from .config import DATA_PATHS
-from .data.lists import read_classes, read_list
+from .data.lists import ImageList, read_classes, read_list, read_text
 from .data.loaders import BatchPlan, DataOptions
+from .data.other_class import OTHER
 from .data.prepare import make_batches, open_images, unusable_report
 from .errors import Coco4Error, GateFailed
 from .fileio import atomic_write_text, check_writable
 from .loop import predict_logits
 from .metrics import MetricAccumulator, classes_below, confusion_text, report_text
+from .open_set import open_set_figures, scores, tradeoff
 from .options import option
 from .out_of_memory import prediction_advice
-from .plots import confusion_matrix_figure, reliability_figure, save
+from .plots import confusion_matrix_figure, open_set_figure, reliability_figure, save
 from .predictor import (
     Predictions,
     Predictor,
@@ -67,6 +70,13 @@ class EvaluateOptions(ListOptions):
     out_dir: Path | None = option(None, "where the results go (default: CHECKPOINT_DIR/eval)")
     min_class_acc: float | None = option(None, "exit with status 1 when any class's accuracy "
                                                "is below this (0..1)")
+    negatives: tuple[Path, ...] | None = option(
+        None, "lists of images of none of the classes (a file name a line, in the --images "
+              "folder; annotation_prepare.py --other writes two): report how well the model "
+              "rejects them (open-set figures, open_set.png)")
+    min_prob: float = option(0.0, "with --negatives: the operating point, as predict.py's: an "
+                                  "image is rejected below this top probability (or when its "
+                                  "top class is other)")
 
 
 def evaluate_checkpoint(opts: EvaluateOptions) -> dict:
@@ -74,14 +84,20 @@ def evaluate_checkpoint(opts: EvaluateOptions) -> dict:
     reliability_diagram.png, print the report; with ``min_class_acc``, fail the gate where a
     class is below it (the results are written first). Returns the metrics."""
     check_fraction("--min-class-acc", opts.min_class_acc)
+    check_fraction("--min-prob", opts.min_prob)
     out_dir = opts.out("eval", opts.out_dir)
     check_writable(out_dir)  # before the predictions, not after them
+    for path in opts.negatives or ():
+        read_names(path)  # a typo found now, not after the list is predicted
     predictor, predictions = predict_list_for(opts)
-    metrics = write_results(out_dir, predictor, predictions)
+    open_set = open_set_report(opts, predictor, predictions) if opts.negatives else None
+    metrics = write_results(out_dir, predictor, predictions, open_set)
     save(confusion_matrix_figure(metrics["confusion_matrix"], predictor.classes,
                                  f"{Path(opts.checkpoint).name} on {predictions.list_path.name}"),
          out_dir / "confusion_matrix.png")
     save(reliability_figure(metrics), out_dir / "reliability_diagram.png")
+    if open_set:
+        save(open_set_figure(open_set["curves"], open_set["figures"]), out_dir / "open_set.png")
     print(report(metrics, predictor.classes) + f"; written to {out_dir}")
     gate = opts.min_class_acc
     below = classes_below(metrics, gate) if gate is not None else {}
@@ -127,19 +143,83 @@ def predict_list(predictor: Predictor, list_path: str | Path, image_dir: str | P
         options = dataclasses.replace(options, cache_dir=list_path.parent / "cache")
     check_classes(predictor, list_path)
     image_list = read_list(list_path, len(predictor.classes))
-    source = open_images(image_list, image_dir, predictor.image_size, options, progress)
-    report = unusable_report(source, options.strict, log)
+    return predict_images_of(predictor, image_list, Path(image_dir),
+                             BatchRequest(batch_size, options, progress, log))
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """How a list's images are read and batched, and what the user is told meanwhile."""
+
+    batch_size: int
+    options: DataOptions
+    progress: bool = True
+    log: Callable[[str], None] = print
+
+
+def predict_images_of(predictor: Predictor, image_list: ImageList, image_dir: Path,
+                      request: BatchRequest) -> Predictions:
+    """``predict_list``'s work on a list already read (the labels of an unlabelled one are 0,
+    and its metrics mean nothing)."""
+    source = open_images(image_list, image_dir, predictor.image_size, request.options,
+                         request.progress)
+    report = unusable_report(source, request.options.strict, request.log)
     keep = source.usable()
-    batches = make_batches(source, keep, BatchPlan(batch_size, predictor.device,
+    batches = make_batches(source, keep, BatchPlan(request.batch_size, predictor.device,
                                                    predictor.image_size, train=False))
-    views, labels = _view_logits(predictor, batches, progress)
+    views, labels = _view_logits(predictor, batches, request.progress)
     calibrated = averaged_log_probs(views, predictor.temperature)
     metrics, raw = (MetricAccumulator(len(predictor.classes)) for _ in range(2))
     metrics.update(calibrated, labels)
     raw.update(averaged_log_probs(views, 1.0), labels)
-    return Predictions(list_path, Path(image_dir), [image_list.files[i] for i in keep],
+    return Predictions(image_list.path, image_dir, [image_list.files[i] for i in keep],
                        [image_list.labels[i] for i in keep], calibrated.exp(), metrics,
                        report["left_out"], raw)
+
+
+def read_names(path: Path) -> ImageList:
+    """A list of images of none of the classes: a file name a line (or the list format, its
+    labels ignored); labelled 0 for the batching, which needs a label."""
+    if not Path(path).is_file():
+        raise Coco4Error(f"--negatives {path}: no such file (annotation_prepare.py --other "
+                         "writes data/negatives_val_*.txt)")
+    names = [line.split()[0] for line in read_text(Path(path), "--negatives list").splitlines()
+             if line.strip()]
+    if not names:
+        raise Coco4Error(f"--negatives {path} names no image")
+    return ImageList(Path(path), tuple(names), (0,) * len(names))
+
+
+def open_set_report(opts: EvaluateOptions, predictor: Predictor,
+                    predictions: Predictions) -> dict:
+    """Each --negatives list's open-set figures (coco4.open_set) against the list's images of
+    the known classes, printed; and each score's trade-off curve, for open_set.png."""
+    classes = predictor.classes
+    labels = np.array(predictions.labels, dtype=int)
+    known = np.array([classes[y] != OTHER for y in labels], dtype=bool)
+    known_probs = predictions.probs.numpy()[known]
+    request = BatchRequest(opts.batch_size, opts.data_options)
+    figures, curves = {}, {}
+    for path in opts.negatives:
+        unknown = predict_images_of(predictor, read_names(path), opts.image_dir, request)
+        probs = unknown.probs.numpy()
+        name = Path(path).name
+        figures[name] = open_set_figures(known_probs, labels[known], probs, classes,
+                                         opts.min_prob)
+        curves[name] = {score: tradeoff(known_scores, scores(probs, classes)[score])
+                        for score, known_scores in scores(known_probs, classes).items()}
+        print(open_set_line(name, figures[name]))
+    return {"figures": figures, "curves": curves}
+
+
+def open_set_line(name: str, figures: dict) -> str:
+    rates = ", ".join(f"AUROC {'n/a' if f['auroc'] is None else format(f['auroc'], '.3f')} by "
+                      f"{score}" for score, f in figures["scores"].items())
+    point = figures["operating_point"]
+    share = lambda x: "n/a" if x is None else f"{x:.1%}"  # noqa: E731
+    return (f"open set, {name} ({figures['num_unknown']} images): {rates}; at --min-prob "
+            f"{point['min_prob']:g}, {share(point['unknown_rejected'])} of them rejected and "
+            f"{share(point['known_rejected'])} of the known images")
 
 
 def _view_logits(predictor: Predictor, batches, progress: bool) -> tuple[list, torch.Tensor]:
@@ -168,8 +248,10 @@ def check_classes(predictor: Predictor, list_path: Path) -> None:
                          "trained on these lists, or lists made with its --classes")
 
 
-def write_results(out_dir: str | Path, predictor: Predictor, predictions: Predictions) -> dict:
-    """metrics.json and predictions.csv (atomically); returns the metrics dict."""
+def write_results(out_dir: str | Path, predictor: Predictor, predictions: Predictions,
+                  open_set: dict | None = None) -> dict:
+    """metrics.json and predictions.csv (atomically), with ``open_set_report``'s figures
+    under ``open_set`` where there are some; returns the metrics dict."""
     out_dir = Path(out_dir)
     metrics = predictions.metrics.summary(predictor.classes)
     raw = predictions.raw_metrics.summary(predictor.classes)
@@ -178,6 +260,8 @@ def write_results(out_dir: str | Path, predictor: Predictor, predictions: Predic
                    checkpoint_temperature=predictor.checkpoint_temperature,
                    ece_uncalibrated=raw["ece"], nll_uncalibrated=raw["nll"],
                    reliability_uncalibrated=raw["reliability"])
+    if open_set:
+        metrics["open_set"] = open_set["figures"]
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     buf = io.StringIO()
     writer = csv.writer(buf)

@@ -136,6 +136,31 @@ def training_curves_figure(rows: Sequence[dict]) -> Figure:
     return fig
 
 
+def open_set_figure(curves: dict, figures: dict) -> Figure:
+    """Per list of negatives: the unknown images rejected against the known ones wrongly
+    rejected, at every threshold of each score, with --min-prob's operating point."""
+    fig = Figure(figsize=(5.5 * len(curves), 4.6), layout="constrained")
+    for ax, (name, by_score) in zip(np.atleast_1d(fig.subplots(1, len(curves))), curves.items()):
+        found = figures[name]
+        for score, (known, unknown) in by_score.items():
+            auc = found["scores"][score]["auroc"]
+            ax.step(known, unknown, where="post",
+                    label=score if auc is None else f"{score} (AUROC {auc:.3f})")
+        point = found["operating_point"]
+        if point["known_rejected"] is not None:
+            ax.plot(point["known_rejected"], point["unknown_rejected"], "ko",
+                    label=f"--min-prob {point['min_prob']:g}")
+        for x in (0.05, 0.10):
+            ax.axvline(x, color="grey", lw=0.6, ls=":")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel(f"known test images wrongly rejected (of {found['num_known']})")
+        ax.set_ylabel(f"images of none of the classes rejected (of {found['num_unknown']})")
+        ax.set_title(name, fontsize=10)
+        ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
 def _thumb(path, size=160):
     image = read_rgb(path)
     image.thumbnail((size, size))
@@ -193,11 +218,14 @@ def curves_png(metrics_csv: str | Path, out: str | Path) -> Path:
 def data_report_figure(report: dict) -> Figure:
     """annotation_prepare.py's audit (report.json): per split, each class's images kept and
     dropped, the dropped split by why; per class, the categories in its dropped train images."""
-    splits = report["splits"]
+    splits, other = report["splits"], report.get("other")
     classes = list(next(iter(splits.values()))["classes"])
-    rows = 1 + -(-len(classes) // 2)
+    rows = 1 + -(-len(classes) // 2) + (other is not None)
     fig = Figure(figsize=(11, 3.2 * rows), layout="constrained")
     axes = fig.subplots(rows, 2, squeeze=False)
+    if other is not None:  # the last row: what the other class holds
+        _other_panels(axes[-1], other)
+        axes = axes[:-1]
     for ax, (split, entry) in zip(axes[0], splits.items()):
         per = [entry["classes"][c] for c in classes]
         y = np.arange(len(classes))
@@ -236,6 +264,25 @@ def data_report_figure(report: dict) -> Figure:
     fig.suptitle(f"--rule {report['rule']}"
                  + (f" --min-area-fraction {min_area}" if min_area is not None else ""))
     return fig
+
+
+def _other_panels(axes, other: dict) -> None:
+    """Per split, the ``other`` sample by kind (supercategory) against what was there."""
+    held = ", ".join(other["held_out"]) or "none"
+    for ax, split in zip(axes, ("train", "val")):
+        entry = other[split]
+        kinds = sorted(entry["available"])
+        y = np.arange(len(kinds))
+        ax.barh(y, [entry["available"][k] for k in kinds], color="lightgrey",
+                label="images of the kind (none of the classes)")
+        ax.barh(y, [entry["kinds"].get(k, 0) for k in kinds], color="tab:purple",
+                label="in the other class")
+        ax.set_yticks(y, kinds)
+        ax.invert_yaxis()
+        ax.tick_params(labelsize=8)
+        ax.legend(fontsize=7, loc="lower right")
+        ax.set_title(f"other, {split}: {entry['images']} images by kind; held out: {held}",
+                     fontsize=9, wrap=True)
 
 
 def data_report_png(report: dict, out: str | Path) -> Path:

@@ -24,6 +24,10 @@ from .fileio import atomic_write_text, check_writable
 
 TARGETS = ("bird", "airplane", "train", "boat")
 DISTRACTORS = ("person", "car", "dog", "cat", "bench")
+# what the extra negatives (``negatives=``) show: the distractors and four kinds of other
+# supercategories (food, indoor, furniture, electronic), never in the cases above, so that a
+# request for negatives leaves every other image as it was
+NEGATIVE_KINDS = (*DISTRACTORS, "pizza", "clock", "chair", "tv")
 DEFAULT_SIZES = ((96, 72), (72, 96), (80, 80), (112, 84))
 COCO_SIZES = ((640, 480), (480, 640))
 JPEG_QUALITY = 90
@@ -42,6 +46,10 @@ STYLES = {
     "dog": ("ellipse", (125, 75, 35), (0.95, 1.05)),
     "cat": ("diamond", (225, 225, 230), (0.9, 1.2)),
     "bench": ("rect", (75, 40, 140), (0.12, 0.2)),
+    "pizza": ("hexagon", (215, 160, 95), (0.9, 1.1)),
+    "clock": ("octagon", (150, 150, 150), (0.95, 1.05)),
+    "chair": ("trapezoid", (110, 140, 80), (1.1, 1.4)),
+    "tv": ("rect", (30, 30, 40), (0.55, 0.7)),
 }
 
 # Approximate share per case; each gets at least one image and "single" takes the rest. The
@@ -66,6 +74,15 @@ def _outline(kind):
                 for a in np.linspace(0, 2 * math.pi, 32, endpoint=False)]
     if kind == "half_disc":  # chord on top, arc below
         return [(0.5 + 0.5 * math.cos(a), math.sin(a)) for a in np.linspace(0, math.pi, 17)]
+    if kind in ("hexagon", "octagon"):  # corners on the box's sides
+        n = 6 if kind == "hexagon" else 8
+        corners = [(math.cos(a), math.sin(a)) for a in np.linspace(0, 2 * math.pi, n,
+                                                                  endpoint=False)]
+        lo = [min(c[i] for c in corners) for i in (0, 1)]
+        hi = [max(c[i] for c in corners) for i in (0, 1)]
+        return [tuple((c[i] - lo[i]) / (hi[i] - lo[i]) for i in (0, 1)) for c in corners]
+    if kind == "trapezoid":
+        return [(0.2, 0), (0.8, 0), (1, 1), (0, 1)]
     return {"rect": [(0, 0), (1, 0), (1, 1), (0, 1)],
             "diamond": [(0.5, 0), (1, 0.5), (0.5, 1), (0, 0.5)],
             "rounded": [(0.15, 0), (0.85, 0), (0.96, 0.04), (1, 0.15), (1, 0.85), (0.96, 0.96),
@@ -189,6 +206,8 @@ def _object_names(rng, case, target):
         return [target, rng.choice([c for c in TARGETS if c != target])]
     if case == "distractors_only":
         return list(rng.choice(DISTRACTORS, int(rng.integers(1, 4)), replace=False))
+    if case == "negative":  # ``target`` is the kind
+        return [target] * int(rng.integers(1, 4))
     return [] if case == "no_annotations" else [target]
 
 
@@ -245,17 +264,22 @@ def parse_ratios(text: str) -> tuple[float, ...]:
     return ratios
 
 
-def _write_split(root, split, n, seed, id_offset, image_sizes, progress, ratios):
+def _write_split(root, split, n, seed, id_offset, image_sizes, progress, ratios, negatives=0):
     rng = np.random.default_rng([seed, id_offset])  # each split independent of the other's size
     plan, counts = _plan(rng, n, ratios)
     ids = np.sort(rng.choice(ID_SPAN - 1, size=n, replace=False)) + 1 + id_offset
+    rows = list(zip(ids.tolist(), plan))
     folder = root / "images" / f"{split}2017"
     folder.mkdir(parents=True, exist_ok=True)
     images, anns, kept = [], [], []
-    for image_id, (case, target) in tqdm(list(zip(ids.tolist(), plan)), desc=split,
-                                         unit="img", disable=not progress):
-        size = tuple(image_sizes[int(rng.integers(len(image_sizes)))])
-        img, objects = _render(rng, case, target, size)
+    # the extra negatives come after the planned images, from a generator of their own: asking
+    # for them leaves every planned image as it was
+    extra = np.random.default_rng([seed, id_offset, 1])
+    for image_id, (case, target) in tqdm(rows + _negative_rows(extra, negatives, ids, id_offset),
+                                         desc=split, unit="img", disable=not progress):
+        draw_rng = extra if case == "negative" else rng
+        size = tuple(image_sizes[int(draw_rng.integers(len(image_sizes)))])
+        img, objects = _render(draw_rng, case, target, size)
         file_name = f"{image_id:012d}.jpg"
         img.save(folder / file_name, quality=JPEG_QUALITY)
         if case in KEPT_CASES:
@@ -274,14 +298,29 @@ def _write_split(root, split, n, seed, id_offset, image_sizes, progress, ratios)
     atomic_write_text(root / "annotations" / f"instances_{split}2017.json",
                       json.dumps(dataset, separators=(",", ":")))
     return {"images": len(images), "annotations": len(anns), "cases": counts,
-            "kept": sorted(kept, key=lambda pair: pair[::-1])}
+            "negatives": negatives, "kept": sorted(kept, key=lambda pair: pair[::-1])}
+
+
+def _negative_rows(rng, n, taken, id_offset):
+    """``n`` images of 1-3 objects of one kind of NEGATIVE_KINDS each (the kinds cycled, so
+    each has about as many), at ids the planned images do not use."""
+    free = np.setdiff1d(np.arange(1, ID_SPAN), taken - id_offset)
+    ids = np.sort(rng.choice(free, size=n, replace=False)) + id_offset
+    kinds = [NEGATIVE_KINDS[i % len(NEGATIVE_KINDS)] for i in rng.permutation(n)]
+    return [(int(i), ("negative", kind)) for i, kind in zip(ids, kinds)]
 
 
 def make_synthetic_coco(root: str | Path, num_train: int = 240, num_val: int = 80,
                         seed: int = 0, image_sizes: Sequence[tuple[int, int]] = DEFAULT_SIZES,
                         progress: bool = True, lists_dir: str | Path | None = None,
-                        class_ratios: Sequence[float] | None = None) -> dict:
+                        class_ratios: Sequence[float] | None = None,
+                        negatives: tuple[int, int] = (0, 0)) -> dict:
     """Write the train and val splits under ``root``; return counts per split and per case.
+
+    ``negatives`` (train, val) adds that many images of none of the target classes to each
+    split, 1-3 objects of one of NEGATIVE_KINDS each (nine categories of eight
+    supercategories): the material of ``annotation_prepare.py --other``. The other images are
+    the same with or without them.
 
     ``class_ratios`` (one per TARGETS class) makes train2017 imbalanced, e.g. (1, 1, 1, 0.33)
     for a third as many boats, as in real COCO; val2017 (the demo's test set) stays balanced,
@@ -302,15 +341,18 @@ def make_synthetic_coco(root: str | Path, num_train: int = 240, num_val: int = 8
                          f"sides at least {MIN_SIDE} pixels")
     if class_ratios is not None:
         parse_ratios(",".join(str(r) for r in class_ratios))  # the same check as the flag's
+    if not all(0 <= k <= ID_SPAN // 2 for k in negatives):
+        raise Coco4Error(f"negatives={negatives}: between 0 and {ID_SPAN // 2} per split")
     root = Path(root)
     check_writable(root)
     if lists_dir is not None:
         check_writable(lists_dir)
     summary = {"root": str(root)}
-    for split, n, offset in (("train", num_train, 0), ("val", num_val, ID_SPAN)):
+    for (split, n, offset), extra in zip((("train", num_train, 0), ("val", num_val, ID_SPAN)),
+                                         negatives):
         ratios = class_ratios if split == "train" and class_ratios else (1,) * len(TARGETS)
         summary[split] = _write_split(root, split, n, seed, offset, image_sizes, progress,
-                                      tuple(ratios))
+                                      tuple(ratios), extra)
     if lists_dir is not None:
         for split in ("train", "val"):
             write_list(Path(lists_dir) / f"annotation_{split}.txt",
@@ -333,6 +375,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--class-ratios", default=None,
                         help="train2017's share of each class, in the order "
                              f"{','.join(TARGETS)}: 1,1,1,0.33 for a third as many boats")
+    parser.add_argument("--negatives", type=int, nargs=2, default=(0, 0), metavar=("TRAIN", "VAL"),
+                        help="extra images of none of the target classes per split, for "
+                             "annotation_prepare.py --other")
     return parser
 
 
@@ -340,7 +385,8 @@ def main(args: argparse.Namespace) -> dict:
     sizes = COCO_SIZES if args.coco_size else DEFAULT_SIZES
     ratios = parse_ratios(args.class_ratios) if args.class_ratios else None
     summary = make_synthetic_coco(args.root, args.num_train, args.num_val, args.seed, sizes,
-                                  lists_dir=args.lists, class_ratios=ratios)
+                                  lists_dir=args.lists, class_ratios=ratios,
+                                  negatives=tuple(args.negatives))
     for split in ("train", "val"):
         s = summary[split]
         print(f"{split}: {s['images']} images, {s['annotations']} annotations, cases {s['cases']}"

@@ -90,6 +90,33 @@ def larger_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def other_data(tmp_path_factory):
+    """Generated COCO data with images of none of the classes (80 in train2017, 60 in val2017)
+    and two folders of lists: ``data`` with a fifth class ``other`` of 24 images
+    (``--other 24``), ``data4`` with the four classes and the lists of negatives
+    (``--other 0``). Needs pycocotools."""
+    pytest.importorskip("pycocotools")
+    root = tmp_path_factory.mktemp("other")
+    make_synthetic_coco(root / "coco", num_train=60, num_val=40, seed=3,
+                        image_sizes=((64, 48), (48, 64)), progress=False, negatives=(80, 60),
+                        lists_dir=root / "generated")
+    with contextlib.redirect_stdout(io.StringIO()):
+        make_lists(ListsOptions(coco_root=root / "coco", out_dir=root / "data", other=24))
+        make_lists(ListsOptions(coco_root=root / "coco", out_dir=root / "data4", other=0))
+    return root
+
+
+@pytest.fixture(scope="session")
+def other_run(other_data, tmp_path_factory):
+    """best.pt of the tiny backbone trained on the 5 classes of ``other_data``."""
+    from coco4.trainer import fit
+
+    out = tmp_path_factory.mktemp("other-run")
+    fit(train_args(other_data, out, epochs=10, lr=1e-2), progress=False)
+    return out / "best.pt"
+
+
+@pytest.fixture(scope="session")
 def trained_run(demo_data, tmp_path_factory):
     """The folder of a run of the tiny backbone on ``demo_data`` (last.pt, best.pt, metrics.csv,
     tensorboard/), shared by the tests that only read it. Ten epochs at lr 1e-2 (0.7 s): a model

@@ -158,6 +158,8 @@ def capped_train(data, out, cwd, *extra):
                f"runpy.run_path({str(REPO / 'train.py')!r}, run_name='__main__')")
     argv = train_argv(data, out, "--device", "cuda", "--image-size", "224", "--batch-size", "512",
                       "--epochs", "1", *RECIPE, *extra)
+    arch = argv.index("--arch")  # train_argv's tiny one: this plain train.py does not know it
+    del argv[arch:arch + 2]
     return run([sys.executable, "-c", prelude, *argv], cwd)
 
 

@@ -97,6 +97,16 @@ def test_the_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_the_notebook_runs_with_an_other_class(tmp_path, monkeypatch):
+    """python -m coco4.demo --other's settings: a fifth class, everywhere the notebook shows
+    the classes."""
+    _, metrics = run_notebook(tmp_path / "nb", monkeypatch, epochs="1",
+                              demo_args="--other 30 --num-train 80 --num-val 40")
+    assert metrics["classes"] == ["bird", "airplane", "train", "boat", "other"]
+    assert (tmp_path / "nb" / "data" / "negatives_val_seen_kinds.txt").is_file()
+
+
+@pytest.mark.slow
 def test_the_notebook_learns_at_the_readers_settings(tmp_path, monkeypatch):
     """At the settings a reader runs (not shortened: a shortened run could not be held to an
     accuracy), in about a minute on an idle 2-core CPU."""
@@ -121,3 +131,20 @@ def test_the_summary_lists_only_the_folders_the_demo_wrote(tmp_path, capsys):
     (tmp_path / "vis").mkdir()
     _summary(tmp_path, metrics, 1.0)
     assert str(tmp_path / "vis") in capsys.readouterr().out
+
+
+def test_the_demo_with_an_other_class_evaluates_both_lists_of_negatives(tmp_path, capsys):
+    """python -m coco4.demo --other N: five classes, and evaluate.py --negatives on the two
+    lists annotation_prepare.py wrote (in-process, on the tiny test backbone)."""
+    from coco4 import demo
+
+    out = tmp_path / "demo"
+    metrics = demo.main(demo.get_args_parser().parse_args(
+        ["--out", str(out), "--other", "20", "--epochs", "1", "--num-train", "60",
+         "--num-val", "40", "--workers", "0", "--arch", "tiny", "--no-visualize"]))
+    assert metrics["classes"] == ["bird", "airplane", "train", "boat", "other"]
+    assert set(metrics["open_set"]) == {"negatives_val_seen_kinds.txt",
+                                        "negatives_val_held_out_kinds.txt"}
+    assert "--other 20" in capsys.readouterr().out  # the command line shown for the step
+    listed = read_list(out / "data" / "annotation_train.txt")
+    assert listed.labels.count(4) == 20

@@ -56,9 +56,10 @@ def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def write_report(out_dir: Path, rule: dict, splits: dict) -> dict:
+def write_report(out_dir: Path, rule: dict, splits: dict, other: dict | None = None) -> dict:
     """Write report.json: ``rule`` ({"rule", "min_area_fraction"}) and, per split, its source,
-    list file (name and checksum), image count and per-class audit. Returns the report."""
+    list file (name and checksum), image count and per-class audit; with ``other``, what the
+    ``other`` sample holds (coco4.data.other_class). Returns the report."""
     report = {**rule, "splits": {}}
     for split, entry in splits.items():
         list_path = out_dir / f"annotation_{split}.txt"
@@ -67,6 +68,8 @@ def write_report(out_dir: Path, rule: dict, splits: dict) -> dict:
                                    "images": entry["images"],
                                    "kept": sum(c["kept"] for c in entry["classes"].values()),
                                    "classes": entry["classes"]}
+    if other is not None:  # without --other, report.json is what it always was
+        report["other"] = other
     atomic_write_text(out_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
     return report
 

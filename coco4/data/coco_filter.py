@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import Coco4Error
+from ..fileio import atomic_write_text
 from .audit import ClassAudit, write_report
 from .coco_check import check_instances
 from .lists import write_classes, write_list
+from .other_class import OTHER, OtherSampler, OtherSpec
 
 if TYPE_CHECKING:
     from pycocotools.coco import COCO
@@ -120,23 +122,32 @@ def check_areas(coco: "COCO", path: str | Path) -> None:
 
 
 def prepare_lists(train_json: str | Path, val_json: str | Path, out_dir: str | Path,
-                  class_names: Sequence[str], rule: dict = EXACT) -> dict:
+                  class_names: Sequence[str], rule: dict = EXACT,
+                  other: OtherSpec | None = None) -> dict:
     """Write annotation_train.txt, annotation_val.txt, classes.txt and report.json (the audit,
-    see coco4.data.audit) into ``out_dir``; return the report.
+    see coco4.data.audit) into ``out_dir``; return the report. With ``other``, the lists get a
+    last class ``other`` (unless its count is 0) and the lists of negatives are written too
+    (coco4.data.other_class).
 
     Both splits are filtered before anything is written, so a bad val file never leaves a new
     train list beside an old val list, class file and report.
     """
     out_dir = Path(out_dir)
-    audits = {}
+    audits, sampler = {}, OtherSampler(other) if other else None
     for split, path in (("train", train_json), ("val", val_json)):
         coco = load_coco(path)
         if rule["rule"] == "dominant":
             check_areas(coco, path)
         files, labels, classes = filter_images(coco, class_names, rule)
+        if sampler:  # label len(class_names): the last class
+            extra = sampler.split(split, coco, class_ids(coco, class_names), len(files))
+            files, labels = files + extra, labels + [len(class_names)] * len(extra)
         audits[split] = {"json": path, "images": len(coco.dataset["images"]),
                          "classes": classes, "files": files, "labels": labels}
     for split, audit in audits.items():
         write_list(out_dir / f"annotation_{split}.txt", audit.pop("files"), audit.pop("labels"))
-    write_classes(out_dir, class_names)
-    return write_report(out_dir, rule, audits)
+    write_classes(out_dir, [*class_names, OTHER] if other and other.count else class_names)
+    if sampler:
+        for name, files in sampler.negatives.items():
+            atomic_write_text(out_dir / name, "".join(f"{f}\n" for f in files))
+    return write_report(out_dir, rule, audits, sampler.report if sampler else None)

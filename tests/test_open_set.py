@@ -1,0 +1,156 @@
+"""Open-set figures (evaluate.py --negatives): the arithmetic against scikit-learn and numbers
+worked by hand, and evaluate.py's figures against scikit-learn on probabilities predict.py
+gives for the same images, for a 4-class model and one with an ``other`` class."""
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from coco4.open_set import (
+    auroc,
+    open_set_figures,
+    rejected,
+    scores,
+    tradeoff,
+    unknown_rejected_at,
+)
+
+from conftest import eval_argv, read_csv, run_script
+
+FOUR = ["bird", "airplane", "train", "boat"]
+FIVE = [*FOUR, "other"]
+
+
+def sklearn_figures(known: np.ndarray, unknown: np.ndarray) -> dict:
+    """AUROC and the FPR at 95% TPR by scikit-learn, known images the positives."""
+    y = np.r_[np.ones(len(known)), np.zeros(len(unknown))]
+    s = np.r_[known, unknown]
+    fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
+    return {"auroc": roc_auc_score(y, s), "fpr_at_95_tpr": fpr[np.argmax(tpr >= 0.95)]}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_auroc_and_fpr_at_95_tpr_equal_scikit_learns_ties_included(seed):
+    rng = np.random.default_rng(seed)
+    known = rng.integers(0, 12, 57) / 12  # coarse scores: many ties, within and across sets
+    unknown = rng.integers(0, 9, 41) / 12
+    want = sklearn_figures(known, unknown)
+    assert auroc(known, unknown) == pytest.approx(want["auroc"], abs=1e-12)
+    assert 1 - unknown_rejected_at(known, unknown, 0.05) == pytest.approx(want["fpr_at_95_tpr"])
+
+
+def test_the_figures_worked_by_hand():
+    known = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05])
+    unknown = np.array([0.75, 0.35, 0.25, 0.15])
+    # pairs where the known image scores higher: 0.9, 0.8 beat all 4; 0.7, 0.6, 0.5, 0.4 beat
+    # 3; 0.3 beats 2; 0.2 beats 1; 0.1, 0.05 none: (8 + 12 + 2 + 1) / 40
+    assert auroc(known, unknown) == pytest.approx(23 / 40)
+    # rejecting at most 10% of 10 known images: the threshold is the second lowest, 0.1;
+    # no unknown image is below it. At most 30%: the threshold 0.3, below it 0.25 and 0.15
+    assert unknown_rejected_at(known, unknown, 0.10) == 0
+    assert unknown_rejected_at(known, unknown, 0.30) == pytest.approx(2 / 4)
+    known_rejected, unknown_rejected = tradeoff(known, unknown)
+    assert (known_rejected[0], unknown_rejected[0]) == (0, 0)  # the lowest threshold: none
+    assert (known_rejected[-1], unknown_rejected[-1]) == (1, 1)  # above every score: all
+
+
+def test_the_scores_and_what_is_rejected():
+    probs = np.array([[0.5, 0.2, 0.1, 0.1, 0.1],    # bird, sure enough
+                      [0.2, 0.1, 0.1, 0.1, 0.5],    # other
+                      [0.3, 0.25, 0.2, 0.15, 0.1]])  # bird, unsure
+    found = scores(probs, FIVE)
+    assert found["max_known_prob"] == pytest.approx([0.5, 0.2, 0.3])
+    assert found["not_other"] == pytest.approx([0.9, 0.5, 0.9])
+    assert rejected(probs, FIVE, 0.0).tolist() == [False, True, False]
+    assert rejected(probs, FIVE, 0.4).tolist() == [False, True, True]
+    four = probs[:, :4] / probs[:, :4].sum(1, keepdims=True)
+    assert set(scores(four, FOUR)) == {"max_known_prob"}  # no other class, one score
+    figures = open_set_figures(probs[[0, 2]], np.array([0, 1]), probs[[1]], FIVE, 0.4)
+    # known: the first right and kept, the second rejected (0.3 < 0.4): half right
+    assert figures["known_accuracy"] == 0.5
+    assert figures["operating_point"] == {"min_prob": 0.4, "known_rejected": 0.5,
+                                          "unknown_rejected": 1.0}
+
+
+def predicted(trained, image_paths, tmp_path, name):
+    """predict.py's probabilities (raw by the checkpoint's temperature, as evaluate.py's)
+    for the images, in their order: a path independent of evaluate.py's."""
+    listing = tmp_path / f"{name}.txt"
+    listing.write_text("".join(f"{p}\n" for p in image_paths))
+    out = tmp_path / f"{name}.csv"
+    assert run_script("predict", "--checkpoint", trained, "--list", listing, "--out", out,
+                      "--device", "cpu", "--workers", "0").status == 0
+    rows = read_csv(out)
+    assert [r["path"] for r in rows] == list(map(str, image_paths))
+    return rows
+
+
+def check_against_sklearn(metrics, lists_dir, trained, tmp_path, classes, min_prob=0.0):
+    """Every open-set figure of metrics.json recomputed here: known images and their
+    probabilities from predictions.csv, unknown ones from predict.py on each negatives list
+    (in ``lists_dir``)."""
+    eval_rows = read_csv(tmp_path / "eval" / "predictions.csv")
+    known_rows = [r for r in eval_rows if r["true_label"] != "other"]
+    assert len(known_rows) < len(eval_rows) or "other" not in classes
+    known_probs = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in known_rows])
+    labels = np.array([classes.index(r["true_label"]) for r in known_rows])
+    images = lists_dir.parent / "coco" / "images" / "val2017"
+    for name, figures in metrics["open_set"].items():
+        names = (lists_dir / name).read_text().split()
+        rows = predicted(trained, [images / n for n in names], tmp_path, name)
+        unknown_probs = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows])
+        assert figures["num_known"] == len(known_rows)
+        assert figures["num_unknown"] == len(rows) == len(names)
+        for score, found in figures["scores"].items():
+            known = (1 - known_probs[:, -1] if score == "not_other"
+                     else known_probs[:, :4].max(1))
+            unknown = (1 - unknown_probs[:, -1] if score == "not_other"
+                       else unknown_probs[:, :4].max(1))
+            want = sklearn_figures(known, unknown)
+            assert found["auroc"] == pytest.approx(want["auroc"], abs=2e-3), (name, score)
+            assert found["fpr_at_95_tpr"] == pytest.approx(want["fpr_at_95_tpr"], abs=0.03)
+        # right, and kept at the operating point: an other answer, or a top probability below
+        # --min-prob, is wrong
+        right = (known_probs.argmax(1) == labels) & (known_probs.max(1) >= min_prob)
+        assert figures["known_accuracy"] == pytest.approx(right.mean())
+    return known_rows
+
+
+def test_evaluate_reports_how_a_model_with_an_other_class_rejects_negatives(
+        other_data, other_run, tmp_path):
+    lists = [other_data / "data" / n for n in ("negatives_val_seen_kinds.txt",
+                                               "negatives_val_held_out_kinds.txt")]
+    ran = run_script("evaluate", *eval_argv(other_data, other_run, tmp_path / "eval",
+                                            "--negatives", *lists))
+    assert ran.status == 0, ran.err
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert set(metrics["open_set"]) == {p.name for p in lists}
+    assert all(set(f["scores"]) == {"max_known_prob", "not_other"}
+               for f in metrics["open_set"].values())
+    check_against_sklearn(metrics, other_data / "data", other_run, tmp_path, FIVE)
+    assert (tmp_path / "eval" / "open_set.png").stat().st_size > 10_000
+    assert "open set, negatives_val_seen_kinds.txt (" in ran.out
+
+
+def test_evaluate_reports_how_a_4_class_model_rejects_negatives(other_data, trained, tmp_path):
+    """Any checkpoint: the 4-class one by its top probability, on 4-class lists."""
+    argv = eval_argv(other_data, trained, tmp_path / "eval", "--data-dir", other_data / "data4",
+                     "--negatives", other_data / "data4" / "negatives_val_seen_kinds.txt",
+                     "--min-prob", "0.6")
+    assert run_script("evaluate", *argv).status == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    (figures,) = metrics["open_set"].values()
+    assert set(figures["scores"]) == {"max_known_prob"}
+    known_rows = check_against_sklearn(metrics, other_data / "data4", trained, tmp_path, FOUR,
+                                       min_prob=0.6)
+    tops = [max(float(r[f"prob_{c}"]) for c in FOUR) for r in known_rows]
+    assert figures["operating_point"]["known_rejected"] == pytest.approx(
+        np.mean(np.array(tops) < 0.6))
+
+
+def test_a_negatives_list_that_is_not_there_is_one_line_before_any_work(demo_data, tmp_path):
+    ran = run_script("evaluate", *eval_argv(demo_data, tmp_path / "never-read.pt", tmp_path,
+                                            "--negatives", tmp_path / "nope.txt"))
+    assert ran.status == 2 and ran.error.startswith(f"--negatives {tmp_path / 'nope.txt'}: "
+                                                    "no such file")
