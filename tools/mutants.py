@@ -44,6 +44,7 @@ FILTER, SPLIT = "coco4/data/coco_filter.py", "coco4/data/prepare.py"
 METRICS, LOOP, TRAINER = "coco4/metrics.py", "coco4/loop.py", "coco4/trainer.py"
 CHECKPOINT, CALIBRATION = "coco4/checkpoint.py", "coco4/calibration.py"
 LOADERS = "coco4/data/loaders.py"
+OTHER_CLASS, OPEN_SET = "coco4/data/other_class.py", "coco4/open_set.py"
 
 P = "tests/test_protections.py::test_"
 FILTER_TESTS = ("tests/test_coco_filter.py::test_rule_per_case",
@@ -58,6 +59,14 @@ STEP_TESTS = (P + "each_step_of_an_epoch_draws_its_own_dropout_and_a_resumed_ste
 BEST_TESTS = (P + "the_best_checkpoint_is_the_first_epoch_with_the_best_chosen_score",)
 BALANCE_TESTS = ("tests/test_balance.py::test_the_balance_flag_reaches_the_sampler_and_the_loss",)
 RESUME_TESTS = (P + "a_resumed_run_continues_the_optimizer_and_the_lr_schedule",)
+OC = "tests/test_other_class.py::test_"
+OTHER_TESTS = (OC + "the_other_images_hold_none_of_the_classes_and_no_held_out_kind",
+               OC + "the_sample_is_spread_over_kinds_worked_by_hand",
+               OC + "a_held_out_kind_is_in_no_other_image", OC + "the_lists_of_negatives")
+S = "tests/test_open_set.py::test_"
+OPEN_SET_TESTS = (S + "auroc_and_fpr_at_95_tpr_equal_scikit_learns_ties_included",
+                  S + "the_scores_and_what_is_rejected",
+                  S + "evaluate_reports_how_a_model_with_an_other_class_rejects_negatives")
 CALIBRATION_TESTS = ("tests/test_calibration.py::test_the_fit_finds_the_temperature_an_"
                      "overconfident_model_was_given",
                      "tests/test_calibration.py::test_a_checkpoint_gives_back_its_temperature")
@@ -143,6 +152,27 @@ MUTANTS = [
            "balanced=False)", BALANCE_TESTS),
     Mutant("balance-loss-ignored", TRAINER, 'if cfg.balance == "loss" else None)',
            "if False else None)", BALANCE_TESTS),
+    # the other class and the open-set figures (#23)
+    Mutant("other-takes-images-of-the-classes", OTHER_CLASS,
+           'if not any(a["category_id"] in targets for a in anns)}',
+           'if any(a["category_id"] in targets for a in anns)}', OTHER_TESTS),
+    Mutant("other-holdout-ignored", OTHER_CLASS,
+           "        if not any(a[\"category_id\"] in held for a in anns):\n"
+           "            groups.setdefault(",
+           "        if True:\n            groups.setdefault(", OTHER_TESTS),
+    Mutant("other-val-share-ignored", OTHER_CLASS,
+           "n = round(self.spec.count * kept / max(self.train_kept, 1))",
+           "n = self.spec.count", OTHER_TESTS),
+    Mutant("other-not-spread", OTHER_CLASS, "share[group] = min(len(groups[group]), left // "
+           "(len(todo) - k))", "share[group] = min(len(groups[group]), left)", OTHER_TESTS),
+    Mutant("open-set-score-direction", OPEN_SET,
+           'found["not_other"] = 1 - probs[:, classes.index(OTHER)]',
+           'found["not_other"] = probs[:, classes.index(OTHER)]', OPEN_SET_TESTS),
+    Mutant("open-set-negatives-as-known", OPEN_SET,
+           "score_figures(known_scores[name], unknown_scores[name])",
+           "score_figures(unknown_scores[name], known_scores[name])", OPEN_SET_TESTS),
+    Mutant("open-set-ties-counted-whole", OPEN_SET, "ranks[order[s:e]] = (s + 1 + e) / 2",
+           "ranks[order[s:e]] = e", OPEN_SET_TESTS),
 ]
 
 # the five breakages the first pass (#16) found unprotected, kept as a regression group
