@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from .calibration import stored_temperature
+from .checkpoint_check import check_fields, check_finite, check_format_version
 from .data.lists import DEFAULT_CLASSES
 from .errors import Coco4Error
 from .fileio import atomic_path
@@ -104,9 +105,11 @@ def library_versions() -> dict:
 def read_file(path: str | Path) -> object:
     """torch.load with ``weights_only=True``: nothing in the file can run code here."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise Coco4Error(f"checkpoint {path} not found; train one with train.py or place the "
                          "file there (see README)")
+    if not path.is_file():  # a folder; a device such as /dev/zero would be read without end
+        raise Coco4Error(f"{path} is {_kind(path)}, not a checkpoint file; give the .pt file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -125,10 +128,16 @@ def read_file(path: str | Path) -> object:
                          "was it truncated by an interrupted download?") from None
 
 
+def _kind(path: Path) -> str:
+    return "a folder" if path.is_dir() else "not a regular file (a device, a FIFO or a socket)"
+
+
 def load_checkpoint(path: str | Path) -> dict:
-    """Read any coco4 or original checkpoint, upgraded to the current layout: at least
-    ``model``, ``classes`` and ``config`` (with ``arch`` and ``image_size``)."""
-    return _upgrade(_as_checkpoint(read_file(path), path), path)
+    """Read any coco4 or original checkpoint, upgraded to the current layout and checked: at
+    least ``model``, ``classes`` and ``config`` (with ``arch`` and ``image_size``)."""
+    ckpt = _upgrade(_as_checkpoint(read_file(path), path), path)
+    check_fields(ckpt, path)
+    return ckpt
 
 
 def _is_state_dict(value) -> bool:
@@ -153,21 +162,22 @@ def _as_checkpoint(ckpt, path) -> dict:
 
 def _upgrade(ckpt: dict, path) -> dict:
     """Bring an older layout up to FORMAT_VERSION, one version at a time."""
-    version = ckpt.get("format_version", 1)
+    version = check_format_version(ckpt.get("format_version", 1), path)
     if version > FORMAT_VERSION:
         raise Coco4Error(f"{path} is coco4 checkpoint format {version}, newer than this "
                          f"coco4 reads ({FORMAT_VERSION}); update coco4")
     ckpt = dict(ckpt)
     if version == 0:  # original: no class names, no config; its four classes, 224 px
         out = ckpt["model"].get("fc.3.weight") if isinstance(ckpt["model"], dict) else None
+        out = out if isinstance(out, torch.Tensor) else None
         if out is not None and out.shape[0] != len(DEFAULT_CLASSES):
             raise Coco4Error(f"{path} is an original-format checkpoint for {out.shape[0]} "
                              f"classes (fc.3.weight is {list(out.shape)}); without class names "
                              f"only the original {len(DEFAULT_CLASSES)} classes can be assumed")
         ckpt.update(classes=list(DEFAULT_CLASSES), config={"image_size": 224})
         version = 1
-    if version == 1:  # before the registry every model was a ResNet-50
-        ckpt["config"] = {"arch": DEFAULT_ARCH, **ckpt.get("config", {})}
+    if version == 1 and isinstance(ckpt.get("config", {}), dict):  # before the registry
+        ckpt["config"] = {"arch": DEFAULT_ARCH, **ckpt.get("config", {})}  # only ResNet-50
         if isinstance(ckpt.get("run"), dict):
             run = dict(ckpt["run"])
             run["best_metric"] = run.pop("best_acc", -1.0)
@@ -233,6 +243,7 @@ def _load_weights_file(model: Classifier, path) -> None:
             _load_backbone(model, state, str(path))
         return
     ckpt = _upgrade(_as_checkpoint(state, path), path)
+    check_fields(ckpt, path)
     if ckpt["config"]["arch"] != model.spec.name:
         raise Coco4Error(f"{path} holds a {ckpt['config']['arch']} model, but this run trains "
                          f"{model.spec.name}; pass --arch {ckpt['config']['arch']} or other "
@@ -248,6 +259,7 @@ def _load_backbone(model: Classifier, state: dict, source: str) -> None:
     problem = _state_mismatch(expected, backbone)
     if problem:
         raise Coco4Error(f"{source} do not fit a {model.spec.name} backbone: {problem}")
+    check_finite(backbone, source)
     model.net.load_state_dict(backbone, strict=False)
 
 
@@ -263,6 +275,7 @@ def load_state_into(model: Classifier, state: dict, source: str) -> None:
     problem = _state_mismatch(expected, state)
     if problem:
         raise Coco4Error(f"{source} does not fit a {model.spec.name} classifier: {problem}")
+    check_finite(state, source)
     model.net.load_state_dict(state)
 
 

@@ -3,20 +3,45 @@ line and an exit status, not a traceback), and the checks and help texts several
 options share."""
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable
 
 from .errors import Coco4Error
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is, as Ctrl-C raises KeyboardInterrupt: the blocks
+    that clean up (a temporary file removed, a partial file kept) run on the way out."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
 def run(main: Callable, parser: argparse.ArgumentParser, argv: list | None = None) -> None:
-    """Parse ``argv``, call ``main(args)``, and exit with its status (an int return, or 0)."""
+    """Parse ``argv``, call ``main(args)``, and exit with its status (an int return, or 0).
+    A Coco4Error is one line and its status; so are Ctrl-C (130) and SIGTERM (143) wherever
+    they land, where the command has no graceful stop of its own (train.py and predict.py
+    have: they finish a step or a batch and say what they saved)."""
     args = parser.parse_args(argv)
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: the signal is not ours to handle
+        previous = None
     try:
         status = main(args)
     except Coco4Error as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except (KeyboardInterrupt, Terminated) as e:
+        signum = signal.SIGINT if isinstance(e, KeyboardInterrupt) else signal.SIGTERM
+        print(f"error: stopped by {signal.Signals(signum).name}; no file was left half-written "
+              "under its final name", file=sys.stderr)
+        sys.exit(128 + signum)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     sys.exit(status if isinstance(status, int) else 0)
 
 

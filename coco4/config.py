@@ -3,6 +3,7 @@ every checkpoint so evaluation and resume rebuild the run from the file alone.""
 import dataclasses
 import math
 import re
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +73,11 @@ class TrainConfig:
                              "anew")
 
     def __post_init__(self):
+        for field in dataclasses.fields(self):  # a stored config may hold anything
+            problem = _type_problem(field.name, getattr(self, field.name),
+                                    _HINTS.get(field.name))
+            if problem:
+                raise Coco4Error(problem)
         checks = [
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 2, f"--batch-size must be at least 2 (BatchNorm cannot train "
@@ -146,3 +152,20 @@ class TrainConfig:
         ignored = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS
                    and stored[k] != v and v != defaults[k]}
         return TrainConfig.from_dict(merged), ignored
+
+
+def _type_problem(name: str, value, hint) -> str | None:
+    """Why ``value`` cannot be the setting ``name`` of type ``hint`` (``X | None`` allows
+    None; a float setting takes an int too), or None."""
+    kinds = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    allowed = None in (value,) and type(None) in typing.get_args(hint)
+    if allowed or any(isinstance(value, k) and not (isinstance(value, bool) and k is not bool)
+                      for k in kinds):
+        return None
+    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+        return None
+    words = {int: "a whole number", float: "a number", str: "text", bool: "true or false"}
+    return f"--{name.replace('_', '-')} must be {words.get(kinds[0], kinds[0])}, got {value!r}"
+
+
+_HINTS = typing.get_type_hints(TrainConfig)

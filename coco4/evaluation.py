@@ -19,7 +19,12 @@ from .data.loaders import BatchPlan, DataOptions
 from .data.other_class import OTHER
 from .data.prepare import make_batches, open_images, unusable_report
 from .errors import Coco4Error, GateFailed
-from .fileio import atomic_write_text, check_writable
+from .fileio import (
+    atomic_write_text,
+    check_outputs_are_not_inputs,
+    check_writable,
+    spreadsheet_safe,
+)
 from .loop import predict_logits
 from .metrics import MetricAccumulator, classes_below, confusion_text, report_text
 from .open_set import open_set_figures, scores, tradeoff
@@ -65,6 +70,10 @@ class ListOptions(PredictorOptions):
         return out_dir or Path(self.checkpoint).parent / name
 
 
+EVALUATION_FILES = ("metrics.json", "predictions.csv", "confusion_matrix.png",
+                    "reliability_diagram.png", "open_set.png")
+
+
 @dataclass(frozen=True)
 class EvaluateOptions(ListOptions):
     out_dir: Path | None = option(None, "where the results go (default: CHECKPOINT_DIR/eval)")
@@ -89,6 +98,10 @@ def evaluate_checkpoint(opts: EvaluateOptions) -> dict:
     check_writable(out_dir)  # before the predictions, not after them
     for path in opts.negatives or ():
         read_names(path)  # a typo found now, not after the list is predicted
+    check_outputs_are_not_inputs(
+        [("--out-dir's", out_dir / name) for name in EVALUATION_FILES],
+        [("--checkpoint", opts.checkpoint), ("--list", opts.list_path),
+         *(("--negatives", p) for p in opts.negatives or ())])
     predictor, predictions = predict_list_for(opts)
     open_set = open_set_report(opts, predictor, predictions) if opts.negatives else None
     metrics = write_results(out_dir, predictor, predictions, open_set)
@@ -267,9 +280,10 @@ def write_results(out_dir: str | Path, predictor: Predictor, predictions: Predic
     writer = csv.writer(buf)
     writer.writerow(["file", "true_label", "predicted_label"]
                     + [f"prob_{c}" for c in predictor.classes])
+    safe = spreadsheet_safe  # text cells: a file name starting with = must not run
     for f, y, p, probs in zip(predictions.files, predictions.labels, predictions.preds,
                               predictions.probs.tolist()):
-        writer.writerow([f, predictor.classes[y], predictor.classes[p]]
+        writer.writerow([safe(f), safe(predictor.classes[y]), safe(predictor.classes[p])]
                         + [f"{q:.6f}" for q in probs])
     atomic_write_text(out_dir / "predictions.csv", buf.getvalue())
     return metrics

@@ -21,7 +21,7 @@ from .data.images import probe
 from .data.lists import read_list
 from .data.transforms import pil_eval_transform, precrop_size
 from .errors import Coco4Error, GateFailed, first_line
-from .fileio import atomic_path, check_writable
+from .fileio import atomic_path, check_outputs_are_not_inputs, check_writable
 from .image_files import find_images
 from .options import option
 from .predictor import Predictor, calibration_option, checkpoint_option, load_predictor
@@ -250,8 +250,12 @@ def output_path(opts: ExportOptions) -> Path:
         return opts.verify
     out = opts.out or opts.checkpoint.with_name(opts.checkpoint.stem + FORMATS[opts.format])
     check_writable(out.parent)
+    if out.exists() and not out.is_file():
+        raise Coco4Error(f"--out {out} is not a regular file; give a file name")
     if out.exists() and not opts.overwrite:
         raise Coco4Error(f"{out} exists; choose another --out, or pass --overwrite")
+    check_outputs_are_not_inputs([("--out", out)], [
+        ("--checkpoint", opts.checkpoint), *([("--list", opts.list)] if opts.list else [])])
     return out
 
 

@@ -3,6 +3,8 @@ one row per image (class, probability, every class's probability) to a CSV or JS
 as batches are predicted: memory for one batch, however many images."""
 import csv
 import json
+import os
+import signal
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -14,10 +16,18 @@ from tqdm import tqdm
 
 from .cli import check_at_least, check_fraction
 from .data.images import probe
+from .data.loaders import ignore_sigint
 from .data.transforms import pil_eval_transform
 from .errors import Coco4Error
-from .fileio import atomic_write_text, check_writable
+from .fileio import (
+    atomic_write_text,
+    check_outputs_are_not_inputs,
+    check_writable,
+    printable,
+    spreadsheet_safe,
+)
 from .image_files import find_images
+from .interrupt import Interrupted, StopRequest
 from .options import option
 from .out_of_memory import prediction_advice
 from .predictor import Predictor, PredictorOptions, predictor_for
@@ -78,7 +88,8 @@ def predict_stream(predictor: Predictor, paths: Sequence[Path], batch_size: int,
                    workers: int) -> Iterator[Batch]:
     """Batches of predictions, in the order of ``paths``, decoded by ``workers`` processes."""
     loader = torch.utils.data.DataLoader(_Decoded(paths, predictor.image_size), batch_size,
-                                         num_workers=workers, collate_fn=_collate)
+                                         num_workers=workers, collate_fn=_collate,
+                                         worker_init_fn=ignore_sigint)
     for index, x, bad in loader:
         probs = torch.empty(0, len(predictor.classes))
         if x is not None:
@@ -120,9 +131,11 @@ class RowWriter:
 
     def write(self, batch: Batch) -> None:
         for row in self.rows.rows(batch):
-            if self.csv:
-                top = [f"{c}:{p:.6f}" for c, p in row["top_k"]] if self.rows.top_k > 1 else []
-                self.csv.writerow([row["path"], row["class"], f"{row['prob']:.6f}", *top,
+            if self.csv:  # text cells made safe to open in a spreadsheet
+                top = [spreadsheet_safe(f"{c}:{p:.6f}") for c, p in row["top_k"]] \
+                    if self.rows.top_k > 1 else []
+                self.csv.writerow([spreadsheet_safe(row["path"]), spreadsheet_safe(row["class"]),
+                                   f"{row['prob']:.6f}", *top,
                                    *(f"{p:.6f}" for p in row["probs"].values())])
             else:
                 row["top_k"] = [{"class": c, "prob": p} for c, p in row["top_k"]]
@@ -143,7 +156,9 @@ def table(rows: list[dict], top_k: int) -> str:
 
 
 def output_paths(opts: PredictOptions, count: int) -> tuple[Path | None, Path | None]:
-    """(rows file, skipped file), both checked now; (None, None) for a table on the terminal."""
+    """(rows file, skipped file), both checked now; (None, None) for a table on the terminal.
+    The rows are written to a ``.partial`` file beside the first, renamed to it when every
+    image is done."""
     out = opts.out
     if out is None:
         if count <= TABLE_AT_MOST:
@@ -151,15 +166,18 @@ def output_paths(opts: PredictOptions, count: int) -> tuple[Path | None, Path | 
         ext = ".jsonl" if opts.format == "jsonl" else ".csv"
         out = Path(opts.checkpoint).parent / f"predictions{ext}"
         n = 1
-        while out.exists() or skipped_path(out).exists():  # never another run's results
-            n += 1
+        while any(p.exists() for p in (out, skipped_path(out), partial_path(out))):
+            n += 1  # never another run's results
             out = out.with_name(f"predictions-{n}{ext}")
     check_writable(out.parent)
     if out.is_dir():
         raise Coco4Error(f"--out {out} is a folder; give a file name, such as {out}/preds.csv")
-    for path in (out, skipped_path(out)):
+    if out.exists() and not out.is_file():  # /dev/full, a FIFO: never renamed over
+        raise Coco4Error(f"--out {out} is not a regular file; give a file name")
+    for path in (out, skipped_path(out), partial_path(out)):
         if path.exists() and not opts.overwrite:
-            raise Coco4Error(f"{path} exists; choose another --out, or pass --overwrite")
+            what = " (an interrupted run's rows)" if path == partial_path(out) else ""
+            raise Coco4Error(f"{path} exists{what}; choose another --out, or pass --overwrite")
     return out, skipped_path(out)
 
 
@@ -168,66 +186,118 @@ def skipped_path(out: Path) -> Path:
     return out.with_name(out.name + ".skipped.tsv")
 
 
+def partial_path(out: Path) -> Path:
+    """Where the rows are written until every image is done."""
+    return out.with_name(out.name + ".partial")
+
+
 def predict_files(opts: PredictOptions) -> dict:
     """Classify the images the options name: rows to a file, or a table for a few; returns
     where they went, how many were predicted and which were skipped."""
     opts.check()
-    paths = find_images(opts.paths, opts.list)
-    out, skipped_out = output_paths(opts, len(paths))
+    paths, unnamed = _named(find_images(opts.paths, opts.list))
+    out, skipped_out = output_paths(opts, len(paths) + len(unnamed))
+    if out:
+        check_outputs_are_not_inputs(
+            [("--out", out), ("--out's list of skipped images", skipped_out),
+             ("--out's partial file", partial_path(out))],
+            [("--checkpoint", opts.checkpoint), *([("--list", opts.list)] if opts.list else []),
+             *(("an input image", p) for p in paths)])
     predictor = predictor_for(opts)
     if opts.top_k > len(predictor.classes):
         raise Coco4Error(f"--top-k {opts.top_k}: the checkpoint has only "
                          f"{len(predictor.classes)} classes")
     rows = RowFormat(tuple(predictor.classes), opts.top_k, opts.min_prob)
     fmt = opts.format or ("jsonl" if out and out.suffix == ".jsonl" else "csv")
+    run = PredictRun(predictor, paths, opts, out)
     if out is None:
-        shown, skipped = run_to_table(predictor, paths, rows, opts)
+        shown, skipped = run.to_table(rows)
         print(table(shown, opts.top_k))
     else:
-        skipped = run_to_file(predictor, paths, rows, opts, out, fmt)
+        skipped = run.to_file(rows, fmt)
+    skipped = unnamed + skipped
     report_skipped(skipped, skipped_out)
-    done = len(paths) - len(skipped)
+    done = len(paths) - (len(skipped) - len(unnamed))
     if out:
         print(f"predicted {done} image{'' if done == 1 else 's'} -> {out}")
-    return {"out": out and str(out), "predicted": done, "skipped": [str(p) for p, _ in skipped]}
+    return {"out": out and str(out), "predicted": done,
+            "skipped": [printable(p) for p, _ in skipped]}
 
 
-def _batches(predictor, paths, opts, out):
-    """The stream of predicted batches with a progress bar; a GPU out-of-memory error and a
-    --strict stop say what was written."""
-    so_far = f"; the rows so far are in {out}" if out else ""
-    bar = tqdm(total=len(paths), unit="img", desc="predicting")
-    try:
-        for batch in predict_stream(predictor, paths, opts.batch_size, opts.workers):
-            if batch.skipped and opts.strict:
-                path, why = batch.skipped[0]
-                raise Coco4Error(f"cannot use image {path} ({why}) and --strict is set{so_far}")
-            bar.update(len(batch.paths) + len(batch.skipped))
-            yield batch
-    except torch.cuda.OutOfMemoryError:
-        raise prediction_advice(opts.batch_size, predictor.image_size, so_far) from None
-    finally:
-        bar.close()
+def _named(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The paths whose names can be written as text, and the others, with why not (a name
+    that is not valid UTF-8 cannot go in a CSV or JSON row)."""
+    good, bad = [], []
+    for path in paths:
+        try:
+            str(path).encode("utf-8")
+            good.append(path)
+        except UnicodeEncodeError:
+            bad.append((path, "its name is not valid UTF-8; rename it"))
+    return good, bad
 
 
-def run_to_table(predictor, paths, rows, opts):
-    shown, skipped = [], []
-    for batch in _batches(predictor, paths, opts, None):
-        shown += rows.rows(batch)
-        skipped += batch.skipped
-    return shown, skipped
+@dataclass
+class PredictRun:
+    """One pass over the images: batches predicted, shown with a progress bar, stopped
+    cleanly by Ctrl-C or SIGTERM, --strict or an out-of-memory error, saying what was written."""
 
+    predictor: Predictor
+    paths: list
+    opts: PredictOptions
+    out: Path | None
 
-def run_to_file(predictor, paths, rows, opts, out, fmt):
-    skipped = []
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # written as predicted ("x": never over a file that appeared since the check)
-    with open(out, "w" if opts.overwrite else "x", newline="", encoding="utf-8") as f:
-        writer = RowWriter(f, fmt, rows)
-        for batch in _batches(predictor, paths, opts, out):
-            writer.write(batch)
+    def batches(self) -> Iterator[Batch]:
+        opts, done = self.opts, 0
+        so_far = (f"; the rows so far are in {partial_path(self.out)}" if self.out
+                  else "; nothing was written")
+        bar = tqdm(total=len(self.paths), unit="img", desc="predicting")
+        try:
+            with StopRequest() as stop:
+                for batch in predict_stream(self.predictor, self.paths, opts.batch_size,
+                                            opts.workers):
+                    if batch.skipped and opts.strict:
+                        path, why = batch.skipped[0]
+                        raise Coco4Error(f"cannot use image {printable(path)} ({why}) and "
+                                         f"--strict is set{so_far}")
+                    done += len(batch.paths) + len(batch.skipped)
+                    bar.update(len(batch.paths) + len(batch.skipped))
+                    yield batch
+                    if stop.requested and done < len(self.paths):
+                        raise Interrupted(f"stopped by {signal.Signals(stop.signum).name} "
+                                          f"after {done} of {len(self.paths)} images{so_far}",
+                                          stop.signum)
+        except torch.cuda.OutOfMemoryError:
+            raise prediction_advice(opts.batch_size, self.predictor.image_size,
+                                    so_far) from None
+        finally:
+            bar.close()
+
+    def to_table(self, rows: RowFormat) -> tuple[list, list]:
+        shown, skipped = [], []
+        for batch in self.batches():
+            shown += rows.rows(batch)
             skipped += batch.skipped
-    return skipped
+        return shown, skipped
+
+    def to_file(self, rows: RowFormat, fmt: str) -> list:
+        """The rows to ``out``'s partial file as they are predicted, renamed to ``out`` once
+        every image is done: a file under the name asked for is always whole."""
+        out, partial, skipped = self.out, partial_path(self.out), []
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(partial, "w", newline="", encoding="utf-8") as f:
+                writer = RowWriter(f, fmt, rows)
+                for batch in self.batches():
+                    writer.write(batch)
+                    skipped += batch.skipped
+        except OSError as e:
+            raise Coco4Error(f"could not write {partial}: {e.strerror or e}; it holds the rows "
+                             "so far: free some space or choose another --out") from None
+        if out.exists() and not self.opts.overwrite:  # it appeared since the check
+            raise Coco4Error(f"{out} appeared while predicting; the rows are in {partial}")
+        os.replace(partial, out)
+        return skipped
 
 
 def report_skipped(skipped, skipped_out) -> None:
@@ -237,8 +307,8 @@ def report_skipped(skipped, skipped_out) -> None:
         return
     if skipped_out:
         atomic_write_text(skipped_out, "path\treason\n" + "".join(
-            f"{p}\t{why}\n" for p, why in skipped))
-    names = ", ".join(f"{p} ({why})" for p, why in skipped[:5])
+            f"{spreadsheet_safe(printable(p))}\t{why}\n" for p, why in skipped))
+    names = ", ".join(f"{printable(p)} ({why})" for p, why in skipped[:5])
     more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
     where = f"; all listed in {skipped_out}" if skipped_out else ""
     images = "1 image" if len(skipped) == 1 else f"{len(skipped)} images"

@@ -126,3 +126,50 @@ def check_writable(folder: str | Path) -> None:
     if problem:
         raise Coco4Error(f"cannot write to {folder}: {problem}; choose another folder or fix "
                          "its permissions")
+
+
+def check_outputs_are_not_inputs(outputs: list[tuple[str, Path]],
+                                 inputs: list[tuple[str, Path]]) -> None:
+    """Refuse a command whose output path is, or resolves to, one of its inputs: writing it
+    would destroy the input before it is read (an image truncated, a checkpoint replaced by a
+    CSV). Each is (what the user calls it, e.g. ``--out``, ``an input image``; its path);
+    made before anything is opened for writing."""
+    seen = {}
+    for what, path in inputs:
+        seen.setdefault(_identity(path), what)
+    for what, path in outputs:
+        found = seen.get(_identity(path))
+        if found:
+            raise Coco4Error(f"{what} {path} is also {found}: writing it would destroy it; "
+                             "choose another output path")
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one file (through links, or spelled differently)."""
+    return _identity(Path(a)) == _identity(Path(b))
+
+
+def _identity(path: Path) -> tuple:
+    """What names one file: its device and inode where it exists (hard links, symlinks), else
+    its resolved path."""
+    try:
+        st = os.stat(path)
+        return st.st_dev, st.st_ino
+    except OSError:
+        return (os.path.realpath(path),)
+
+
+SPREADSHEET_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(text: str) -> str:
+    """A text cell a spreadsheet will not run as a formula: one starting with = + - @ (or a tab
+    or carriage return) gets a leading apostrophe, as OWASP advises for CSV files; other
+    cells, and numbers, are left as they are."""
+    return "'" + text if text.startswith(SPREADSHEET_FORMULA) else text
+
+
+def printable(path: str | Path) -> str:
+    """A path as text that can be written anywhere: a file name that is not valid UTF-8
+    (Python keeps its bytes as surrogates) with those bytes as \\x escapes."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")

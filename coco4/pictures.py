@@ -11,10 +11,13 @@ from .cli import check_at_least
 from .data.images import UnreadableImage, read_rgb
 from .errors import Coco4Error
 from .evaluation import ListOptions, predict_list_for
-from .fileio import check_writable
+from .fileio import check_outputs_are_not_inputs, check_writable
 from .options import option
 from .predictor import predict_images
 from .run_log import read_metrics_csv
+
+PICTURES = ("samples.png", "predictions.png", "errors.png", "gradcam.png",
+            "training_curves.png")
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,9 @@ def draw_pictures(opts: PictureOptions) -> list[str]:
     check_at_least(opts, num=1)
     if opts.seed < 0:
         raise Coco4Error(f"--seed must be 0 or more, got {opts.seed}")
+    check_outputs_are_not_inputs(
+        [("--out-dir's", out / name) for name in PICTURES],
+        [("--checkpoint", opts.checkpoint), *(("--image", p) for p in opts.image or ())])
     own = [_decode(path) for path in opts.image or ()]  # a few files, kept decoded
     if opts.metrics and not opts.metrics.is_file():
         raise Coco4Error(f"--metrics {opts.metrics}: no such file (the run's metrics.csv)")
@@ -76,8 +82,10 @@ def draw_pictures(opts: PictureOptions) -> list[str]:
 def _decode(path: Path):
     """The user's own image, decoded before any work: an unreadable one stops the run before
     the list is predicted or any picture drawn."""
-    if not path.is_file():
+    if not path.exists():
         raise Coco4Error(f"--image {path}: no such file")
+    if not path.is_file():  # a FIFO would wait for a writer, a folder is not an image
+        raise Coco4Error(f"--image {path}: not a regular file; give an image file")
     try:
         return read_rgb(path)
     except UnreadableImage as e:

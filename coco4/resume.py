@@ -65,7 +65,11 @@ def resumed_config(cfg: TrainConfig, resumed: LoadedModel,
                    say: Callable[[str], None]) -> TrainConfig:
     """The stored run's settings with this command line's runtime ones on top; says which
     other settings given here it ignores, and refuses a run that has nothing left to train."""
-    merged, ignored = cfg.resumed_from(resumed.checkpoint["config"])
+    try:
+        merged, ignored = cfg.resumed_from(resumed.checkpoint["config"])
+    except Coco4Error as e:  # a stored setting of the wrong type or out of its range
+        raise Coco4Error(f"{cfg.resume} holds a training config this coco4 cannot resume "
+                         f"({e}); start a new run from its weights with --weights PATH") from None
     if ignored:
         say(f"resuming keeps the checkpoint's settings, not {ignored}")
     done = resumed.checkpoint["run"].get("epoch", 0)

@@ -28,9 +28,12 @@ def run_lock(folder: str | Path, say=print) -> Iterator[None]:
     folder = Path(folder)
     check_writable(folder)
     created = [p for p in (folder, *folder.absolute().parents) if not p.exists()]
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise _cannot_write(path, e) from None
     try:
         previous = os.pread(fd, 512, 0).decode(errors="replace").strip()
         try:
@@ -42,9 +45,12 @@ def run_lock(folder: str | Path, say=print) -> Iterator[None]:
         if previous:
             say(f"{folder}: took over the lock of a run that ended without releasing it "
                 f"({previous})")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since "
-                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        try:  # a disk so full that even these few bytes do not fit
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since "
+                          f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        except OSError as e:
+            raise _cannot_write(path, e) from None
         try:
             yield
         finally:
@@ -58,14 +64,22 @@ def run_lock(folder: str | Path, say=print) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def _cannot_write(path: Path, error: OSError) -> Coco4Error:
+    return Coco4Error(f"could not write {path}: {error.strerror or error}; check free disk "
+                      "space and write permission")
+
+
 def earlier_run(folder: str | Path, overwrite: bool) -> list[Path]:
     """An earlier run's files in ``folder``, which ``overwrite`` allows a new run to replace
     (``remove`` them once every check of the new run has passed); without it, an error."""
     folder = Path(folder)
     found = [folder / name for name in RUN_FILES if (folder / name).exists()]
     if found and not overwrite:
-        raise Coco4Error(f"{folder} already holds a run ({', '.join(p.name for p in found)}); "
-                         f"continue it with --resume {folder / 'last.pt'}, choose another "
+        names = ", ".join(p.name for p in found)
+        resume = (f"continue it with --resume {folder / 'last.pt'}, "
+                  if (folder / "last.pt").exists() else
+                  "it stopped before its first checkpoint, so there is nothing to resume: ")
+        raise Coco4Error(f"{folder} already holds a run ({names}); {resume}choose another "
                          "--output-dir, or pass --overwrite to replace it")
     return found
 

@@ -35,7 +35,7 @@ from .distributed import (
     pick_device,
 )
 from .errors import Coco4Error
-from .fileio import check_writable, remove_stale_temporaries
+from .fileio import check_writable, remove_stale_temporaries, same_file
 from .interrupt import StopRequest
 from .loop import Amp, EpochState, TrainingParts, non_finite_loss, train_one_epoch, validate
 from .model import trainable_parameters, unwrap
@@ -93,9 +93,19 @@ class Training:
             check_writable(cfg.cache_dir)
         if cfg.compile:
             check_compile_tools(self.device)
-        if resumed or not self.env.is_main:  # the folder is checked and locked (fit) by now
+        if not self.env.is_main:  # the folder is checked and locked (fit) by now
             return []
-        return earlier_run(cfg.output_dir, cfg.overwrite)
+        if resumed:
+            _check_resume_folder(cfg)
+            return []
+        earlier = earlier_run(cfg.output_dir, cfg.overwrite)
+        weights = [p for p in earlier if cfg.weights not in ("imagenet", "none")
+                   and same_file(p, cfg.weights)]
+        if weights:  # loaded first, then deleted with the earlier run: the user's file gone
+            raise Coco4Error(f"--weights {cfg.weights} is the earlier run's {weights[0].name} in "
+                             f"{cfg.output_dir}, which --overwrite deletes; copy it elsewhere "
+                             "first, or choose another --output-dir")
+        return earlier
 
     def run(self) -> dict:
         failed_compile = compile_errors() if self.cfg.compile else ()
@@ -207,6 +217,16 @@ class Training:
         # best.pt a file of its own, not a link: changing last.pt in place must not change it
         self.writer.save([out / "last.pt", out / "best.pt"] if best else [out / "last.pt"],
                          payload)
+
+
+def _check_resume_folder(cfg: TrainConfig) -> None:
+    """A resumed run writes its last.pt into --output-dir: there must be none there but the
+    one it resumes (unless --overwrite), or another run's would be replaced without a word."""
+    last = Path(cfg.output_dir) / "last.pt"
+    if last.exists() and not same_file(last, cfg.resume) and not cfg.overwrite:
+        raise Coco4Error(f"{cfg.output_dir} holds another run's last.pt, and resuming "
+                         f"{cfg.resume} there would replace it; resume into the folder of "
+                         "--resume, choose another --output-dir, or pass --overwrite")
 
 
 def build_training_parts(cfg: TrainConfig, data: TrainData, device: torch.device,

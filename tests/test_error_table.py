@@ -137,13 +137,36 @@ def setup_existing_out(tmp_path):
     (tmp_path / "preds.csv").write_text("file,label\n")
 
 
+def setup_checkpoint_folder(tmp_path):
+    setup_valid_list(tmp_path)
+    (tmp_path / "checkpoint").mkdir()
+
+
+def setup_repeated_class(tmp_path):
+    setup_valid_list(tmp_path)
+    (tmp_path / "data" / "classes.txt").write_text("bird\nairplane\nbird\nboat\n")
+
+
+def setup_climbing_name(tmp_path):
+    write_list(tmp_path, [f"{i:012d}.jpg {i % 4}" for i in range(3)] + ["../x.jpg 1"])
+
+
+def setup_deep_json(tmp_path):
+    ann = tmp_path / "coco" / "annotations"
+    ann.mkdir(parents=True)
+    for split in ("train", "val"):
+        (ann / f"instances_{split}2017.json").write_text("[" * 100_000 + "]" * 100_000)
+
+
 # (the start of the row, the script and its arguments, the setup, extra environment,
 # the exit status)
 CASES = [
     ("image list data/annotation_train.txt not found", ["train.py"], setup_nothing, None, 2),
     ("COCO annotations coco/annotations/", ["annotation_prepare.py"], setup_nothing, None, 2),
-    ("... is not a COCO instances file", ["annotation_prepare.py"], setup_captions, None, 2),
-    ("... is not a COCO instances file", ["annotation_prepare.py"], setup_keypoints, None, 2),
+    ("... is not a COCO instances file: it has", ["annotation_prepare.py"], setup_captions, None,
+     2),
+    ("... is not a COCO instances file: it has", ["annotation_prepare.py"], setup_keypoints,
+     None, 2),
     ("unknown COCO categories", ["annotation_prepare.py", "--classes", "brid"],
      setup_instances, None, 2),
     ("image folder coco/images/train2017 not found", ["train.py", "--device", "cpu"],
@@ -161,8 +184,8 @@ CASES = [
     ("--accum-steps 5 splits", ["train.py", "--batch-size", "8", "--accum-steps", "5"],
      setup_nothing, None, 2),
     ("WORLD_SIZE=2 is set", ["train.py"], setup_valid_list, {"WORLD_SIZE": "2"}, 2),
-    ("checkpoint already holds a run", ["train.py", "--device", "cpu"], setup_earlier_run,
-     None, 2),
+    ("checkpoint already holds a run (last.pt", ["train.py", "--device", "cpu"],
+     setup_earlier_run, None, 2),
     ("refusing model.pt", ["evaluate.py", "--checkpoint", "model.pt"], setup_pickled_callable,
      None, 2),
     ("model.pt is not a readable", ["evaluate.py", "--checkpoint", "model.pt"],
@@ -180,6 +203,22 @@ CASES = [
      2),
     ("--min-class-acc must be", ["predict.py", "photo.jpg", "--min-prob", "80"], setup_nothing,
      None, 2),
+    ("checkpoint is a folder, not a checkpoint file", ["evaluate.py", "--checkpoint",
+                                                       "checkpoint"], setup_checkpoint_folder,
+     None, 2),
+    ("--out ... is also an input image", ["predict.py", "photos/a.jpg", "--checkpoint",
+                                            "model.pt", "--out", "photos/a.jpg", "--overwrite"],
+     setup_existing_out, None, 2),
+    ("data/classes.txt names the class 'bird' twice", ["train.py"], setup_repeated_class, None,
+     2),
+    ("data/annotation_train.txt:4: the file name '../x.jpg'", ["train.py"], setup_climbing_name,
+     None, 2),
+    ("... is not a COCO instances file (JSON nested", ["annotation_prepare.py"],
+     setup_deep_json, None, 2),
+    ("--negatives nope.txt: no such file", ["evaluate.py", "--negatives", "nope.txt"],
+     setup_nothing, None, 2),
+    ("--other 2000 asks for", ["annotation_prepare.py", "--other-holdout", "food"],
+     setup_instances, None, 2),
 ]
 if not torch.cuda.is_available():
     CASES.append(("--device cuda asked for CUDA", ["train.py", "--device", "cuda"],

@@ -200,7 +200,74 @@ ISSUE16 = [
             "evaluation",)),
 ]
 
-GROUPS = {"pass": MUTANTS, "issue16": ISSUE16}
+# each fix of the third reliability round (#25) undone, one at a time: its test must fail
+H = "tests/test_hostile.py::test_"
+ISSUE25 = [
+    Mutant("output-over-input-allowed", "coco4/fileio.py",
+           "        found = seen.get(_identity(path))\n", "        found = None\n",
+           (H + "1_predict_never_writes_over_an_input_image",
+            H + "2_predict_never_writes_over_the_checkpoint",
+            H + "3_export_never_writes_over_the_checkpoint")),
+    Mutant("overwrite-deletes-during-the-checks", TRAINER,
+           "                             \"first, or choose another --output-dir\")\n"
+           "        return earlier",
+           "                             \"first, or choose another --output-dir\")\n"
+           "        remove(earlier)\n        return []",
+           (H + "4_overwrite_deletes_nothing_when_the_new_run_fails_its_checks",)),
+    Mutant("resume-into-another-runs-folder", TRAINER,
+           "if last.exists() and not same_file(last, cfg.resume) and not cfg.overwrite:",
+           "if False:", (H + "4b_a_resumed_run_never_replaces_another_runs_last_pt",)),
+    Mutant("checkpoint-fields-unchecked", "coco4/checkpoint_check.py",
+           "    problem = _fields_problem(ckpt)\n", "    problem = None\n",
+           (H + "5_and_10_to_12_and_20_a_checkpoint_field_that_cannot_be_used_is_one_line",
+            H + "5_a_checkpoint_asking_for_a_huge_image_is_refused_before_any_allocation")),
+    Mutant("non-finite-weights-loaded", "coco4/checkpoint_check.py",
+           "if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):",
+           "if False:", (H + "19_nan_weights_are_refused_not_predicted",)),
+    Mutant("repeated-class-names-read", "coco4/data/lists.py", "    if repeated:\n",
+           "    if False:\n", (H + "20_a_class_file_naming_a_class_twice_is_refused",)),
+    Mutant("predict-writes-the-final-name-directly", "coco4/file_predictions.py",
+           "out, partial, skipped = self.out, partial_path(self.out), []",
+           "out, partial, skipped = self.out, self.out, []",
+           (H + "6_predict_on_a_full_disk_is_one_line_and_nothing_under_the_final_name",
+            H + "8_a_signal_stops_predict_with_one_line_and_its_rows_marked_partial")),
+    Mutant("predict-ignores-signals", "coco4/file_predictions.py",
+           "if stop.requested and done < len(self.paths):", "if False:",
+           (H + "8_a_signal_stops_predict_with_one_line_and_its_rows_marked_partial",)),
+    Mutant("ctrl-c-is-a-traceback", "coco4/cli.py", "except (KeyboardInterrupt, Terminated) as e:",
+           "except Terminated as e:",
+           (H + "9_ctrl_c_while_the_cache_is_built_is_one_line_and_leaves_no_partial_cache",)),
+    Mutant("deep-json-is-a-traceback", "coco4/data/coco_filter.py", "except RecursionError:",
+           "except ZeroDivisionError:",
+           (H + "13_a_coco_json_nested_without_end_is_one_line",)),
+    Mutant("surrogate-names-pass", "coco4/data/lists.py", '        name.encode("utf-8")\n',
+           '        name.encode("utf-8", "surrogatepass")\n',
+           (H + "14_and_16_a_coco_file_name_outside_the_image_folder_is_one_line",)),
+    Mutant("names-climb-out", "coco4/data/lists.py", '    if ".." in parts:', "    if False:",
+           (H + "14_and_16_a_coco_file_name_outside_the_image_folder_is_one_line",
+            H + "17_and_18_list_lines_that_would_count_an_image_twice_or_read_a_label_wrongly")),
+    Mutant("names-not-normalised", "coco4/data/lists.py",
+           'if name in (".", "") or posixpath.normpath(name) != name:', 'if name == "":',
+           (H + "17_and_18_list_lines_that_would_count_an_image_twice_or_read_a_label_wrongly",)),
+    Mutant("undecodable-names-written", "coco4/file_predictions.py",
+           '            str(path).encode("utf-8")\n',
+           '            str(path).encode("utf-8", "surrogateescape")\n',
+           (H + "15_an_image_whose_name_is_not_utf8_is_skipped_and_the_csv_stays_whole",)),
+    Mutant("labels-read-by-isdigit", "coco4/data/lists.py",
+           "    if not LABEL.fullmatch(label_text):", "    if not label_text.isdigit():",
+           (H + "17_and_18_list_lines_that_would_count_an_image_twice_or_read_a_label_wrongly",)),
+    Mutant("resume-offered-without-last-pt", "coco4/run_folder.py",
+           'if (folder / "last.pt").exists() else', "if True else",
+           (H + "21_a_run_that_stopped_before_its_first_checkpoint_is_not_offered_a_resume",)),
+    Mutant("a-folder-is-not-found", CHECKPOINT, "    if not path.exists():\n",
+           "    if not path.is_file():\n",
+           (H + "22_paths_that_exist_but_are_no_files_are_named_as_such",)),
+    Mutant("formula-cells-written", "coco4/fileio.py",
+           "return \"'\" + text if text.startswith(SPREADSHEET_FORMULA) else text",
+           "return text", (H + "23_a_cell_a_spreadsheet_would_run_as_a_formula_is_quoted",)),
+]
+
+GROUPS = {"pass": MUTANTS, "issue16": ISSUE16, "issue25": ISSUE25}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -256,6 +323,8 @@ def run_tests(work: Path, tests: tuple[str, ...], timeout: int) -> tuple[str, fl
         done = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return "timeout", time.monotonic() - tic
+    if done.returncode < 0:  # killed by a signal (the mutant took all the memory): caught
+        return "killed", time.monotonic() - tic
     if done.returncode not in (0, 1):  # 2-5: pytest itself failed (collection, usage)
         tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
         raise Coco4Error(f"pytest {' '.join(tests)} could not run (exit "

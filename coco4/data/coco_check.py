@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..errors import Coco4Error
+from .lists import file_name_problem
 
 SECTIONS = ("images", "annotations", "categories")
 UNLISTABLE = re.compile(r"\s|[\x00-\x1f\x7f]")  # a list line is "<file_name> <label>"
@@ -43,6 +44,10 @@ def check_instances(data: object, path: Path) -> None:
             raise Coco4Error(f"{path}: images[{i}] (id {image['id']}) has the file name "
                              f"{image['file_name']!r}, which a list line cannot hold (spaces "
                              "or control characters); rename the file and its entry")
+        problem = file_name_problem(image["file_name"])
+        if problem:
+            raise Coco4Error(f"{path}: images[{i}] (id {image['id']}) has the file name "
+                             f"{image['file_name']!r}: {problem}; fix its entry")
     fields = {"image_id": int, "category_id": int}
     for i, ann in enumerate(data["annotations"]):
         _fields(ann, fields, f"annotations[{i}]", path)

@@ -40,6 +40,9 @@ def load_coco(json_path: str | Path) -> "COCO":
         data = json.loads(json_path.read_bytes())
     except (ValueError, UnicodeDecodeError) as e:
         raise Coco4Error(f"{json_path} is not a COCO instances file (not JSON: {e})") from None
+    except RecursionError:  # arrays nested thousands deep: no COCO file looks like that
+        raise Coco4Error(f"{json_path} is not a COCO instances file (JSON nested too deep to "
+                         "read)") from None
     check_instances(data, json_path)
     coco = COCO()
     coco.dataset = data

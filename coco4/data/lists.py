@@ -3,6 +3,8 @@
 The lists produced by the original code (``annotation_train.txt``, ``annotation_val.txt``) are
 read unchanged; a class file is optional and defaults to the original four classes.
 """
+import posixpath
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,29 @@ class ImageList:
 
     def __len__(self) -> int:
         return len(self.files)
+
+
+LABEL = re.compile(r"[0-9]+")  # ASCII digits only: int() also takes "0_1" and Arabic digits
+
+
+def file_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be an image's name in a list or a COCO file, or None: it must be a
+    relative path inside the image folder, written once and only one way (``a.jpg``, not
+    ``./a.jpg``, which would count the image twice), and encodable as UTF-8."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "it is not valid UTF-8 text"
+    if "\0" in name or "\\" in name:
+        return "it holds a NUL or a backslash"
+    if name.startswith("/") or re.match(r"[A-Za-z]:", name):
+        return "it is an absolute path, outside the image folder"
+    parts = name.split("/")
+    if ".." in parts:
+        return "it climbs out of the image folder (..)"
+    if name in (".", "") or posixpath.normpath(name) != name:
+        return f"it is not written plainly (as {posixpath.normpath(name)!r})"
+    return None
 
 
 def read_list(path: str | Path, num_classes: int | None = None) -> ImageList:
@@ -72,10 +97,12 @@ def _parse_line(line, path, lineno, num_classes):
         raise Coco4Error(f"{where}: expected '<file_name> <label>', got {line.strip()!r} "
                          f"({len(fields)} fields)")
     name, label_text = fields
-    try:
-        label = int(label_text)
-    except ValueError:
-        raise Coco4Error(f"{where}: label {label_text!r} is not an integer") from None
+    problem = file_name_problem(name)
+    if problem:
+        raise Coco4Error(f"{where}: the file name {name!r} cannot be used: {problem}")
+    if not LABEL.fullmatch(label_text):
+        raise Coco4Error(f"{where}: label {label_text!r} is not an integer")
+    label = int(label_text)
     if label < 0:
         raise Coco4Error(f"{where}: label {label} is negative; labels are 0, 1, ...")
     if num_classes is not None and label >= num_classes:
@@ -104,4 +131,7 @@ def read_classes(folder: str | Path) -> tuple[str, ...]:
                     if line.strip())
     if len(classes) < 2:
         raise Coco4Error(f"{path} names {len(classes)} class(es); a classifier needs at least 2")
+    repeated = sorted({c for c in classes if classes.count(c) > 1})
+    if repeated:
+        raise Coco4Error(f"{path} names the class {repeated[0]!r} twice; each class once")
     return classes
