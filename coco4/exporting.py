@@ -209,8 +209,10 @@ class Parity:
 
 @torch.no_grad()
 def parity(predictor: Predictor, path: Path, fmt: str, images: torch.Tensor) -> Parity:
-    """The exported file against the checkpoint's model in fp32 on the CPU, on ``images``."""
-    reference = Probabilities(predictor).cpu().float().eval()(images).numpy()
+    """The exported file against what predict.py gives for ``images`` (preprocessed as it
+    does): the loaded predictor itself, its temperature included, not the wrapper that was
+    exported, which could not see a temperature left out of its own graph."""
+    reference = predictor.predict(images.to(predictor.device)).numpy()
     try:
         got = run_exported(path, fmt, images)
     except Exception as e:  # e.g. an input size other than this checkpoint's

@@ -205,3 +205,37 @@ def test_other_architectures_train_then_evaluate_and_visualize_without_arch(demo
     assert sorted(Path(w).name for w in written) == ["errors.png", "gradcam.png",
                                                      "predictions.png", "samples.png",
                                                      "training_curves.png"]
+
+
+def test_a_checkpoint_written_behind_training_holds_its_own_epochs_weights(demo_data, tmp_path,
+                                                                          monkeypatch):
+    """The write runs on a background thread while the next epoch trains. Made slow here (half
+    a second, many steps of the tiny backbone), each file written must still hold the weights
+    as they were when its epoch ended, captured then, not what later steps made of them."""
+    import time
+
+    import coco4.checkpoint
+    from coco4.trainer import Training
+
+    captured, written = [], []
+    real_save, real_write = Training._save, coco4.checkpoint.save_checkpoint
+
+    def capture(self, best):  # the live weights at the moment the epoch asks for its save
+        captured.append({k: v.detach().clone()
+                         for k, v in coco4.checkpoint.model_state(self.parts.model).items()})
+        return real_save(self, best)
+
+    def slow_write(path, payload, *copies):
+        time.sleep(0.5)  # the next epoch's steps run meanwhile
+        written.append({k: v.clone() for k, v in payload["model"].items()})
+        return real_write(path, payload, *copies)
+
+    monkeypatch.setattr(Training, "_save", capture)
+    monkeypatch.setattr(coco4.checkpoint, "save_checkpoint", slow_write)
+    fit(train_args(demo_data, tmp_path, epochs=3, batch_size=4), progress=False)
+    assert len(captured) == len(written) == 3
+    for epoch, (live, file) in enumerate(zip(captured, written), 1):
+        assert all(torch.equal(live[k], file[k]) for k in live), f"epoch {epoch}"
+    assert not all(torch.equal(captured[0][k], captured[1][k]) for k in captured[0])
+    last = read_file(tmp_path / "last.pt")["model"]
+    assert all(torch.equal(last[k], captured[-1][k]) for k in last)

@@ -1,7 +1,9 @@
 """evaluate.py and visualize.py on both checkpoint formats, against a direct computation."""
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -216,3 +218,33 @@ def test_a_cache_dir_given_by_name_that_cannot_be_written_is_an_error(demo_data,
                                          r"folder; choose another folder"):
         run_evaluate(*eval_argv(demo_data, tmp_path / "never-read.pt", tmp_path / "eval",
                                 "--cache-dir", tmp_path / "a-file" / "cache"))
+
+
+def test_an_unreadable_image_in_the_middle_leaves_every_row_with_its_own_file(
+        demo_data, trained, tmp_path):
+    """The rows after a left-out image still name the file whose label and probabilities
+    they carry: each row against its list line and a computation by hand for that file."""
+    from coco4.data.lists import read_list
+    from coco4.predictor import load_predictor
+
+    from conftest import direct_predictions, read_csv, stored_temperature
+
+    listed = read_list(demo_data / "data" / "annotation_val.txt")
+    images = tmp_path / "images"
+    shutil.copytree(demo_data / "coco" / "images" / "val2017", images)
+    middle = listed.files[len(listed) // 2]
+    (images / middle).write_bytes(b"not a JPEG any more")
+    run_evaluate(*eval_argv(demo_data, trained, tmp_path / "eval", "--images", images))
+    rows = read_csv(tmp_path / "eval" / "predictions.csv")
+    assert [r["file"] for r in rows] == [f for f in listed.files if f != middle]
+    label_of = dict(zip(listed.files, listed.labels))
+    classes = ["bird", "airplane", "train", "boat"]
+    _, direct = direct_predictions(load_predictor(trained, "cpu").model.net, demo_data, 32,
+                                   stored_temperature(trained))
+    by_file = dict(zip(listed.files, direct.numpy()))
+    for r in rows:
+        assert r["true_label"] == classes[label_of[r["file"]]], r["file"]
+        got = np.array([float(r[f"prob_{c}"]) for c in classes])
+        assert np.abs(got - by_file[r["file"]]).max() < 1e-4, r["file"]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert list(metrics["left_out"]) == [middle]

@@ -133,3 +133,57 @@ def test_an_existing_file_is_never_replaced_unasked(trained, tmp_path):
     assert out.read_bytes() == b"a user's file"
     with pytest.raises(Coco4Error, match="--list needs --images"):
         run_export(trained, "--out", tmp_path / "x.onnx", "--list", tmp_path / "l.txt")
+
+
+@pytest.fixture(scope="module")
+def warm_checkpoint(trained, tmp_path_factory):
+    """The shared checkpoint with a temperature far from 1 (its own fit is near 1): an export
+    that left it out would give other probabilities than predict.py."""
+    ckpt = torch.load(trained, weights_only=True)
+    ckpt["temperature"] = 2.5
+    path = tmp_path_factory.mktemp("warm") / "t25.pt"
+    torch.save(ckpt, path)
+    return path
+
+
+@pytest.mark.parametrize("fmt, name", [("onnx", "m.onnx"), ("torchscript", "m.pt")])
+def test_an_exported_model_gives_predict_pys_calibrated_probabilities(
+        demo_data, warm_checkpoint, tmp_path, fmt, name):
+    """The file alone (ONNX Runtime, or the TorchScript module) against predict.py's rows on
+    the same images, with T = 2.5: the temperature is inside the graph."""
+    run_export(warm_checkpoint, "--format", fmt, "--out", tmp_path / name)
+    rows, paths = val_predictions(demo_data, warm_checkpoint, tmp_path)
+    raw, _ = val_predictions_raw(demo_data, warm_checkpoint, tmp_path)
+    from coco4.data.images import read_rgb
+    from coco4.data.transforms import pil_eval_transform
+    from coco4.exporting import run_exported
+
+    x = torch.stack([pil_eval_transform(32)(read_rgb(p)) for p in paths])
+    got = run_exported(tmp_path / name, fmt, x)
+    by_path = {r["path"]: [float(r[f"prob_{c}"]) for c in CLASSES] for r in rows}
+    expected = np.array([by_path[str(p)] for p in paths])
+    assert np.abs(got - expected).max() < 1e-4
+    # and the temperature matters here: the raw probabilities are far from these
+    raw_probs = np.array([[float(r[f"prob_{c}"]) for c in CLASSES] for r in raw])
+    assert np.abs(raw_probs - expected).max() > 0.05
+
+
+def val_predictions_raw(demo_data, checkpoint, tmp_path):
+    """predict.py's rows without the temperature (--no-calibration)."""
+    image_dir = demo_data / "coco" / "images" / "val2017"
+    predict.main(predict.get_args_parser().parse_args(
+        ["--checkpoint", str(checkpoint), "--device", "cpu", "--workers", "0", str(image_dir),
+         "--out", str(tmp_path / "raw.csv"), "--no-calibration"]))
+    return read_csv(tmp_path / "raw.csv"), sorted(image_dir.iterdir())
+
+
+def test_the_parity_check_fails_an_export_that_drops_the_temperature(warm_checkpoint,
+                                                                     tmp_path, monkeypatch):
+    """An exporter that leaves the temperature out of the graph: export.py's own check must
+    see it, since it compares with the predictor, not with the wrapper it exported."""
+    import coco4.exporting
+
+    monkeypatch.setattr(coco4.exporting.Probabilities, "forward",
+                        lambda self, images: self.model(images).softmax(1))
+    with pytest.raises(GateFailed, match=r"fails the parity check against .*t25\.pt"):
+        run_export(warm_checkpoint, "--out", tmp_path / "m.onnx")

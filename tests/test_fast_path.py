@@ -6,12 +6,13 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from coco4 import bench
 from coco4.data import cache
-from coco4.data.images import ListDataset
+from coco4.data.images import ListDataset, read_rgb
 from coco4.data.lists import read_list
 from coco4.data.loaders import BatchPlan, CachedBatches, DataOptions, PilBatches
 from coco4.data.transforms import pil_eval_transform
@@ -225,3 +226,32 @@ def test_an_image_replaced_by_one_of_the_same_size_and_time_rebuilds_the_cache(d
     assert changed.path != first.path
     index = {name: i for i, name in enumerate(image_list.files)}
     assert torch.equal(changed.tensor()[index[a.name]], first.tensor()[index[b.name]])
+
+
+def test_each_position_of_a_reordered_or_edited_list_gets_its_own_image(demo_data, tmp_path):
+    """The cache built for a list, then the list reordered and one line replaced: every
+    position's pixels are its own file's, decoded here with PIL, and its label its own line's.
+    A cache reused for another order would pair images with the wrong labels, silently."""
+    from coco4.data.lists import ImageList
+    from coco4.data.transforms import pil_resize, precrop_size
+
+    images = demo_data / "coco" / "images" / "val2017"
+    original = read_list(demo_data / "data" / "annotation_val.txt")
+    spare = sorted({p.name for p in images.iterdir()} - set(original.files))[0]
+    order = list(reversed(range(len(original))))
+    files = [original.files[i] for i in order]
+    labels = tuple(original.labels[i] for i in order)
+    # the same list file name (the cache's name starts with it), other lines
+    reordered = ImageList(original.path, tuple(files), labels)
+    files[3] = spare  # an edited line: another image, the same label
+    edited = ImageList(original.path, tuple(files), labels)
+    for image_list in (original, reordered, edited):
+        built = cache.load_or_build(image_list, images, 32, tmp_path / "c", progress=False)
+        batches = CachedBatches(built.tensor(), image_list.labels, range(len(image_list)),
+                                BatchPlan(7, torch.device("cpu"), 32, train=False))
+        x = torch.cat([b for b, _ in batches.iterate(0)])
+        y = torch.cat([labels for _, labels in batches.iterate(0)])
+        assert y.tolist() == list(image_list.labels)
+        for k, name in enumerate(image_list.files):
+            want = np.asarray(pil_resize(read_rgb(images / name), precrop_size(32)))
+            assert torch.equal(x[k], torch.from_numpy(want.copy()).permute(2, 0, 1)), (k, name)
