@@ -191,14 +191,19 @@ def predictions_png(paths: Sequence[str | Path], probs: torch.Tensor, classes: S
     return save(prediction_figure(images, probs.tolist(), classes, titles, colors), out)
 
 
+def worst_errors(predictions: "Predictions", num: int) -> tuple[list[int], int]:
+    """Up to ``num`` misclassified images, the highest loss (the surest mistake) first, and
+    how many images were misclassified in all."""
+    wrong = (predictions.probs.argmax(1) != torch.tensor(predictions.labels)).nonzero().flatten()
+    loss = predictions.losses()[wrong]
+    return wrong[loss.argsort(descending=True)][:num].tolist(), len(wrong)
+
+
 def errors_png(predictions: "Predictions", classes: Sequence[str], out: str | Path,
                num: int) -> Path:
     """The misclassified images with the highest loss, titled true / predicted / probability."""
-    labels = torch.tensor(predictions.labels)
-    probs = predictions.probs
-    wrong = (probs.argmax(1) != labels).nonzero().flatten()
-    loss = predictions.losses()[wrong]
-    worst = wrong[loss.argsort(descending=True)][:num].tolist()
+    labels, probs = predictions.labels, predictions.probs
+    worst, n_wrong = worst_errors(predictions, num)
     if not worst:
         fig = image_grid_figure([], [], suptitle="no misclassified images")
         fig.text(0.5, 0.5, f"all {len(labels)} images classified correctly", ha="center")
@@ -207,7 +212,7 @@ def errors_png(predictions: "Predictions", classes: Sequence[str], out: str | Pa
     titles = [f"true {classes[labels[i]]}\npred {classes[probs[i].argmax()]} "
               f"({probs[i].max():.0%})" for i in worst]
     return save(image_grid_figure(images, titles, colors=["tab:red"] * len(worst),
-                                  suptitle=f"{len(wrong)} of {len(labels)} misclassified; "
+                                  suptitle=f"{n_wrong} of {len(labels)} misclassified; "
                                   f"highest loss first"), out)
 
 

@@ -1,4 +1,5 @@
-"""gradcam.png: which images it shows, and that its maps are Grad-CAM's at the spec's layer."""
+"""gradcam.png and errors.png: which images they show; and that gradcam.png's maps are
+Grad-CAM's at the spec's layer."""
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ from PIL import Image
 
 from coco4.gradcam import cam_maps, gradcam_picks, gradcam_png
 from coco4.metrics import MetricAccumulator
+from coco4.plots import worst_errors
 from coco4.predictor import Predictions, load_predictor
 
 from conftest import eval_argv
@@ -32,6 +34,15 @@ def test_picks_the_worst_mistakes_then_the_surest_right_ones():
     # no mistakes at all: right ones only
     assert gradcam_picks(predictions([[0.9, 0.1], [0.2, 0.8]], [0, 1]), 4) == [0, 1]
     assert gradcam_picks(predictions([], []), 4) == []
+
+
+def test_errors_png_shows_the_surest_mistakes_first_and_counts_them_all():
+    # true class probabilities: 0.3 (wrong), 0.9 (right), 0.1 (wrong), 0.45 (wrong), 0.2 (wrong)
+    probs = [[0.3, 0.7], [0.9, 0.1], [0.1, 0.9], [0.45, 0.55], [0.2, 0.8]]
+    got = predictions(probs, [0, 0, 0, 0, 0])
+    assert worst_errors(got, 3) == ([2, 4, 0], 4)  # 0.1, 0.2, 0.3; 0.45 left out, still counted
+    assert worst_errors(got, 9) == ([2, 4, 0, 3], 4)
+    assert worst_errors(predictions([[0.9, 0.1]], [0]), 3) == ([], 0)
 
 
 def test_the_loss_that_ranks_mistakes_is_minus_log_the_true_class_probability():

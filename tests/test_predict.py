@@ -156,6 +156,18 @@ def test_top_k_min_prob_and_json_lines(demo_data, trained, tmp_path):
     assert sum(r["class"] == "unknown" for r in thresholded) == len(rows) // 2
 
 
+def test_a_top_probability_equal_to_min_prob_keeps_its_class():
+    """--min-prob's help says an image is 'unknown' *below* it: one exactly at it keeps its
+    class (0.5 and 0.25 are exact in float32, so the comparison is exact)."""
+    from coco4.file_predictions import Batch, RowFormat
+
+    probs = torch.tensor([[0.5, 0.25, 0.25, 0.0], [0.25, 0.25, 0.25, 0.25]])
+    batch = Batch([Path("a.jpg"), Path("b.jpg")], probs, [])
+    rows = list(RowFormat(tuple(CLASSES), min_prob=0.5).rows(batch))
+    assert [r["class"] for r in rows] == ["bird", "unknown"]
+    assert [r["prob"] for r in rows] == [0.5, 0.25]
+
+
 def test_a_few_images_are_a_table_and_many_a_csv_beside_the_checkpoint(demo_data, trained,
                                                                        tmp_path, capsys):
     ckpt = tmp_path / "ckpt" / "best.pt"

@@ -5,6 +5,7 @@ code is broken in a way that silently gives wrong numbers?
     python -m tools.mutants --list          # their names, files and tests
     python -m tools.mutants --only split-floor,ece-abs-outside
     python -m tools.mutants --group issue16 # the five a first pass (#16) let through
+    python -m tools.mutants --group issue26 # the blind spots of #26 and its own pass
     python -m tools.mutants --from-head     # the last commit, not the working tree
 
 Each mutant is one realistic breakage: a snippet of a file replaced by a wrong one, and the
@@ -267,7 +268,84 @@ ISSUE25 = [
            "return text", (H + "23_a_cell_a_spreadsheet_would_run_as_a_formula_is_quoted",)),
 ]
 
-GROUPS = {"pass": MUTANTS, "issue16": ISSUE16, "issue25": ISSUE25}
+# the three blind spots of #26, and a pass of its own over the cache, the crops, export, the run
+# lock, Grad-CAM, errors.png and predict's streaming: each a one-spot bug giving wrong results
+EXPORT, CACHE, CROPS = "coco4/exporting.py", "coco4/data/cache.py", "coco4/data/transforms.py"
+FP, LOCK, GRADCAM = "tests/test_fast_path.py::test_", "coco4/run_folder.py", "coco4/gradcam.py"
+EX, CROP_TESTS = "tests/test_export.py::test_", (
+    "tests/test_data.py::test_batched_and_per_image_crops_agree",
+    "tests/test_data.py::test_crop_boxes_distribution_matches_torchvision")
+ISSUE26 = [
+    Mutant("cache-key-ignores-the-order", CACHE, "    for p in paths:\n        try:\n",
+           "    for p in sorted(paths):\n        try:\n",
+           (FP + "each_position_of_a_reordered_or_edited_list_gets_its_own_image",)),
+    Mutant("evaluation-rows-shift-past-an-unreadable-image", "coco4/evaluation.py",
+           "[image_list.files[i] for i in keep]", "list(image_list.files[:len(keep)])",
+           ("tests/test_evaluate.py::test_an_unreadable_image_in_the_middle_leaves_every_row_"
+            "with_its_own_file",)),
+    Mutant("export-drops-the-temperature", EXPORT,
+           "return (self.model(images) / self.temperature).softmax(1)",
+           "return self.model(images).softmax(1)",
+           (EX + "an_exported_model_gives_predict_pys_calibrated_probabilities",)),
+    Mutant("checkpoint-snapshot-shares-storage", CHECKPOINT,
+           'value.detach().to("cpu", copy=True)', 'value.detach().to("cpu")',
+           ("tests/test_checkpoint.py::test_a_checkpoint_written_behind_training_holds_its_own_"
+            "epochs_weights",)),
+    Mutant("cache-key-ignores-the-content", CACHE,
+           "                    h.update(f.read(EDGE))\n"
+           "                    f.seek(max(0, st.st_size - EDGE))\n"
+           "                    h.update(f.read(EDGE))\n", "                    pass\n",
+           (FP + "an_image_replaced_by_one_of_the_same_size_and_time_rebuilds_the_cache",)),
+    Mutant("cache-of-the-wrong-size-used", CACHE, "elif path.stat().st_size != expected:",
+           "elif False:", (FP + "a_damaged_cache_is_built_again_with_a_warning",)),
+    Mutant("precrop-truncated", CROPS, "int(round(image_size * 256 / 224))",
+           "int(image_size * 256 / 224)", ("tests/test_data.py::test_precrop_size",)),
+    Mutant("crop-area-scale-as-side", CROPS, "RRC_SCALE = (0.08, 1.0)",
+           "RRC_SCALE = (0.08 ** 0.5, 1.0)", CROP_TESTS),
+    Mutant("crop-flipped-upside-down", CROPS, "out[i] = resized.flip(1) if flip else resized",
+           "out[i] = resized.flip(0) if flip else resized", CROP_TESTS),
+    Mutant("crop-box-x-and-y-swapped", CROPS, "float(), left[s:e], top[s:e],",
+           "float(), top[s:e], left[s:e],", CROP_TESTS),
+    Mutant("export-says-the-crop-size", EXPORT, '"input_size": str(side)',
+           '"input_size": str(predictor.image_size)',
+           ("tests/test_docs.py::test_the_onnx_snippet_needs_no_torch_and_agrees_with_predict",
+            EX + "torchscript_export_passes_its_parity_check_and_carries_"
+            "the_metadata")),
+    Mutant("export-for-one-batch-size", EXPORT, 'dynamic_shapes={"images": {0: batch}}',
+           "dynamic_shapes=None",
+           (EX + "onnx_probabilities_match_predict_on_the_demo_val_images",)),
+    Mutant("run-lock-shared", LOCK, "fcntl.LOCK_EX | fcntl.LOCK_NB",
+           "fcntl.LOCK_SH | fcntl.LOCK_NB",
+           ("tests/test_reliability.py::test_a_second_run_in_the_same_folder_is_refused_naming_"
+            "the_first",)),
+    Mutant("run-lock-left-naming-a-finished-run", LOCK,
+           "            os.ftruncate(fd, 0)  # released cleanly",
+           "            pass  # released cleanly",
+           ("tests/test_reliability.py::test_a_second_run_in_the_same_folder_is_refused_naming_"
+            "the_first",)),
+    Mutant("gradcam-maps-the-true-class", GRADCAM, "preds[picks].tolist()",
+           "[predictions.labels[i] for i in picks]",
+           ("tests/test_gradcam.py::test_each_map_is_for_the_predicted_class",)),
+    Mutant("gradcam-least-sure-right-ones-first", GRADCAM,
+           "right_first = by_loss.flip(0)[right[by_loss.flip(0)]].tolist()",
+           "right_first = by_loss[right[by_loss]].tolist()",
+           ("tests/test_gradcam.py::test_picks_the_worst_mistakes_then_the_surest_right_ones",)),
+    Mutant("errors-png-mildest-mistakes-first", "coco4/plots.py",
+           "return wrong[loss.argsort(descending=True)][:num]",
+           "return wrong[loss.argsort()][:num]",
+           ("tests/test_gradcam.py::test_errors_png_shows_the_surest_mistakes_first_and_counts_"
+            "them_all",)),
+    Mutant("predict-min-prob-excludes-its-boundary", "coco4/file_predictions.py",
+           "if best >= self.min_prob else", "if best > self.min_prob else",
+           ("tests/test_predict.py::test_top_k_min_prob_and_json_lines",
+            "tests/test_predict.py::test_a_top_probability_equal_to_min_prob_keeps_its_class")),
+    Mutant("predict-rows-shift-past-an-unreadable-image", "coco4/file_predictions.py",
+           "return [i for i, _ in good], x,", "return [i for i, _, _ in items][:len(good)], x,",
+           ("tests/test_predict.py::test_a_folder_with_a_truncated_jpeg_and_a_text_file_named_jpg",)),
+]
+
+GROUPS = {"pass": MUTANTS, "issue16": ISSUE16, "issue25": ISSUE25,
+          "issue26": ISSUE26}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
