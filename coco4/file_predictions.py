@@ -285,8 +285,16 @@ class PredictRun:
         every image is done: a file under the name asked for is always whole."""
         out, partial, skipped = self.out, partial_path(self.out), []
         out.parent.mkdir(parents=True, exist_ok=True)
+        if self.opts.overwrite:  # an interrupted run's rows, checked and allowed
+            partial.unlink(missing_ok=True)
         try:
-            with open(partial, "w", newline="", encoding="utf-8") as f:
+            # "x": a run that started beside this one and chose the same name keeps its file
+            f = open(partial, "x", newline="", encoding="utf-8")
+        except FileExistsError:
+            raise Coco4Error(f"{partial} appeared since the check: another run is writing to "
+                             f"{out}; wait for it or choose another --out") from None
+        try:
+            with f:
                 writer = RowWriter(f, fmt, rows)
                 for batch in self.batches():
                     writer.write(batch)

@@ -76,9 +76,12 @@ def earlier_run(folder: str | Path, overwrite: bool) -> list[Path]:
     found = [folder / name for name in RUN_FILES if (folder / name).exists()]
     if found and not overwrite:
         names = ", ".join(p.name for p in found)
-        resume = (f"continue it with --resume {folder / 'last.pt'}, "
-                  if (folder / "last.pt").exists() else
-                  "it stopped before its first checkpoint, so there is nothing to resume: ")
+        if (folder / "last.pt").exists():
+            resume = f"continue it with --resume {folder / 'last.pt'}, "
+        elif (folder / "best.pt").exists():
+            resume = "its last.pt is gone, so it cannot be resumed: "
+        else:
+            resume = "it stopped before its first checkpoint, so there is nothing to resume: "
         raise Coco4Error(f"{folder} already holds a run ({names}); {resume}choose another "
                          "--output-dir, or pass --overwrite to replace it")
     return found

@@ -96,8 +96,7 @@ class Training:
         if not self.env.is_main:  # the folder is checked and locked (fit) by now
             return []
         if resumed:
-            _check_resume_folder(cfg)
-            return []
+            return _check_resume_folder(cfg)
         earlier = earlier_run(cfg.output_dir, cfg.overwrite)
         weights = [p for p in earlier if cfg.weights not in ("imagenet", "none")
                    and same_file(p, cfg.weights)]
@@ -219,14 +218,15 @@ class Training:
                          payload)
 
 
-def _check_resume_folder(cfg: TrainConfig) -> None:
-    """A resumed run writes its last.pt into --output-dir: there must be none there but the
-    one it resumes (unless --overwrite), or another run's would be replaced without a word."""
-    last = Path(cfg.output_dir) / "last.pt"
-    if last.exists() and not same_file(last, cfg.resume) and not cfg.overwrite:
-        raise Coco4Error(f"{cfg.output_dir} holds another run's last.pt, and resuming "
-                         f"{cfg.resume} there would replace it; resume into the folder of "
-                         "--resume, choose another --output-dir, or pass --overwrite")
+def _check_resume_folder(cfg: TrainConfig) -> list[Path]:
+    """A resumed run writes last.pt, best.pt and metrics.csv into --output-dir: a folder other
+    than --resume's own must hold no other run there (unless --overwrite, which returns that
+    run's files for deletion), or the two runs' files would mix without a word."""
+    folder, resume = Path(cfg.output_dir), Path(cfg.resume)
+    if same_file(folder, resume.parent) or same_file(folder / "last.pt", resume):
+        return []  # the usual case: the run goes on where it was
+    earlier = [p for p in earlier_run(folder, cfg.overwrite) if not same_file(p, resume)]
+    return earlier
 
 
 def build_training_parts(cfg: TrainConfig, data: TrainData, device: torch.device,

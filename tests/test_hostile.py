@@ -77,15 +77,26 @@ def test_4_overwrite_deletes_nothing_when_the_new_run_fails_its_checks(demo_data
     assert (run_copy / "best.pt").read_bytes() == before["best.pt"]
 
 
-def test_4b_a_resumed_run_never_replaces_another_runs_last_pt(demo_data, trained_run, run_copy,
-                                                              tmp_path):
+def test_4b_a_resumed_run_never_mixes_with_another_run(demo_data, trained_run, run_copy,
+                                                        tmp_path):
     other = tmp_path / "other"
     shutil.copytree(trained_run, other)
-    before = (run_copy / "last.pt").read_bytes()
-    ran = run_script("train", *train_argv(demo_data, run_copy, "--resume", other / "last.pt",
-                                          "--epochs", "12"))
-    assert ran.status == 2 and ran.error.startswith(f"{run_copy} holds another run's last.pt")
-    assert (run_copy / "last.pt").read_bytes() == before
+    (run_copy / "last.pt").unlink()  # its best.pt and metrics.csv are still another run's
+    before = {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()}
+    resume = ("--resume", other / "last.pt", "--epochs", "12")
+    ran = run_script("train", *train_argv(demo_data, run_copy, *resume))
+    assert ran.status == 2 and ran.error.startswith(f"{run_copy} already holds a run (best.pt, "
+                                                    "metrics.csv")
+    assert "its last.pt is gone" in ran.error
+    assert {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()} == before
+    # --overwrite: the other run's files go before the resumed run writes its own
+    ran = run_script("train", *train_argv(demo_data, run_copy, *resume, "--overwrite"))
+    assert ran.status == 0, ran.error
+    best = run_copy / "best.pt"  # written only if the resumed epochs beat the resumed best
+    assert not best.exists() or best.read_bytes() != before["best.pt"]
+    rows = (run_copy / "metrics.csv").read_text().splitlines()
+    assert rows[1:] == (other / "metrics.csv").read_text().splitlines()[1:] + rows[-2:]
+    assert (other / "last.pt").exists()  # the file resumed is never among those deleted
 
 
 # ---------------------------------------------------------------- checkpoint fields
@@ -196,6 +207,25 @@ def test_6_predict_on_a_full_disk_is_one_line_and_nothing_under_the_final_name(
                   "--overwrite")
     assert ran.status == 2 and ran.error == "--out /dev/full is not a regular file; give a " \
                                             "file name"
+
+
+def test_6b_a_run_beside_writing_the_same_partial_keeps_its_rows(demo_data, trained, tmp_path,
+                                                                  monkeypatch):
+    """Two predict.py runs that chose one name between the check and the write: the second
+    stops with one line; the first one's rows are never mixed with its own."""
+    from coco4 import file_predictions
+    out, checked = tmp_path / "p.csv", file_predictions.output_paths
+
+    def check_then_the_other_run_starts(*args):
+        paths = checked(*args)
+        Path(f"{out}.partial").write_text("the other run's rows\n")
+        return paths
+    monkeypatch.setattr(file_predictions, "output_paths", check_then_the_other_run_starts)
+    ran = predict(*images_of(demo_data, 20), "--checkpoint", trained, "--out", out)
+    assert ran.status == 2 and ran.error == (f"{out}.partial appeared since the check: another "
+                                             f"run is writing to {out}; wait for it or choose "
+                                             "another --out")
+    assert Path(f"{out}.partial").read_text() == "the other run's rows\n" and not out.exists()
 
 
 def test_7_training_into_a_full_disk_is_one_line(demo_data, tmp_path):
