@@ -5,6 +5,7 @@ import csv
 import dataclasses
 import io
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 
 from .cli import check_fraction
 from .config import DATA_PATHS
-from .data.lists import ImageList, read_classes, read_list, read_text
+from .data.lists import ImageList, read_classes, read_list, read_names
 from .data.loaders import BatchPlan, DataOptions
 from .data.other_class import OTHER
 from .data.prepare import make_batches, open_images, unusable_report
@@ -23,6 +24,7 @@ from .fileio import (
     atomic_write_text,
     check_outputs_are_not_inputs,
     check_writable,
+    same_file,
     spreadsheet_safe,
 )
 from .loop import predict_logits
@@ -83,6 +85,7 @@ class EvaluateOptions(ListOptions):
         None, "lists of images of none of the classes (a file name a line, in the --images "
               "folder; annotation_prepare.py --other writes two): report how well the model "
               "rejects them (open-set figures, open_set.png)")
+    overwrite: bool = option(False, "replace another checkpoint's results in --out-dir")
     min_prob: float = option(0.0, "with --negatives: the operating point, as predict.py's: an "
                                   "image is rejected below this top probability (or when its "
                                   "top class is other)")
@@ -94,17 +97,24 @@ def evaluate_checkpoint(opts: EvaluateOptions) -> dict:
     class is below it (the results are written first). Returns the metrics."""
     check_fraction("--min-class-acc", opts.min_class_acc)
     check_fraction("--min-prob", opts.min_prob)
+    if opts.min_prob and not opts.negatives:
+        raise Coco4Error("--min-prob is the operating point of the open-set figures: it needs "
+                         "--negatives (predict.py --min-prob applies it to your images)")
     out_dir = opts.out("eval", opts.out_dir)
     check_writable(out_dir)  # before the predictions, not after them
-    for path in opts.negatives or ():
-        read_names(path)  # a typo found now, not after the list is predicted
+    negatives = negative_lists(opts) if opts.negatives else None  # a typo found now
     check_outputs_are_not_inputs(
         [("--out-dir's", out_dir / name) for name in EVALUATION_FILES],
         [("--checkpoint", opts.checkpoint), ("--list", opts.list_path),
          *(("--negatives", p) for p in opts.negatives or ())])
+    check_earlier_results(out_dir, opts)
     predictor, predictions = predict_list_for(opts)
-    open_set = open_set_report(opts, predictor, predictions) if opts.negatives else None
+    open_set = open_set_report(opts, negatives, predictor, predictions) if negatives else None
+    if open_set and not open_set["figures"]:  # every list was empty
+        open_set = None
     metrics = write_results(out_dir, predictor, predictions, open_set)
+    if not open_set:  # an earlier evaluation's, of other negatives: not these results'
+        (out_dir / "open_set.png").unlink(missing_ok=True)
     save(confusion_matrix_figure(metrics["confusion_matrix"], predictor.classes,
                                  f"{Path(opts.checkpoint).name} on {predictions.list_path.name}"),
          out_dir / "confusion_matrix.png")
@@ -190,35 +200,70 @@ def predict_images_of(predictor: Predictor, image_list: ImageList, image_dir: Pa
                        report["left_out"], raw)
 
 
-def read_names(path: Path) -> ImageList:
-    """A list of images of none of the classes: a file name a line (or the list format, its
-    labels ignored); labelled 0 for the batching, which needs a label."""
-    if not Path(path).is_file():
-        raise Coco4Error(f"--negatives {path}: no such file (annotation_prepare.py --other "
-                         "writes data/negatives_val_*.txt)")
-    names = [line.split()[0] for line in read_text(Path(path), "--negatives list").splitlines()
-             if line.strip()]
-    if not names:
-        raise Coco4Error(f"--negatives {path} names no image")
-    return ImageList(Path(path), tuple(names), (0,) * len(names))
+def check_earlier_results(out_dir: Path, opts: "EvaluateOptions") -> None:
+    """Results of another checkpoint in ``out_dir`` are replaced only with --overwrite; those
+    of this one (a re-evaluation) always."""
+    earlier = out_dir / "metrics.json"
+    if opts.overwrite or not earlier.is_file():
+        return
+    try:
+        checkpoint = json.loads(earlier.read_text(encoding="utf-8")).get("checkpoint")
+    except (ValueError, OSError, AttributeError):
+        checkpoint = None
+    if not isinstance(checkpoint, str) or not same_file(checkpoint, opts.checkpoint):
+        raise Coco4Error(f"{out_dir} holds the results of {checkpoint or 'another evaluation'};"
+                         " choose another --out-dir, or pass --overwrite to replace them")
 
 
-def open_set_report(opts: EvaluateOptions, predictor: Predictor,
-                    predictions: Predictions) -> dict:
-    """Each --negatives list's open-set figures (coco4.open_set) against the list's images of
+def negative_lists(opts: "EvaluateOptions") -> dict[str, ImageList]:
+    """Each --negatives list under the name it is reported by (its file name, or its path
+    where two share one), checked before anything is predicted: none of them may hold an image
+    of the test list, and the test list must hold images of the known classes."""
+    file_names = [Path(p).name for p in opts.negatives]
+    lists = {}
+    for path in opts.negatives:
+        key = Path(path).name if file_names.count(Path(path).name) == 1 else str(path)
+        if key in lists:
+            raise Coco4Error(f"--negatives {path} is given twice")
+        lists[key] = read_names(path, "--negatives")
+    test_list = read_list(opts.list_path)
+    classes = read_classes(opts.list_path.parent)
+    if OTHER in classes and set(test_list.labels) <= {classes.index(OTHER)}:
+        raise Coco4Error(f"--negatives: {opts.list_path} holds no image of the known classes, "
+                         "so there is nothing to tell the negatives from; give the test list")
+    for path, names in zip(opts.negatives, lists.values()):
+        shared = [name for name in names.files if name in set(test_list.files)]
+        if shared:
+            raise Coco4Error(f"--negatives {path} lists {len(shared)} of the images of the test "
+                             f"list {opts.list_path} (such as {shared[0]}): negatives are "
+                             "images of none of the classes (annotation_prepare.py --other "
+                             "writes two)")
+    return lists
+
+
+def open_set_report(opts: "EvaluateOptions", negatives: dict[str, ImageList],
+                    predictor: Predictor, predictions: Predictions) -> dict:
+    """Each negatives list's open-set figures (coco4.open_set) against the list's images of
     the known classes, printed; and each score's trade-off curve, for open_set.png."""
     classes = predictor.classes
     labels = np.array(predictions.labels, dtype=int)
     known = np.array([classes[y] != OTHER for y in labels], dtype=bool)
+    if not known.any():  # every image of the known classes was unreadable
+        raise Coco4Error(f"no image of the known classes in {opts.list_path} could be read, so "
+                         "there is nothing to tell the negatives from")
     known_probs = predictions.probs.numpy()[known]
     request = BatchRequest(opts.batch_size, opts.data_options)
     figures, curves = {}, {}
-    for path in opts.negatives:
-        unknown = predict_images_of(predictor, read_names(path), opts.image_dir, request)
+    for name, names in negatives.items():
+        if not names.files:
+            print(f"warning: --negatives {names.path} names no image: no open-set figures for "
+                  "it", file=sys.stderr)
+            continue
+        unknown = predict_images_of(predictor, names, opts.image_dir, request)
         probs = unknown.probs.numpy()
-        name = Path(path).name
         figures[name] = open_set_figures(known_probs, labels[known], probs, classes,
                                          opts.min_prob)
+        figures[name]["left_out"] = unknown.left_out
         curves[name] = {score: tradeoff(known_scores, scores(probs, classes)[score])
                         for score, known_scores in scores(known_probs, classes).items()}
         print(open_set_line(name, figures[name]))
@@ -229,10 +274,13 @@ def open_set_line(name: str, figures: dict) -> str:
     rates = ", ".join(f"AUROC {'n/a' if f['auroc'] is None else format(f['auroc'], '.3f')} by "
                       f"{score}" for score, f in figures["scores"].items())
     point = figures["operating_point"]
-    share = lambda x: "n/a" if x is None else f"{x:.1%}"  # noqa: E731
     return (f"open set, {name} ({figures['num_unknown']} images): {rates}; at --min-prob "
-            f"{point['min_prob']:g}, {share(point['unknown_rejected'])} of them rejected and "
-            f"{share(point['known_rejected'])} of the known images")
+            f"{point['min_prob']:g}, {_share(point['unknown_rejected'])} of them rejected and "
+            f"{_share(point['known_rejected'])} of the known images")
+
+
+def _share(fraction: float | None) -> str:
+    return "n/a" if fraction is None else f"{fraction:.1%}"
 
 
 def _view_logits(predictor: Predictor, batches, progress: bool) -> tuple[list, torch.Tensor]:
@@ -280,10 +328,10 @@ def write_results(out_dir: str | Path, predictor: Predictor, predictions: Predic
     writer = csv.writer(buf)
     writer.writerow(["file", "true_label", "predicted_label"]
                     + [f"prob_{c}" for c in predictor.classes])
-    safe = spreadsheet_safe  # text cells: a file name starting with = must not run
     for f, y, p, probs in zip(predictions.files, predictions.labels, predictions.preds,
                               predictions.probs.tolist()):
-        writer.writerow([safe(f), safe(predictor.classes[y]), safe(predictor.classes[p])]
-                        + [f"{q:.6f}" for q in probs])
+        # text cells: a file name starting with = must not run as a formula
+        writer.writerow([spreadsheet_safe(f), spreadsheet_safe(predictor.classes[y]),
+                         spreadsheet_safe(predictor.classes[p])] + [f"{q:.6f}" for q in probs])
     atomic_write_text(out_dir / "predictions.csv", buf.getvalue())
     return metrics

@@ -288,13 +288,13 @@ class PredictRun:
         if self.opts.overwrite:  # an interrupted run's rows, checked and allowed
             partial.unlink(missing_ok=True)
         try:
-            # "x": a run that started beside this one and chose the same name keeps its file
-            f = open(partial, "x", newline="", encoding="utf-8")
+            # exclusive: a run that started beside this one and chose the same name keeps its
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
             raise Coco4Error(f"{partial} appeared since the check: another run is writing to "
                              f"{out}; wait for it or choose another --out") from None
         try:
-            with f:
+            with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
                 writer = RowWriter(f, fmt, rows)
                 for batch in self.batches():
                     writer.write(batch)

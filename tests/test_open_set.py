@@ -2,6 +2,7 @@
 worked by hand, and evaluate.py's figures against scikit-learn on probabilities predict.py
 gives for the same images, for a 4-class model and one with an ``other`` class."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -66,8 +67,12 @@ def test_the_scores_and_what_is_rejected():
     assert rejected(probs, FIVE, 0.4).tolist() == [False, True, True]
     four = probs[:, :4] / probs[:, :4].sum(1, keepdims=True)
     assert set(scores(four, FOUR)) == {"max_known_prob"}  # no other class, one score
-    figures = open_set_figures(probs[[0, 2]], np.array([0, 1]), probs[[1]], FIVE, 0.4)
-    # known: the first right and kept, the second rejected (0.3 < 0.4): half right
+    # a top probability equal to --min-prob is kept, as predict.py keeps its class (exact
+    # in binary: 0.5)
+    assert rejected(np.array([[0.5, 0.25, 0.125, 0.0625, 0.0625]]), FIVE, 0.5).tolist() == [False]
+    figures = open_set_figures(probs[[0, 2]], np.array([0, 0]), probs[[1]], FIVE, 0.4)
+    # known, both birds: the first right and kept, the second right but rejected (0.3 < 0.4),
+    # which counts wrong: half right
     assert figures["known_accuracy"] == 0.5
     assert figures["operating_point"] == {"min_prob": 0.4, "known_rejected": 0.5,
                                           "unknown_rejected": 1.0}
@@ -154,3 +159,110 @@ def test_a_negatives_list_that_is_not_there_is_one_line_before_any_work(demo_dat
                                             "--negatives", tmp_path / "nope.txt"))
     assert ran.status == 2 and ran.error.startswith(f"--negatives {tmp_path / 'nope.txt'}: "
                                                     "no such file")
+
+
+def negatives_argv(other_data, tmp_path, *lists, extra=()):
+    return eval_argv(other_data, tmp_path / "never-read.pt", tmp_path / "eval",
+                     "--data-dir", other_data / "data4", "--negatives", *lists, *extra)
+
+
+def listed(tmp_path, name, *lines):
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{line}\n" for line in lines))
+    return path
+
+
+@pytest.mark.parametrize("line, problem", [
+    ("../train2017/a.jpg", "it climbs out of the image folder (..)"),
+    ("/etc/passwd", "it is an absolute path, outside the image folder"),
+    ("./a.jpg", "it is not written plainly (as 'a.jpg')")])
+def test_a_negatives_name_outside_the_image_folder_is_one_line_before_any_work(
+        other_data, tmp_path, line, problem):
+    bad = listed(tmp_path, "bad.txt", "a.jpg", line)
+    ran = run_script("evaluate", *negatives_argv(other_data, tmp_path, bad))
+    assert ran.status == 2 and ran.error == (f"{bad}:2: the file name {line!r} cannot be "
+                                             f"used: {problem}")
+
+
+def test_negatives_that_would_count_twice_or_are_test_images_are_refused(other_data,
+                                                                         tmp_path):
+    """An image counted twice weighs twice in every rate; a test image among the negatives
+    is both known and unknown: each is one line before any work."""
+    twice = listed(tmp_path, "twice.txt", "a.jpg", "b.jpg", "a.jpg")
+    ran = run_script("evaluate", *negatives_argv(other_data, tmp_path, twice))
+    assert ran.status == 2 and ran.error == (f"{twice}:3: a.jpg is listed again (first on line "
+                                             "1); list each image once")
+    test_list = other_data / "data4" / "annotation_val.txt"
+    known = test_list.read_text().split("\n", 1)[0].split()[0]
+    mixed = listed(tmp_path, "mixed.txt", "n.jpg", known)
+    ran = run_script("evaluate", *negatives_argv(other_data, tmp_path, mixed))
+    assert ran.status == 2 and ran.error == (
+        f"--negatives {mixed} lists 1 of the images of the test list {test_list} (such as "
+        f"{known}): "
+        "negatives are images of none of the classes (annotation_prepare.py --other writes two)")
+    ran = run_script("evaluate", *negatives_argv(other_data, tmp_path, mixed, mixed))
+    assert ran.status == 2 and ran.error == f"--negatives {mixed} is given twice"
+    ran = run_script("evaluate", *negatives_argv(other_data, tmp_path, tmp_path))
+    assert ran.status == 2 and ran.error.startswith(f"--negatives {tmp_path} is a folder")
+
+
+def test_lists_of_one_name_are_both_reported_and_an_empty_one_is_a_warning(
+        other_data, trained, tmp_path):
+    seen = (other_data / "data4" / "negatives_val_seen_kinds.txt").read_text().split()
+    first = listed(tmp_path, "a/negatives.txt", *seen[:5])
+    second = listed(tmp_path, "b/negatives.txt", *seen[5:12], "missing.jpg")
+    empty = listed(tmp_path, "empty.txt")
+    argv = eval_argv(other_data, trained, tmp_path / "eval", "--data-dir", other_data / "data4",
+                     "--negatives", first, second, empty)
+    ran = run_script("evaluate", *argv)
+    assert ran.status == 0, ran.error
+    figures = json.loads((tmp_path / "eval" / "metrics.json").read_text())["open_set"]
+    assert {name: f["num_unknown"] for name, f in figures.items()} == {str(first): 5,
+                                                                      str(second): 7}
+    assert figures[str(second)]["left_out"] == {"missing.jpg": "missing"}
+    assert f"warning: --negatives {empty} names no image: no open-set figures for it" in ran.err
+
+
+def test_the_open_set_figures_need_images_of_the_known_classes(other_data, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(other_data / "data" / "classes.txt", data)
+    others = [line for line in (other_data / "data" / "annotation_val.txt").read_text()
+              .splitlines() if line.endswith(" 4")]
+    listed(data, "annotation_val.txt", *others)
+    argv = negatives_argv(other_data, tmp_path, other_data / "data" /
+                          "negatives_val_seen_kinds.txt", extra=("--data-dir", data))
+    ran = run_script("evaluate", *argv)
+    assert ran.status == 2 and ran.error == (
+        f"--negatives: {data / 'annotation_val.txt'} holds no image of the known classes, so "
+        "there is nothing to tell the negatives from; give the test list")
+
+
+def test_min_prob_without_negatives_is_one_line(demo_data, tmp_path):
+    ran = run_script("evaluate", *eval_argv(demo_data, tmp_path / "never-read.pt", tmp_path,
+                                            "--min-prob", "0.5"))
+    assert ran.status == 2 and ran.error.startswith("--min-prob is the operating point of the "
+                                                    "open-set figures: it needs --negatives")
+
+
+def test_an_eval_folder_holds_one_checkpoints_results(other_data, trained, tmp_path):
+    """Evaluating again replaces the checkpoint's own results (an open_set.png of earlier
+    negatives included); another checkpoint's need --overwrite."""
+    out = tmp_path / "eval"
+    argv = eval_argv(other_data, trained, out, "--data-dir", other_data / "data4")
+    negatives = other_data / "data4" / "negatives_val_seen_kinds.txt"
+    assert run_script("evaluate", *argv, "--negatives", negatives).status == 0
+    assert (out / "open_set.png").exists()
+    assert run_script("evaluate", *argv).status == 0
+    assert not (out / "open_set.png").exists()
+    assert "open_set" not in json.loads((out / "metrics.json").read_text())
+    other = shutil.copy(trained, tmp_path / "other.pt")
+    before = (out / "metrics.json").read_bytes()
+    ran = run_script("evaluate", *argv, "--checkpoint", other)
+    assert ran.status == 2 and ran.error == (f"{out} holds the results of {trained}; choose "
+                                             "another --out-dir, or pass --overwrite to replace "
+                                             "them")
+    assert (out / "metrics.json").read_bytes() == before
+    assert run_script("evaluate", *argv, "--checkpoint", other, "--overwrite").status == 0
+    assert json.loads((out / "metrics.json").read_text())["checkpoint"] == str(other)

@@ -74,6 +74,33 @@ def read_list(path: str | Path, num_classes: int | None = None) -> ImageList:
     return ImageList(path, tuple(files), tuple(labels))
 
 
+def read_names(path: str | Path, flag: str) -> ImageList:
+    """A list of images of none of the classes (``flag`` names it in errors): a file name a
+    line, or the list format with its labels ignored; each name checked as a list's are, and
+    each image listed once. Labelled 0 for the batching, which needs a label; may be empty."""
+    path = Path(path)
+    if path.is_dir():
+        raise Coco4Error(f"{flag} {path} is a folder; give a list file (annotation_prepare.py "
+                         "--other writes data/negatives_val_*.txt)")
+    if not path.is_file():
+        raise Coco4Error(f"{flag} {path}: no such file (annotation_prepare.py --other writes "
+                         "data/negatives_val_*.txt)")
+    files, first_line = [], {}
+    for lineno, line in enumerate(read_text(path, f"{flag} list").splitlines(), start=1):
+        if not line.strip():
+            continue
+        name = line.split()[0]
+        problem = file_name_problem(name)
+        if problem:
+            raise Coco4Error(f"{path}:{lineno}: the file name {name!r} cannot be used: {problem}")
+        if name in first_line:  # counted twice, it would weigh twice in every rate
+            raise Coco4Error(f"{path}:{lineno}: {name} is listed again (first on line "
+                             f"{first_line[name]}); list each image once")
+        first_line[name] = lineno
+        files.append(name)
+    return ImageList(path, tuple(files), (0,) * len(files))
+
+
 def read_text(path: Path, what: str) -> str:
     """A list or class file's text: UTF-8, with or without a byte-order mark (which would
     otherwise become part of the first file name); anything else is a one-line error."""
