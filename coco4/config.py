@@ -94,6 +94,10 @@ class TrainConfig:
              f"grows with its square: about 19 GB for COCO's train list at 1024), got "
              f"{self.image_size}"),
             (self.seed >= 0, f"--seed must be 0 or more, got {self.seed}"),
+            (0 < self.plateau_factor < 1, f"--plateau-factor must be between 0 and 1 "
+             f"(exclusive): the LR is multiplied by it, got {self.plateau_factor}"),
+            (self.plateau_patience >= 0, f"--plateau-patience must be 0 or more, got "
+             f"{self.plateau_patience}"),
             (0 < self.val_fraction < 1, f"--val-fraction must be between 0 and 1 (exclusive), "
              f"got {self.val_fraction}"),
             (workers_problem(self.workers) is None, workers_problem(self.workers)),
@@ -145,10 +149,11 @@ class TrainConfig:
     def resumed_from(self, stored: dict) -> tuple["TrainConfig", dict]:
         """The stored run's settings with this command line's runtime settings on top, and the
         settings this command line changed from their defaults that resuming ignores."""
-        # settings an older coco4 did not store take their defaults (what that run used)
-        stored = TrainConfig.from_dict(stored).to_dict()
-        merged = {**stored, **{k: getattr(self, k) for k in RUNTIME_FIELDS}}
+        # settings an older coco4 did not store take their defaults (what that run used); the
+        # stored runtime settings (--workers 100 on a bigger machine) are replaced unchecked
         defaults = TrainConfig().to_dict()
+        stored = {**defaults, **{k: v for k, v in stored.items() if k in defaults}}
+        merged = {**stored, **{k: getattr(self, k) for k in RUNTIME_FIELDS}}
         ignored = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS
                    and stored[k] != v and v != defaults[k]}
         return TrainConfig.from_dict(merged), ignored
@@ -158,7 +163,7 @@ def _type_problem(name: str, value, hint) -> str | None:
     """Why ``value`` cannot be the setting ``name`` of type ``hint`` (``X | None`` allows
     None; a float setting takes an int too), or None."""
     kinds = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
-    allowed = None in (value,) and type(None) in typing.get_args(hint)
+    allowed = value is None and type(None) in typing.get_args(hint)
     if allowed or any(isinstance(value, k) and not (isinstance(value, bool) and k is not bool)
                       for k in kinds):
         return None

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 from PIL import Image
 
 from .data.images import read_rgb
@@ -21,6 +22,8 @@ if TYPE_CHECKING:  # the model code is heavier than pictures need at run time
 
 
 def save(fig: Figure, path: str | Path) -> Path:
+    for text in fig.findobj(Text):  # a file or class name with a $ is not TeX to typeset
+        text.set_parse_math(False)
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     return Path(path)

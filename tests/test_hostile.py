@@ -390,3 +390,15 @@ def test_23_a_cell_a_spreadsheet_would_run_as_a_formula_is_quoted(demo_data, tra
 
     assert [spreadsheet_safe(t) for t in ("=1+2", "+1", "-1", "@x", "bird", "0.5")] == \
         ["'=1+2", "'+1", "'-1", "'@x", "bird", "0.5"]
+
+
+# ---------------------------------------------------------------- the second pass
+
+
+def test_a_dollar_in_a_file_name_is_text_in_the_pictures_not_tex(demo_data, trained, tmp_path):
+    """matplotlib reads $...$ as TeX: a checkpoint named best$\\bad$.pt stopped evaluate.py
+    with a 65-line traceback after metrics.json, before its pictures."""
+    checkpoint = Path(shutil.copy(trained, tmp_path / "best$\\bad$.pt"))
+    ran = run_script("evaluate", *eval_argv(demo_data, checkpoint, tmp_path / "eval"))
+    assert ran.status == 0, ran.error
+    assert (tmp_path / "eval" / "confusion_matrix.png").stat().st_size > 5_000

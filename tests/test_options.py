@@ -71,6 +71,26 @@ def test_every_training_setting_is_stored_in_each_checkpoint(trained_run):
         assert TrainConfig.from_dict(stored).to_dict() == stored
 
 
+def test_a_resumed_run_keeps_each_stored_setting_and_takes_this_machines_runtime_ones(
+        trained_run):
+    """Every field, changed on the command line of a resume: a setting of the run keeps its
+    stored value (and is named as ignored), a runtime one takes the new value; a stored runtime
+    value this machine would refuse (--workers 100 from a bigger one) is never checked."""
+    from coco4.config import RUNTIME_FIELDS
+
+    stored = {**torch.load(trained_run / "last.pt", weights_only=True)["config"], "workers": 100}
+    parser, hints = importlib.import_module("train").get_args_parser(), typing.get_type_hints(
+        TrainConfig)
+    for field in dataclasses.fields(TrainConfig):
+        value, _ = other_value(field, hints[field.name], parser)
+        cfg, ignored = TrainConfig.from_dict({field.name: value}).resumed_from(stored)
+        if field.name in RUNTIME_FIELDS:
+            assert getattr(cfg, field.name) == value and not ignored, field.name
+        else:
+            assert getattr(cfg, field.name) == stored[field.name], field.name
+            assert ignored == ({} if value == stored[field.name] else {field.name: value})
+
+
 def test_the_help_shows_each_default_once_and_never_none():
     for script in SCRIPTS:
         text = importlib.import_module(script).get_args_parser().format_help()

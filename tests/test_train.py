@@ -195,7 +195,11 @@ def test_cuda_requested_without_cuda(demo_data, tmp_path):
     ("--batch-size", "1", "BatchNorm cannot train on one"), ("--lr", "inf", "--lr"),
     ("--lr", "nan", "--lr"), ("--seed", "-1", "--seed must be 0 or more"),
     ("--image-size", "5000", "--image-size must be at most 1024"),
-    ("--workers", "100000", "--workers must be between 0 and ")])
+    ("--workers", "100000", "--workers must be between 0 and "),
+    ("--plateau-factor", "1.5", "--plateau-factor must be between 0 and 1"),
+    ("--plateau-factor", "0", "--plateau-factor must be between 0 and 1"),
+    ("--plateau-factor", "nan", "--plateau-factor must be between 0 and 1"),
+    ("--plateau-patience", "-3", "--plateau-patience must be 0 or more")])
 def test_bad_arguments_are_one_line_errors(demo_data, tmp_path, flag, value, fragment):
     assert_one_line_error(run_cli(demo_data, tmp_path, flag, value), fragment)
 
