@@ -2,6 +2,7 @@
 one row per image (class, probability, every class's probability) to a CSV or JSON-lines file
 as batches are predicted: memory for one batch, however many images."""
 import csv
+import io
 import json
 import os
 import signal
@@ -308,15 +309,21 @@ class PredictRun:
         return skipped
 
 
+ONE_LINE = {ord("\t"): "\\t", ord("\n"): "\\n", ord("\r"): "\\r"}  # a warning stays one line
+
+
 def report_skipped(skipped, skipped_out) -> None:
     if not skipped:
         if skipped_out and skipped_out.exists():  # an earlier run's (--overwrite): not this one's
             skipped_out.unlink()
         return
-    if skipped_out:
-        atomic_write_text(skipped_out, "path\treason\n" + "".join(
-            f"{spreadsheet_safe(printable(p))}\t{why}\n" for p, why in skipped))
-    names = ", ".join(f"{printable(p)} ({why})" for p, why in skipped[:5])
+    if skipped_out:  # a tab or a newline in a name is quoted, as in the CSV
+        buf = io.StringIO()
+        writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
+        writer.writerows([("path", "reason")] + [(spreadsheet_safe(printable(p)), why)
+                                                 for p, why in skipped])
+        atomic_write_text(skipped_out, buf.getvalue())
+    names = ", ".join(f"{printable(p).translate(ONE_LINE)} ({why})" for p, why in skipped[:5])
     more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
     where = f"; all listed in {skipped_out}" if skipped_out else ""
     images = "1 image" if len(skipped) == 1 else f"{len(skipped)} images"

@@ -402,3 +402,20 @@ def test_a_dollar_in_a_file_name_is_text_in_the_pictures_not_tex(demo_data, trai
     ran = run_script("evaluate", *eval_argv(demo_data, checkpoint, tmp_path / "eval"))
     assert ran.status == 0, ran.error
     assert (tmp_path / "eval" / "confusion_matrix.png").stat().st_size > 5_000
+
+
+def test_skipped_names_with_a_tab_or_a_newline_keep_their_rows(demo_data, trained, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(images_of(demo_data, 1)[0], folder / "ok.jpg")
+    names = ["=bad\ttab.jpg", "bad\nline.jpg"]
+    for name in names:
+        (folder / name).write_bytes(b"not an image")
+    ran = predict(folder, "--checkpoint", trained, "--out", tmp_path / "p.csv")
+    assert ran.status == 0, ran.err
+    with open(tmp_path / "p.csv.skipped.tsv", newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    assert rows[0] == ["path", "reason"]
+    assert [r[0] for r in rows[1:]] == [f"{folder}/{name}" for name in names]
+    warning = [line for line in ran.err.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "bad\\ttab.jpg" in warning[0] and "bad\\nline.jpg" in warning[0]
