@@ -6,9 +6,9 @@ from pathlib import Path
 
 from .data.coco_filter import RULES, prepare_lists
 from .data.lists import DEFAULT_CLASSES
-from .data.other_class import OTHER, OtherSpec
+from .data.other_class import HELD_OUT_NEGATIVES, OTHER, SEEN_NEGATIVES, OtherSpec
 from .errors import Coco4Error
-from .fileio import check_writable
+from .fileio import check_outputs_are_not_inputs, check_writable
 from .options import option
 
 
@@ -75,10 +75,14 @@ def make_lists(opts: ListsOptions) -> dict:
     rule, other = opts.rule_dict(), opts.other_spec()
     check_writable(opts.out_dir)  # before reading hundreds of megabytes of JSON
     ann = opts.coco_root / "annotations"
+    train_json = opts.train_json or ann / "instances_train2017.json"
+    val_json = opts.val_json or ann / "instances_val2017.json"
+    check_outputs_are_not_inputs([("--out-dir's", opts.out_dir / name) for name in OUTPUTS],
+                                 [("--train-json", train_json), ("--val-json", val_json)])
     # the report is rewritten with the lists, never apart: it always describes the lists beside it
-    report = prepare_lists(opts.train_json or ann / "instances_train2017.json",
-                           opts.val_json or ann / "instances_val2017.json",
-                           opts.out_dir, opts.classes, rule, other)
+    report = prepare_lists(train_json, val_json, opts.out_dir, opts.classes, rule, other)
+    if not other:
+        remove_earlier_negatives(opts.out_dir)
     counts = {split: {name: c["kept"] for name, c in entry["classes"].items()}
               for split, entry in report["splits"].items()}
     if other and other.count:
@@ -99,3 +103,18 @@ def make_lists(opts: ListsOptions) -> dict:
               + ", ".join(f"{opts.out_dir / name} ({n})"
                           for name, n in report["other"]["negatives"].items()))
     return counts
+
+
+OUTPUTS = ("annotation_train.txt", "annotation_val.txt", "classes.txt", "report.json",
+           "report.png", SEEN_NEGATIVES, HELD_OUT_NEGATIVES)
+
+
+def remove_earlier_negatives(out_dir: Path) -> None:
+    """An earlier --other run's lists of negatives, which this report no longer describes: for
+    other classes, they may hold images of the new ones."""
+    earlier = [out_dir / n for n in (SEEN_NEGATIVES, HELD_OUT_NEGATIVES) if (out_dir / n).exists()]
+    for path in earlier:
+        path.unlink()
+    if earlier:
+        print(f"removed the earlier lists of negatives ({', '.join(p.name for p in earlier)}), "
+              "which the new lists do not go with: --other N writes them")

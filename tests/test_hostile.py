@@ -419,3 +419,29 @@ def test_skipped_names_with_a_tab_or_a_newline_keep_their_rows(demo_data, traine
     assert [r[0] for r in rows[1:]] == [f"{folder}/{name}" for name in names]
     warning = [line for line in ran.err.splitlines() if line.startswith("warning:")]
     assert len(warning) == 1 and "bad\\ttab.jpg" in warning[0] and "bad\\nline.jpg" in warning[0]
+
+
+def test_annotation_prepare_never_writes_over_its_coco_json(demo_data, tmp_path):
+    out = tmp_path / "data"
+    out.mkdir()
+    train_json = Path(shutil.copy(demo_data / "coco" / "annotations" /
+                                  "instances_train2017.json", out / "report.json"))
+    before = train_json.read_bytes()
+    ran = run_script("annotation_prepare", "--train-json", train_json, "--val-json",
+                     demo_data / "coco" / "annotations" / "instances_val2017.json",
+                     "--out-dir", out)
+    assert ran.status == 2 and ran.error == (f"--out-dir's {train_json} is also --train-json: "
+                                             "writing it would destroy it; choose another "
+                                             "output path")
+    assert train_json.read_bytes() == before and sorted(out.iterdir()) == [train_json]
+
+
+def test_lists_made_again_without_other_lose_the_earlier_negatives(other_data, tmp_path):
+    out = Path(shutil.copytree(other_data / "data4", tmp_path / "data"))
+    coco = ("--coco-root", other_data / "coco", "--out-dir", out)
+    ran = run_script("annotation_prepare", *coco, "--other", "24", "--other-holdout", "bird")
+    assert ran.status == 2 and ran.error.startswith("--other-holdout names bird, one of the "
+                                                    "classes")
+    ran = run_script("annotation_prepare", *coco)
+    assert ran.status == 0, ran.error
+    assert not list(out.glob("negatives_*")) and "removed the earlier lists of negatives" in ran.out

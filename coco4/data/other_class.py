@@ -71,6 +71,10 @@ def held_out_ids(coco: "COCO", spec: OtherSpec, negatives: dict,
         names = rng.choice(choices, min(HELD_OUT_KINDS, len(choices)), replace=False).tolist()
     else:
         names = [n for n in spec.holdout if n != "none"]
+    targets = sorted(set(names) & {c["name"] for c in cats if c["id"] in target_ids})
+    if targets:
+        raise Coco4Error(f"--other-holdout names {', '.join(targets)}, one of the classes: "
+                         "images of the classes are never negatives; hold out other kinds")
     known = {c["name"] for c in cats} | {c["supercategory"] for c in cats}
     unknown = sorted(set(names) - known)
     if unknown:
