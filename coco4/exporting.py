@@ -225,6 +225,22 @@ def parity(predictor: Predictor, path: Path, fmt: str, images: torch.Tensor) -> 
                   int((got.argmax(1) != reference.argmax(1)).sum()))
 
 
+def check_made_from(meta: dict, predictor: Predictor, path: Path) -> None:
+    """An export of other classes, or with another temperature, named as such rather than
+    as a parity figure."""
+    classes = json.loads(meta["classes"])
+    if classes != predictor.classes:
+        raise GateFailed(f"{path} was exported for {len(classes)} classes {classes}, but "
+                         f"{predictor.checkpoint} predicts {len(predictor.classes)} "
+                         f"{predictor.classes}: it was not exported from that checkpoint")
+    temperature = float(meta.get("temperature", predictor.temperature))
+    if temperature != predictor.temperature:
+        hint = (" (exported with --no-calibration: verify with --no-calibration)"
+                if temperature == 1.0 else "")
+        raise GateFailed(f"{path} holds the temperature {temperature:g}, but {predictor.checkpoint}"
+                         f" is applied at {predictor.temperature:g}{hint}")
+
+
 def parity_images(opts: ExportOptions, image_size: int) -> torch.Tensor:
     """Up to --num-images decodable images from --list/--images, as the model's input."""
     if opts.list and not opts.images:
@@ -264,9 +280,10 @@ def output_path(opts: ExportOptions) -> Path:
 def export_checkpoint(opts: ExportOptions) -> dict:
     """Export (or with ``verify``, only check) as the options say; a failed parity check is
     GateFailed (exit 1). Returns the file, its format and the parity figures."""
-    if opts.num_images < 1 or not opts.atol >= 0:
-        raise Coco4Error(f"--num-images must be at least 1 and --atol 0 or more, got "
-                         f"{opts.num_images} and {opts.atol}")
+    if opts.num_images < 1:
+        raise Coco4Error(f"--num-images must be at least 1, got {opts.num_images}")
+    if not 0 <= opts.atol < 1:  # a probability differs by less than 1: a larger one never fails
+        raise Coco4Error(f"--atol must be 0 or more and below 1, got {opts.atol}")
     out = output_path(opts)
     # a file to verify says its format by its content; an export writes the one asked for
     fmt = file_format(out) if opts.verify else opts.format
@@ -280,6 +297,7 @@ def export_checkpoint(opts: ExportOptions) -> dict:
     meta = read_metadata(out, fmt)
     print(f"input {meta['input']}\npreprocessing: {meta['preprocessing']}\n"
           f"output {meta['output']}; classes {meta['classes']}")
+    check_made_from(meta, predictor, out)
     result = parity(predictor, out, fmt, images)
     print(result)
     if not result.passed(opts.atol):

@@ -164,7 +164,8 @@ def test_an_exported_model_gives_predict_pys_calibrated_probabilities(
     expected = np.array([by_path[str(p)] for p in paths])
     assert np.abs(got - expected).max() < 1e-4
     # and the temperature matters here: the raw probabilities are far from these
-    raw_probs = np.array([[float(r[f"prob_{c}"]) for c in CLASSES] for r in raw])
+    raw_by_path = {r["path"]: [float(r[f"prob_{c}"]) for c in CLASSES] for r in raw}
+    raw_probs = np.array([raw_by_path[str(p)] for p in paths])
     assert np.abs(raw_probs - expected).max() > 0.05
 
 
@@ -187,3 +188,24 @@ def test_the_parity_check_fails_an_export_that_drops_the_temperature(warm_checkp
                         lambda self, images: self.model(images).softmax(1))
     with pytest.raises(GateFailed, match=r"fails the parity check against .*t25\.pt"):
         run_export(warm_checkpoint, "--out", tmp_path / "m.onnx")
+
+
+def test_verifying_an_export_of_other_classes_or_temperature_says_so(
+        warm_checkpoint, other_run, tmp_path):
+    run_export(other_run, "--out", tmp_path / "five.onnx")
+    with pytest.raises(GateFailed) as failed:
+        run_export(warm_checkpoint, "--verify", tmp_path / "five.onnx")
+    assert str(failed.value) == (
+        f"{tmp_path / 'five.onnx'} was exported for 5 classes {[*CLASSES, 'other']}, but "
+        f"{warm_checkpoint} predicts 4 {CLASSES}: it was not exported from that checkpoint")
+    run_export(warm_checkpoint, "--out", tmp_path / "raw.onnx", "--no-calibration")
+    with pytest.raises(GateFailed) as failed:
+        run_export(warm_checkpoint, "--verify", tmp_path / "raw.onnx")
+    assert str(failed.value) == (
+        f"{tmp_path / 'raw.onnx'} holds the temperature 1, but {warm_checkpoint} is applied at "
+        "2.5 (exported with --no-calibration: verify with --no-calibration)")
+    assert run_export(warm_checkpoint, "--verify", tmp_path / "raw.onnx",
+                      "--no-calibration")["parity"].passed(1e-4)
+    for atol in ("inf", "nan", "1"):
+        with pytest.raises(Coco4Error, match=f"--atol must be 0 or more and below 1, got {atol}"):
+            run_export(warm_checkpoint, "--verify", tmp_path / "raw.onnx", "--atol", atol)
