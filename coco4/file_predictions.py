@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from .cli import check_at_least, check_fraction
 from .data.images import probe
+from .data.lists import UNKNOWN
 from .data.loaders import ignore_sigint
 from .data.transforms import pil_eval_transform
 from .errors import Coco4Error
@@ -33,7 +34,6 @@ from .options import option
 from .out_of_memory import prediction_advice
 from .predictor import Predictor, PredictorOptions, predictor_for
 
-UNKNOWN = "unknown"
 TABLE_AT_MOST = 20  # more images than this, and no --out: a CSV beside the checkpoint
 
 

@@ -181,6 +181,12 @@ def test_20_a_class_file_naming_a_class_twice_is_refused(demo_data, tmp_path):
     ran = run_script("train", *train_argv(demo_data, tmp_path / "run", "--data-dir", data))
     assert ran.status == 2 and ran.error == (f"{data / 'classes.txt'} names the class 'bird' "
                                              "twice; each class once")
+    # nor a class predict.py could not tell from the images --min-prob rejects
+    (data / "classes.txt").write_text("bird\nairplane\nunknown\nboat\n")
+    ran = run_script("train", *train_argv(demo_data, tmp_path / "run", "--data-dir", data))
+    assert ran.status == 2 and ran.error == (f"{data / 'classes.txt'} names a class 'unknown', "
+                                             "the label predict.py --min-prob gives the images "
+                                             "it rejects: rename the class")
 
 
 # ---------------------------------------------------------------- one line, whole files

@@ -146,6 +146,9 @@ def write_classes(folder: str | Path, classes: Sequence[str]) -> None:
     atomic_write_text(Path(folder) / CLASSES_FILE, "".join(f"{c}\n" for c in classes))
 
 
+UNKNOWN = "unknown"  # predict.py's label for an image below --min-prob
+
+
 def read_classes(folder: str | Path) -> tuple[str, ...]:
     """Class names in label order from ``folder/classes.txt``; the original four if absent.
 
@@ -161,4 +164,7 @@ def read_classes(folder: str | Path) -> tuple[str, ...]:
     repeated = sorted({c for c in classes if classes.count(c) > 1})
     if repeated:
         raise Coco4Error(f"{path} names the class {repeated[0]!r} twice; each class once")
+    if UNKNOWN in classes:
+        raise Coco4Error(f"{path} names a class {UNKNOWN!r}, the label predict.py --min-prob "
+                         "gives the images it rejects: rename the class")
     return classes
