@@ -5,10 +5,9 @@ these for every checkpoint read, whatever reads it (evaluation, prediction, expo
 --weights)."""
 import torch
 
+from .config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from .errors import Coco4Error
 from .model import ARCHITECTURES
-
-MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024  # train.py's --image-size bounds (config.py)
 
 
 def check_fields(ckpt: dict, path) -> None:

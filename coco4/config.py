@@ -16,7 +16,7 @@ from .model import ARCHITECTURES, DEFAULT_ARCH
 from .options import option
 
 # above this the cache (one uint8 square per image, 8/7 of the crop's side) outgrows most disks
-MAX_IMAGE_SIZE = 1024
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024  # --image-size, and a checkpoint's, within these
 # --balance: none (the original), sampler (class-balanced epochs), loss (class-weighted loss)
 BALANCE_MODES = ("none", "sampler", "loss")
 DATA_PATHS = ("fast", "pil")
@@ -87,8 +87,8 @@ class TrainConfig:
              f"--batch-size {self.batch_size} into micro-batches of fewer than 2 images, and "
              "BatchNorm cannot train on one: at most half the batch size"),
             (0 < self.lr < math.inf, f"--lr must be a positive number, got {self.lr}"),
-            (self.image_size >= 32, f"--image-size must be at least 32 (every backbone "
-             f"downsamples 32x), got {self.image_size}"),
+            (self.image_size >= MIN_IMAGE_SIZE, f"--image-size must be at least {MIN_IMAGE_SIZE} "
+             f"(every backbone downsamples 32x), got {self.image_size}"),
             (self.image_size <= MAX_IMAGE_SIZE, f"--image-size must be at most "
              f"{MAX_IMAGE_SIZE} (COCO's photos are about 640x480, and the decoded-image cache "
              f"grows with its square: about 19 GB for COCO's train list at 1024), got "

@@ -15,6 +15,7 @@ from PIL import Image
 
 from .data.images import read_rgb
 from .fileio import atomic_path
+from .open_set import KNOWN_REJECTED
 from .run_log import read_metrics_csv
 
 if TYPE_CHECKING:  # the model code is heavier than pictures need at run time
@@ -153,7 +154,7 @@ def open_set_figure(curves: dict, figures: dict) -> Figure:
         if point["known_rejected"] is not None:
             ax.plot(point["known_rejected"], point["unknown_rejected"], "ko",
                     label=f"--min-prob {point['min_prob']:g}")
-        for x in (0.05, 0.10):
+        for x in KNOWN_REJECTED:
             ax.axvline(x, color="grey", lw=0.6, ls=":")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
@@ -199,7 +200,7 @@ def worst_errors(predictions: "Predictions", num: int) -> tuple[list[int], int]:
     how many images were misclassified in all."""
     wrong = (predictions.probs.argmax(1) != torch.tensor(predictions.labels)).nonzero().flatten()
     loss = predictions.losses()[wrong]
-    return wrong[loss.argsort(descending=True)][:num].tolist(), len(wrong)
+    return wrong[loss.argsort(descending=True, stable=True)][:num].tolist(), len(wrong)
 
 
 def errors_png(predictions: "Predictions", classes: Sequence[str], out: str | Path,

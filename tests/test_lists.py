@@ -149,3 +149,13 @@ def test_an_image_listed_twice_is_refused(tmp_path, second):
     with pytest.raises(Coco4Error, match=re.escape(f"{path}:4: a.jpg is listed again (first on "
                                                    "line 1); list each image once")):
         read_list(path)
+
+
+def test_a_name_is_refused_only_where_it_leaves_the_image_folder():
+    from coco4.data.lists import file_name_problem
+
+    outside = "it is an absolute path, outside the image folder"
+    assert file_name_problem("C:/photos/a.jpg") == outside
+    assert file_name_problem("/photos/a.jpg") == outside
+    # a colon is a legal character of a file name here, not a drive
+    assert file_name_problem("a:1.jpg") is None and file_name_problem("sub/a:b.jpg") is None

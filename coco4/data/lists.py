@@ -41,7 +41,7 @@ def file_name_problem(name: str) -> str | None:
         return "it is not valid UTF-8 text"
     if "\0" in name or "\\" in name:
         return "it holds a NUL or a backslash"
-    if name.startswith("/") or re.match(r"[A-Za-z]:", name):
+    if name.startswith("/") or re.match(r"[A-Za-z]:/", name):  # C:/x; a:1.jpg is a name
         return "it is an absolute path, outside the image folder"
     parts = name.split("/")
     if ".." in parts:
