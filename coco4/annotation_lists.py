@@ -55,7 +55,6 @@ class ListsOptions:
             raise Coco4Error(f"--min-area-fraction must be in (0, 1], got {fraction}")
         return {"rule": "dominant", "min_area_fraction": fraction}
 
-
     def other_spec(self) -> OtherSpec | None:
         if self.other is None:
             if self.other_holdout is not None:

@@ -56,6 +56,7 @@ class PredictOptions(PredictorOptions):
         check_fraction("--min-prob", self.min_prob)
         check_at_least(self, top_k=1)
 
+
 class _Decoded(torch.utils.data.Dataset):
     """(index, uint8 tensor or None, why not) per path: the evaluation transform of evaluate.py's
     PIL path, which its cache path equals, so probabilities match evaluate.py's."""
