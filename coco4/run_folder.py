@@ -10,6 +10,7 @@ import fcntl
 import os
 import shutil
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,9 +90,17 @@ def earlier_run(folder: str | Path, overwrite: bool) -> list[Path]:
 
 def remove(paths: list[Path]) -> None:
     """Delete files and folders: an earlier run's, so that none of them (best.pt, TensorBoard
-    events) is left to mix with the new run's."""
+    events) is left to mix with the new run's; name what later steps wrote beside it, which
+    stays (the user's) but describes the old model."""
     for path in paths:
         if path.is_dir():
             shutil.rmtree(path)
         else:
             path.unlink()
+    if paths:
+        folder = paths[0].parent
+        kept = sorted(p.name for p in folder.iterdir()
+                      if p.name not in RUN_FILES and not p.name.startswith("."))
+        if kept:
+            print(f"warning: --overwrite replaced the earlier run in {folder} but kept "
+                  f"{', '.join(kept)}, written of its model by later steps", file=sys.stderr)

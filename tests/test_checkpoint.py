@@ -239,3 +239,18 @@ def test_a_checkpoint_written_behind_training_holds_its_own_epochs_weights(demo_
     assert not all(torch.equal(captured[0][k], captured[1][k]) for k in captured[0])
     last = read_file(tmp_path / "last.pt")["model"]
     assert all(torch.equal(last[k], captured[-1][k]) for k in last)
+
+
+def test_a_format_2_checkpoint_of_an_interrupted_epoch_keeps_its_sums(trained_run, tmp_path):
+    """Format 2 kept an interrupted epoch's running sums under run.partial; a resume reads
+    them as run.epoch_sums, or that epoch's figures would restart at zero."""
+    from coco4.checkpoint import FORMAT_VERSION, load_checkpoint
+
+    payload = torch.load(trained_run / "last.pt", weights_only=True)
+    sums = {"loss": 1000.0, "correct": 3, "images": 8, "seconds": 1.5}
+    run = {k: v for k, v in payload["run"].items() if k != "epoch_sums"}
+    torch.save({**payload, "format_version": 2, "run": {**run, "partial": sums}},
+               tmp_path / "v2.pt")
+    ckpt = load_checkpoint(tmp_path / "v2.pt")
+    assert ckpt["format_version"] == FORMAT_VERSION == 3
+    assert ckpt["run"]["epoch_sums"] == sums and "partial" not in ckpt["run"]

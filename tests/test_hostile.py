@@ -451,3 +451,14 @@ def test_lists_made_again_without_other_lose_the_earlier_negatives(other_data, t
     ran = run_script("annotation_prepare", *coco)
     assert ran.status == 0, ran.error
     assert not list(out.glob("negatives_*")) and "removed the earlier lists of negatives" in ran.out
+
+
+def test_overwrite_names_what_later_steps_wrote_of_the_old_model(demo_data, run_copy):
+    (run_copy / "eval").mkdir()
+    (run_copy / "best.onnx").write_bytes(b"the old model")
+    ran = run_script("train", *train_argv(demo_data, run_copy, "--overwrite", "--epochs", "1"))
+    assert ran.status == 0, ran.error
+    assert (f"warning: --overwrite replaced the earlier run in {run_copy} but kept best.onnx, "
+            "eval, written of its model by later steps") in ran.err
+    assert (run_copy / "best.onnx").read_bytes() == b"the old model"
+    assert (run_copy / "eval").is_dir()
