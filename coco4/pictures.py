@@ -64,6 +64,7 @@ def draw_pictures(opts: PictureOptions) -> list[str]:
     written.append(vis.errors_png(predictions, classes, out / "errors.png", opts.num))
     if why := gradcam.missing():  # the other pictures are still worth having
         print(f"skipped gradcam.png: {why}")
+        (out / "gradcam.png").unlink(missing_ok=True)  # an earlier one: not of this model
     else:
         written.append(gradcam.gradcam_png(predictor, predictions, out / "gradcam.png",
                                            opts.num))
@@ -72,6 +73,7 @@ def draw_pictures(opts: PictureOptions) -> list[str]:
     else:  # a checkpoint copied away from its run: say why one picture is missing
         print(f"skipped training_curves.png: no {metrics_csv} (the run's metrics.csv); "
               "pass --metrics PATH to draw it")
+        (out / "training_curves.png").unlink(missing_ok=True)
     for path in written:
         print(f"wrote {path}")
     if opts.show:

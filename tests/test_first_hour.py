@@ -124,8 +124,11 @@ def test_visualize_says_why_it_draws_no_training_curves(demo_data, trained, tmp_
     lone.parent.mkdir()
     shutil.copy(trained, lone)
     argv = eval_argv(demo_data, lone, tmp_path / "vis", "--num", "2")
+    (tmp_path / "vis").mkdir()
+    (tmp_path / "vis" / "training_curves.png").write_bytes(b"an earlier run's curves")
     written = visualize.main(visualize.get_args_parser().parse_args(argv))
     assert not any(p.endswith("training_curves.png") for p in written)
+    assert not (tmp_path / "vis" / "training_curves.png").exists()  # not this model's
     assert (f"skipped training_curves.png: no {lone.parent / 'metrics.csv'} (the run's "
             "metrics.csv); pass --metrics PATH to draw it") in capsys.readouterr().out
 
