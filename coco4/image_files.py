@@ -29,7 +29,9 @@ def looks_like_image(path: Path) -> bool:
 
 
 def _folder_images(folder: Path) -> list[Path]:
-    return [p for p in _walk(folder) if p.is_file() and looks_like_image(p)]
+    # a link to a file that is gone, named as an image, is reported like a broken image
+    return [p for p in _walk(folder) if (p.is_file() or (p.is_symlink() and not p.exists()))
+            and looks_like_image(p)]
 
 
 def _glob(pattern: str) -> list[Path]:

@@ -462,3 +462,14 @@ def test_overwrite_names_what_later_steps_wrote_of_the_old_model(demo_data, run_
             "eval, written of its model by later steps") in ran.err
     assert (run_copy / "best.onnx").read_bytes() == b"the old model"
     assert (run_copy / "eval").is_dir()
+
+
+def test_a_link_named_as_an_image_whose_file_is_gone_is_reported(demo_data, trained, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(images_of(demo_data, 1)[0], folder / "ok.jpg")
+    (folder / "gone.jpg").symlink_to(tmp_path / "moved-away.jpg")
+    ran = predict(folder, "--checkpoint", trained, "--out", tmp_path / "p.csv")
+    assert ran.status == 0, ran.err
+    assert [Path(r["path"]).name for r in read_csv(tmp_path / "p.csv")] == ["ok.jpg"]
+    assert f"warning: 1 image skipped: {folder / 'gone.jpg'} (" in ran.err
