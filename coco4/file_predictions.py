@@ -2,6 +2,7 @@
 one row per image (class, probability, every class's probability) to a CSV or JSON-lines file
 as batches are predicted: memory for one batch, however many images."""
 import csv
+import fcntl
 import io
 import json
 import os
@@ -287,27 +288,45 @@ class PredictRun:
         every image is done: a file under the name asked for is always whole."""
         out, partial, skipped = self.out, partial_path(self.out), []
         out.parent.mkdir(parents=True, exist_ok=True)
-        if self.opts.overwrite:  # an interrupted run's rows, checked and allowed
-            partial.unlink(missing_ok=True)
-        try:
-            # exclusive: a run that started beside this one and chose the same name keeps its
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            raise Coco4Error(f"{partial} appeared since the check: another run is writing to "
-                             f"{out}; wait for it or choose another --out") from None
+        fd = claim_partial(partial, out, self.opts.overwrite)
         try:
             with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
                 writer = RowWriter(f, fmt, rows)
                 for batch in self.batches():
                     writer.write(batch)
                     skipped += batch.skipped
+                f.flush()
+                if out.exists() and not self.opts.overwrite:  # it appeared since the check
+                    raise Coco4Error(f"{out} appeared while predicting; the rows are in "
+                                     f"{partial}")
+                os.replace(partial, out)  # under the lock: no run beside truncates it first
         except OSError as e:
             raise Coco4Error(f"could not write {partial}: {e.strerror or e}; it holds the rows "
                              "so far: free some space or choose another --out") from None
-        if out.exists() and not self.opts.overwrite:  # it appeared since the check
-            raise Coco4Error(f"{out} appeared while predicting; the rows are in {partial}")
-        os.replace(partial, out)
         return skipped
+
+
+def claim_partial(partial: Path, out: Path, overwrite: bool) -> int:
+    """The partial file opened and locked for this run alone: created anew, or with
+    --overwrite an interrupted run's taken over; never one another run is writing (two runs
+    that chose one name at once), never a link's target."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (0 if overwrite else os.O_EXCL)
+    try:
+        fd = os.open(partial, flags, 0o666)
+    except FileExistsError:
+        raise Coco4Error(f"{partial} appeared since the check: another run is writing to "
+                         f"{out}; wait for it or choose another --out") from None
+    except OSError as e:  # ELOOP: a symlink
+        raise Coco4Error(f"could not open {partial}: {e.strerror or e}; remove it or choose "
+                         "another --out") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise Coco4Error(f"another run is writing {partial}; wait for it or choose another "
+                         "--out") from None
+    os.ftruncate(fd, 0)
+    return fd
 
 
 ONE_LINE = {ord("\t"): "\\t", ord("\n"): "\\n", ord("\r"): "\\r"}  # a warning stays one line

@@ -2,6 +2,7 @@
 field takes the machine down, every failure is one line, and the outputs are whole or clearly
 marked partial. Each test names the case of the issue it pins."""
 import csv
+import fcntl
 import json
 import os
 import shutil
@@ -232,6 +233,19 @@ def test_6b_a_run_beside_writing_the_same_partial_keeps_its_rows(demo_data, trai
                                              f"run is writing to {out}; wait for it or choose "
                                              "another --out")
     assert Path(f"{out}.partial").read_text() == "the other run's rows\n" and not out.exists()
+    # with --overwrite, a partial another run holds (locked) is not taken over either
+    monkeypatch.undo()
+    with open(f"{out}.partial", "a") as other_run:
+        fcntl.flock(other_run, fcntl.LOCK_EX)
+        ran = predict(*images_of(demo_data, 20), "--checkpoint", trained, "--out", out,
+                      "--overwrite")
+    assert ran.status == 2 and ran.error == (f"another run is writing {out}.partial; wait for "
+                                             "it or choose another --out")
+    assert Path(f"{out}.partial").read_text() == "the other run's rows\n" and not out.exists()
+    # an interrupted run's partial, which no run holds, is what --overwrite takes over
+    ran = predict(*images_of(demo_data, 20), "--checkpoint", trained, "--out", out,
+                  "--overwrite")
+    assert ran.status == 0 and len(read_csv(out)) == 20 and not Path(f"{out}.partial").exists()
 
 
 def test_7_training_into_a_full_disk_is_one_line(demo_data, tmp_path):

@@ -269,7 +269,7 @@ ISSUE25 = [
            "return text", (H + "23_a_cell_a_spreadsheet_would_run_as_a_formula_is_quoted",)),
     # the second, adversarial pass
     Mutant("predict-partial-shared-with-a-run-beside", "coco4/file_predictions.py",
-           "os.O_WRONLY | os.O_CREAT | os.O_EXCL", "os.O_WRONLY | os.O_CREAT | os.O_TRUNC",
+           "        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n", "        pass\n",
            (H + "6b_a_run_beside_writing_the_same_partial_keeps_its_rows",)),
     Mutant("negatives-names-unchecked", "coco4/data/lists.py",
            "        problem = file_name_problem(name)\n", "        problem = None\n",
