@@ -219,13 +219,18 @@ class Training:
 
 
 def _check_resume_folder(cfg: TrainConfig) -> list[Path]:
-    """A resumed run writes last.pt, best.pt and metrics.csv into --output-dir: a folder other
-    than --resume's own must hold no other run there (unless --overwrite, which returns that
-    run's files for deletion), or the two runs' files would mix without a word."""
+    """A resumed run writes last.pt, best.pt and metrics.csv into --output-dir: unless that is
+    the folder whose last.pt it resumes, the folder must hold no other run's files (--overwrite
+    returns them for deletion; the file resumed is never among them), or two runs would mix."""
     folder, resume = Path(cfg.output_dir), Path(cfg.resume)
-    if same_file(folder, resume.parent) or same_file(folder / "last.pt", resume):
+    if same_file(folder / "last.pt", resume):
         return []  # the usual case: the run goes on where it was
-    earlier = [p for p in earlier_run(folder, cfg.overwrite) if not same_file(p, resume)]
+    earlier = [p for p in earlier_run(folder, overwrite=True) if not same_file(p, resume)]
+    if earlier and not cfg.overwrite:
+        raise Coco4Error(f"{folder} holds another run ({', '.join(p.name for p in earlier)}), "
+                         f"which resuming {resume} there would mix with it; resume into the "
+                         "folder of --resume, choose another --output-dir, or pass --overwrite "
+                         "to replace that run")
     return earlier
 
 

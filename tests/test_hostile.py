@@ -86,9 +86,10 @@ def test_4b_a_resumed_run_never_mixes_with_another_run(demo_data, trained_run, r
     before = {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()}
     resume = ("--resume", other / "last.pt", "--epochs", "12")
     ran = run_script("train", *train_argv(demo_data, run_copy, *resume))
-    assert ran.status == 2 and ran.error.startswith(f"{run_copy} already holds a run (best.pt, "
-                                                    "metrics.csv")
-    assert "its last.pt is gone" in ran.error
+    assert ran.status == 2 and ran.error == (
+        f"{run_copy} holds another run (best.pt, metrics.csv, tensorboard), which resuming "
+        f"{other / 'last.pt'} there would mix with it; resume into the folder of --resume, "
+        "choose another --output-dir, or pass --overwrite to replace that run")
     assert {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()} == before
     # --overwrite: the other run's files go before the resumed run writes its own
     ran = run_script("train", *train_argv(demo_data, run_copy, *resume, "--overwrite"))
@@ -98,6 +99,16 @@ def test_4b_a_resumed_run_never_mixes_with_another_run(demo_data, trained_run, r
     rows = (run_copy / "metrics.csv").read_text().splitlines()
     assert rows[1:] == (other / "metrics.csv").read_text().splitlines()[1:] + rows[-2:]
     assert (other / "last.pt").exists()  # the file resumed is never among those deleted
+
+
+def test_4c_a_run_resumed_from_another_file_in_its_folder_is_checked_too(demo_data, run_copy):
+    """best.pt resumed into its own folder would replace the newer last.pt without a word."""
+    before = (run_copy / "last.pt").read_bytes()
+    ran = run_script("train", *train_argv(demo_data, run_copy, "--resume", run_copy / "best.pt",
+                                          "--epochs", "12"))
+    assert ran.status == 2 and ran.error.startswith(f"{run_copy} holds another run (last.pt, "
+                                                    "metrics.csv, tensorboard), which resuming")
+    assert (run_copy / "last.pt").read_bytes() == before
 
 
 # ---------------------------------------------------------------- checkpoint fields

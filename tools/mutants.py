@@ -216,9 +216,10 @@ ISSUE25 = [
            "        remove(earlier)\n        return []",
            (H + "4_overwrite_deletes_nothing_when_the_new_run_fails_its_checks",)),
     Mutant("resume-into-another-runs-folder", TRAINER,
-           "    earlier = [p for p in earlier_run(folder, cfg.overwrite) if not same_file(p, "
+           "    earlier = [p for p in earlier_run(folder, overwrite=True) if not same_file(p, "
            "resume)]", "    earlier = []",
-           (H + "4b_a_resumed_run_never_mixes_with_another_run",)),
+           (H + "4b_a_resumed_run_never_mixes_with_another_run",
+            H + "4c_a_run_resumed_from_another_file_in_its_folder_is_checked_too")),
     Mutant("checkpoint-fields-unchecked", "coco4/checkpoint_check.py",
            "    problem = _fields_problem(ckpt)\n", "    problem = None\n",
            (H + "5_and_10_to_12_and_20_a_checkpoint_field_that_cannot_be_used_is_one_line",
