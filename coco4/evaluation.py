@@ -78,7 +78,8 @@ EVALUATION_FILES = ("metrics.json", "predictions.csv", "confusion_matrix.png",
 
 @dataclass(frozen=True)
 class EvaluateOptions(ListOptions):
-    out_dir: Path | None = option(None, "where the results go (default: CHECKPOINT_DIR/eval)")
+    out_dir: Path | None = option(None, "where the results go (default: CHECKPOINT_DIR/eval, "
+                                        "or eval-STEM for a checkpoint not named best.pt)")
     min_class_acc: float | None = option(None, "exit with status 1 when any class's accuracy "
                                                "is below this (0..1)")
     negatives: tuple[Path, ...] | None = option(
@@ -100,7 +101,9 @@ def evaluate_checkpoint(opts: EvaluateOptions) -> dict:
     if opts.min_prob and not opts.negatives:
         raise Coco4Error("--min-prob is the operating point of the open-set figures: it needs "
                          "--negatives (predict.py --min-prob applies it to your images)")
-    out_dir = opts.out("eval", opts.out_dir)
+    # each checkpoint its own folder: best.pt's eval/, last.pt's eval-last/
+    stem = Path(opts.checkpoint).stem
+    out_dir = opts.out("eval" if stem == "best" else f"eval-{stem}", opts.out_dir)
     check_writable(out_dir)  # before the predictions, not after them
     negatives = negative_lists(opts) if opts.negatives else None  # a typo found now
     check_outputs_are_not_inputs(
@@ -207,7 +210,9 @@ def check_earlier_results(out_dir: Path, opts: "EvaluateOptions") -> None:
     if opts.overwrite or not earlier.is_file():
         return
     try:
-        checkpoint = json.loads(earlier.read_text(encoding="utf-8")).get("checkpoint")
+        stored = json.loads(earlier.read_text(encoding="utf-8"))
+        # the absolute path: the path as typed was relative to another run's folder
+        checkpoint = stored.get("checkpoint_resolved") or stored.get("checkpoint")
     except (ValueError, OSError, AttributeError):
         checkpoint = None
     if not isinstance(checkpoint, str) or not same_file(checkpoint, opts.checkpoint):
@@ -316,7 +321,9 @@ def write_results(out_dir: str | Path, predictor: Predictor, predictions: Predic
     out_dir = Path(out_dir)
     metrics = predictions.metrics.summary(predictor.classes)
     raw = predictions.raw_metrics.summary(predictor.classes)
-    metrics.update(checkpoint=predictor.checkpoint, left_out=predictions.left_out,
+    metrics.update(checkpoint=predictor.checkpoint,
+                   checkpoint_resolved=str(Path(predictor.checkpoint).resolve()),
+                   left_out=predictions.left_out,
                    tta=predictor.tta, temperature=predictor.temperature,
                    checkpoint_temperature=predictor.checkpoint_temperature,
                    ece_uncalibrated=raw["ece"], nll_uncalibrated=raw["nll"],

@@ -266,3 +266,20 @@ def test_an_eval_folder_holds_one_checkpoints_results(other_data, trained, tmp_p
     assert (out / "metrics.json").read_bytes() == before
     assert run_script("evaluate", *argv, "--checkpoint", other, "--overwrite").status == 0
     assert json.loads((out / "metrics.json").read_text())["checkpoint"] == str(other)
+
+
+def test_each_checkpoint_of_a_run_has_its_own_eval_folder_and_a_path_means_its_file(
+        demo_data, run_copy, tmp_path, monkeypatch):
+    """best.pt's results go to eval/, last.pt's to eval-last/ (one folder would refuse the
+    second); a checkpoint named by another relative path is the same file."""
+    for name in ("best.pt", "last.pt"):
+        argv = eval_argv(demo_data, run_copy / name, "unused")[:-2]  # no --out-dir
+        assert run_script("evaluate", *argv).status == 0
+    assert (run_copy / "eval" / "metrics.json").is_file()
+    assert (run_copy / "eval-last" / "metrics.json").is_file()
+    monkeypatch.chdir(run_copy)
+    argv = eval_argv(demo_data, "best.pt", "unused")[:-2]
+    assert run_script("evaluate", *argv).status == 0
+    monkeypatch.chdir(run_copy / "eval")
+    argv = eval_argv(demo_data, "../best.pt", "unused")[:-2]
+    assert run_script("evaluate", *argv).status == 0
