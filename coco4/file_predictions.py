@@ -210,6 +210,9 @@ def predict_files(opts: PredictOptions) -> dict:
     if opts.top_k > len(predictor.classes):
         raise Coco4Error(f"--top-k {opts.top_k}: the checkpoint has only "
                          f"{len(predictor.classes)} classes")
+    if opts.min_prob and UNKNOWN in predictor.classes:  # trained before the name was refused
+        raise Coco4Error(f"--min-prob labels the images it rejects {UNKNOWN!r}, but "
+                         f"{opts.checkpoint} has a class of that name; run without --min-prob")
     rows = RowFormat(tuple(predictor.classes), opts.top_k, opts.min_prob)
     fmt = opts.format or ("jsonl" if out and out.suffix == ".jsonl" else "csv")
     run = PredictRun(predictor, paths, opts, out)

@@ -20,6 +20,8 @@ from .fileio import check_writable
 
 LOCK_FILE = ".coco4.lock"
 RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "tensorboard")  # what a run writes here
+# what evaluate.py, visualize.py and predict.py write beside a run by default (export.py: by suffix)
+LATER_OUTPUTS = ("eval", "vis", "predictions")
 
 
 @contextlib.contextmanager
@@ -99,8 +101,8 @@ def remove(paths: list[Path]) -> None:
             path.unlink()
     if paths:
         folder = paths[0].parent
-        kept = sorted(p.name for p in folder.iterdir()
-                      if p.name not in RUN_FILES and not p.name.startswith("."))
+        kept = sorted(p.name for p in folder.iterdir() if p.name.startswith(LATER_OUTPUTS)
+                      or p.name.endswith((".onnx", ".torchscript.pt")))
         if kept:
             print(f"warning: --overwrite replaced the earlier run in {folder} but kept "
                   f"{', '.join(kept)}, written of its model by later steps", file=sys.stderr)

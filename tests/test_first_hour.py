@@ -119,16 +119,22 @@ def test_host_peak_memory_is_measured_where_resource_exists():
     assert host_peak_mb() > 50  # this process holds torch: tens of MB at least
 
 
-def test_visualize_says_why_it_draws_no_training_curves(demo_data, trained, tmp_path, capsys):
+def test_visualize_says_why_it_draws_no_training_curves(demo_data, trained, tmp_path, capsys,
+                                                        monkeypatch):
     lone = tmp_path / "copied" / "best.pt"  # a checkpoint away from its run's metrics.csv
     lone.parent.mkdir()
     shutil.copy(trained, lone)
     argv = eval_argv(demo_data, lone, tmp_path / "vis", "--num", "2")
     (tmp_path / "vis").mkdir()
-    (tmp_path / "vis" / "training_curves.png").write_bytes(b"an earlier run's curves")
+    for name in ("training_curves.png", "gradcam.png"):
+        (tmp_path / "vis" / name).write_bytes(b"an earlier model's picture")
+    import coco4.gradcam
+
+    monkeypatch.setattr(coco4.gradcam, "missing", lambda: "no reason here")
     written = visualize.main(visualize.get_args_parser().parse_args(argv))
-    assert not any(p.endswith("training_curves.png") for p in written)
-    assert not (tmp_path / "vis" / "training_curves.png").exists()  # not this model's
+    assert not any(p.endswith(("training_curves.png", "gradcam.png")) for p in written)
+    for name in ("training_curves.png", "gradcam.png"):  # not this model's
+        assert not (tmp_path / "vis" / name).exists(), name
     assert (f"skipped training_curves.png: no {lone.parent / 'metrics.csv'} (the run's "
             "metrics.csv); pass --metrics PATH to draw it") in capsys.readouterr().out
 

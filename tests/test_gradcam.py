@@ -43,6 +43,8 @@ def test_errors_png_shows_the_surest_mistakes_first_and_counts_them_all():
     assert worst_errors(got, 3) == ([2, 4, 0], 4)  # 0.1, 0.2, 0.3; 0.45 left out, still counted
     assert worst_errors(got, 9) == ([2, 4, 0, 3], 4)
     assert worst_errors(predictions([[0.9, 0.1]], [0]), 3) == ([], 0)
+    # equal losses keep the list's order, run after run (an unstable sort scrambles 100 ties)
+    assert worst_errors(predictions([[0.3, 0.7]] * 100, [0] * 100), 4) == ([0, 1, 2, 3], 100)
 
 
 def test_the_loss_that_ranks_mistakes_is_minus_log_the_true_class_probability():

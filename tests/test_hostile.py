@@ -186,7 +186,7 @@ def test_19_nan_weights_are_refused_not_predicted(demo_data, trained, tmp_path):
                                                     "numbers (NaN or inf) in fc.3.weight")
 
 
-def test_20_a_class_file_naming_a_class_twice_is_refused(demo_data, tmp_path):
+def test_20_a_class_file_naming_a_class_twice_is_refused(demo_data, trained, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(demo_data / "data", data, ignore=shutil.ignore_patterns("cache"))
     (data / "classes.txt").write_text("bird\nairplane\nbird\nboat\n")
@@ -199,6 +199,15 @@ def test_20_a_class_file_naming_a_class_twice_is_refused(demo_data, tmp_path):
     assert ran.status == 2 and ran.error == (f"{data / 'classes.txt'} names a class 'unknown', "
                                              "the label predict.py --min-prob gives the images "
                                              "it rejects: rename the class")
+    # and a checkpoint that has one (made before) is refused --min-prob
+    ckpt = torch.load(trained, weights_only=True)
+    ckpt["classes"] = ["bird", "airplane", "unknown", "boat"]
+    torch.save(ckpt, tmp_path / "unknown.pt")
+    ran = predict(*images_of(demo_data, 2), "--checkpoint", tmp_path / "unknown.pt",
+                  "--min-prob", "0.5")
+    assert ran.status == 2 and ran.error == (
+        f"--min-prob labels the images it rejects 'unknown', but {tmp_path / 'unknown.pt'} has "
+        "a class of that name; run without --min-prob")
 
 
 # ---------------------------------------------------------------- one line, whole files
