@@ -11,6 +11,9 @@ from .errors import Coco4Error
 from .fileio import check_outputs_are_not_inputs, check_writable
 from .options import option
 
+OUTPUTS = ("annotation_train.txt", "annotation_val.txt", "classes.txt", "report.json",
+           "report.png", SEEN_NEGATIVES, HELD_OUT_NEGATIVES)  # what it writes in --out-dir
+
 
 @dataclass(frozen=True)
 class ListsOptions:
@@ -103,9 +106,6 @@ def make_lists(opts: ListsOptions) -> dict:
                           for name, n in report["other"]["negatives"].items()))
     return counts
 
-
-OUTPUTS = ("annotation_train.txt", "annotation_val.txt", "classes.txt", "report.json",
-           "report.png", SEEN_NEGATIVES, HELD_OUT_NEGATIVES)
 
 
 def remove_earlier_negatives(out_dir: Path) -> None:

@@ -236,8 +236,9 @@ def negative_lists(opts: "EvaluateOptions") -> dict[str, ImageList]:
     if OTHER in classes and set(test_list.labels) <= {classes.index(OTHER)}:
         raise Coco4Error(f"--negatives: {opts.list_path} holds no image of the known classes, "
                          "so there is nothing to tell the negatives from; give the test list")
+    test_images = set(test_list.files)
     for path, names in zip(opts.negatives, lists.values()):
-        shared = [name for name in names.files if name in set(test_list.files)]
+        shared = [name for name in names.files if name in test_images]
         if shared:
             raise Coco4Error(f"--negatives {path} lists {len(shared)} of the images of the test "
                              f"list {opts.list_path} (such as {shared[0]}): negatives are "
