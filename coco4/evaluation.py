@@ -40,6 +40,7 @@ from .predictor import (
     averaged_log_probs,
     predictor_for,
 )
+from .run_folder import run_lock
 
 
 @dataclass(frozen=True)
@@ -110,8 +111,23 @@ def evaluate_checkpoint(opts: EvaluateOptions) -> dict:
         [("--out-dir's", out_dir / name) for name in EVALUATION_FILES],
         [("--checkpoint", opts.checkpoint), ("--list", opts.list_path),
          *(("--negatives", p) for p in opts.negatives or ())])
-    check_earlier_results(out_dir, opts)
-    predictor, predictions = predict_list_for(opts)
+    # locked: a second evaluation into the folder waits for none of this one's files
+    with run_lock(out_dir, user=("evaluation", "--out-dir")):
+        check_earlier_results(out_dir, opts)
+        predictor, predictions = predict_list_for(opts)
+        metrics = write_all(out_dir, opts, negatives, predictor, predictions)
+    print(report(metrics, predictor.classes) + f"; written to {out_dir}")
+    gate = opts.min_class_acc
+    below = classes_below(metrics, gate) if gate is not None else {}
+    if below:  # a class with no images is not known to pass: it fails the gate
+        raise GateFailed(f"below --min-class-acc {gate:.2%}: " + ", ".join(
+            f"{c} {'no test images' if a is None else f'{a:.2%}'}" for c, a in below.items()))
+    return metrics
+
+
+def write_all(out_dir: Path, opts: "EvaluateOptions", negatives: dict | None,
+              predictor: Predictor, predictions: Predictions) -> dict:
+    """Every file of an evaluation, the open-set figures included; returns the metrics."""
     open_set = open_set_report(opts, negatives, predictor, predictions) if negatives else None
     if open_set and not open_set["figures"]:  # every list was empty
         open_set = None
@@ -124,12 +140,6 @@ def evaluate_checkpoint(opts: EvaluateOptions) -> dict:
     save(reliability_figure(metrics), out_dir / "reliability_diagram.png")
     if open_set:
         save(open_set_figure(open_set["curves"], open_set["figures"]), out_dir / "open_set.png")
-    print(report(metrics, predictor.classes) + f"; written to {out_dir}")
-    gate = opts.min_class_acc
-    below = classes_below(metrics, gate) if gate is not None else {}
-    if below:  # a class with no images is not known to pass: it fails the gate
-        raise GateFailed(f"below --min-class-acc {gate:.2%}: " + ", ".join(
-            f"{c} {'no test images' if a is None else f'{a:.2%}'}" for c, a in below.items()))
     return metrics
 
 
@@ -207,7 +217,14 @@ def check_earlier_results(out_dir: Path, opts: "EvaluateOptions") -> None:
     """Results of another checkpoint in ``out_dir`` are replaced only with --overwrite; those
     of this one (a re-evaluation) always."""
     earlier = out_dir / "metrics.json"
-    if opts.overwrite or not earlier.is_file():
+    if opts.overwrite:
+        return
+    if not earlier.is_file():  # predict.py's predictions.csv, a picture of the user's
+        found = [name for name in EVALUATION_FILES if (out_dir / name).exists()]
+        if found:
+            raise Coco4Error(f"{out_dir} holds {', '.join(found)}, not an evaluation's results "
+                             "(no metrics.json); choose another --out-dir, or pass --overwrite "
+                             "to replace them")
         return
     try:
         stored = json.loads(earlier.read_text(encoding="utf-8"))

@@ -25,9 +25,11 @@ LATER_OUTPUTS = ("eval", "vis", "predictions")
 
 
 @contextlib.contextmanager
-def run_lock(folder: str | Path, say=print) -> Iterator[None]:
-    """Hold the lock on ``folder`` for the block; another holder is a one-line error naming it.
-    A folder this call had to create, and left holding nothing but the lock, is removed."""
+def run_lock(folder: str | Path, say=print,
+             user: tuple[str, str] = ("training run", "--output-dir")) -> Iterator[None]:
+    """Hold the lock on ``folder`` for the block; another holder is a one-line error naming it
+    (``user``: what holds such a lock, and the flag that chooses the folder). A folder this
+    call had to create, and left holding nothing but the lock, is removed."""
     folder = Path(folder)
     check_writable(folder)
     created = [p for p in (folder, *folder.absolute().parents) if not p.exists()]
@@ -43,8 +45,8 @@ def run_lock(folder: str | Path, say=print) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = previous or "it has not said who it is yet"
-            raise Coco4Error(f"{folder} is in use by another training run ({holder}); wait "
-                             "for it to end, or choose another --output-dir") from None
+            raise Coco4Error(f"{folder} is in use by another {user[0]} ({holder}); wait "
+                             f"for it to end, or choose another {user[1]}") from None
         if previous:
             say(f"{folder}: took over the lock of a run that ended without releasing it "
                 f"({previous})")

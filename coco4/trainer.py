@@ -227,10 +227,11 @@ def _check_resume_folder(cfg: TrainConfig) -> list[Path]:
         return []  # the usual case: the run goes on where it was
     earlier = [p for p in earlier_run(folder, overwrite=True) if not same_file(p, resume)]
     if earlier and not cfg.overwrite:
+        where = (f"resume {folder / 'last.pt'}" if same_file(folder, resume.parent)
+                 else "resume into the folder of --resume")
         raise Coco4Error(f"{folder} holds another run ({', '.join(p.name for p in earlier)}), "
-                         f"which resuming {resume} there would mix with it; resume into the "
-                         "folder of --resume, choose another --output-dir, or pass --overwrite "
-                         "to replace that run")
+                         f"which resuming {resume} there would mix with it; {where}, choose "
+                         "another --output-dir, or pass --overwrite to replace that run")
     return earlier
 
 

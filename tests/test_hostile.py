@@ -106,8 +106,10 @@ def test_4c_a_run_resumed_from_another_file_in_its_folder_is_checked_too(demo_da
     before = (run_copy / "last.pt").read_bytes()
     ran = run_script("train", *train_argv(demo_data, run_copy, "--resume", run_copy / "best.pt",
                                           "--epochs", "12"))
-    assert ran.status == 2 and ran.error.startswith(f"{run_copy} holds another run (last.pt, "
-                                                    "metrics.csv, tensorboard), which resuming")
+    assert ran.status == 2 and ran.error == (
+        f"{run_copy} holds another run (last.pt, metrics.csv, tensorboard), which resuming "
+        f"{run_copy / 'best.pt'} there would mix with it; resume {run_copy / 'last.pt'}, choose "
+        "another --output-dir, or pass --overwrite to replace that run")
     assert (run_copy / "last.pt").read_bytes() == before
 
 
@@ -507,3 +509,22 @@ def test_a_link_named_as_an_image_whose_file_is_gone_is_reported(demo_data, trai
     assert ran.status == 0, ran.err
     assert [Path(r["path"]).name for r in read_csv(tmp_path / "p.csv")] == ["ok.jpg"]
     assert f"warning: 1 image skipped: {folder / 'gone.jpg'} (" in ran.err
+
+
+def test_an_eval_folder_is_locked_and_never_takes_files_it_did_not_write(demo_data, trained,
+                                                                          tmp_path):
+    """Two evaluations into one folder at once would mix their files; a folder holding
+    predict.py's predictions.csv (no metrics.json) is not an evaluation's to replace."""
+    out = tmp_path / "eval"
+    out.mkdir()
+    with open(out / ".coco4.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        ran = run_script("evaluate", *eval_argv(demo_data, trained, out))
+    assert ran.status == 2 and ran.error.startswith(f"{out} is in use by another evaluation (")
+    assert ran.error.endswith("wait for it to end, or choose another --out-dir")
+    (out / "predictions.csv").write_text("the user's predictions\n")
+    ran = run_script("evaluate", *eval_argv(demo_data, trained, out))
+    assert ran.status == 2 and ran.error == (f"{out} holds predictions.csv, not an evaluation's "
+                                             "results (no metrics.json); choose another "
+                                             "--out-dir, or pass --overwrite to replace them")
+    assert (out / "predictions.csv").read_text() == "the user's predictions\n"
