@@ -283,8 +283,13 @@ ISSUE25 = [
            "key = Path(path).name",
            (S + "lists_of_one_name_are_both_reported_and_an_empty_one_is_a_warning",)),
     Mutant("eval-folder-replaced-unasked", "coco4/evaluation.py",
-           "    if opts.overwrite or not earlier.is_file():\n", "    if True:\n",
-           (S + "an_eval_folder_holds_one_checkpoints_results",)),
+           "    if opts.overwrite:\n        return\n", "    if True:\n        return\n",
+           (S + "an_eval_folder_holds_one_checkpoints_results",
+            H + "an_eval_folder_is_locked_and_never_takes_files_it_did_not_write")),
+    Mutant("eval-folder-unlocked", "coco4/evaluation.py",
+           "    with run_lock(out_dir, user=(\"evaluation\", \"--out-dir\")):\n",
+           "    with memoryview(b\"\"):\n",  # a context manager that holds nothing
+           (H + "an_eval_folder_is_locked_and_never_takes_files_it_did_not_write",)),
     Mutant("export-verify-ignores-classes", "coco4/exporting.py",
            "    check_made_from(meta, predictor, out)\n", "",
            ("tests/test_export.py::test_verifying_an_export_of_other_classes_or_temperature_"
