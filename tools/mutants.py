@@ -273,7 +273,7 @@ ISSUE25 = [
            "        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n", "        pass\n",
            (H + "6b_a_run_beside_writing_the_same_partial_keeps_its_rows",)),
     Mutant("negatives-names-unchecked", "coco4/data/lists.py",
-           "        problem = file_name_problem(name)\n", "        problem = None\n",
+           '        _check_name(name, f"{path}:{lineno}")\n', "",
            (S + "a_negatives_name_outside_the_image_folder_is_one_line_before_any_work",)),
     Mutant("negatives-may-be-test-images", "coco4/evaluation.py", "        if shared:\n",
            "        if False:\n",

@@ -62,10 +62,8 @@ def read_list(path: str | Path, num_classes: int | None = None) -> ImageList:
         if not line.strip():
             continue
         name, label = _parse_line(line, path, lineno, num_classes)
-        if name in first_line:  # it would land in both the training and the validation split
-            raise Coco4Error(f"{path}:{lineno}: {name} is listed again (first on line "
-                             f"{first_line[name]}); list each image once")
-        first_line[name] = lineno
+        # once: it would land in both the training and the validation split
+        _listed_once(first_line, name, path, lineno)
         files.append(name)
         labels.append(label)
     if not files:
@@ -90,13 +88,8 @@ def read_names(path: str | Path, flag: str) -> ImageList:
         if not line.strip():
             continue
         name = line.split()[0]
-        problem = file_name_problem(name)
-        if problem:
-            raise Coco4Error(f"{path}:{lineno}: the file name {name!r} cannot be used: {problem}")
-        if name in first_line:  # counted twice, it would weigh twice in every rate
-            raise Coco4Error(f"{path}:{lineno}: {name} is listed again (first on line "
-                             f"{first_line[name]}); list each image once")
-        first_line[name] = lineno
+        _check_name(name, f"{path}:{lineno}")
+        _listed_once(first_line, name, path, lineno)  # counted twice, it would weigh twice
         files.append(name)
     return ImageList(path, tuple(files), (0,) * len(files))
 
@@ -117,6 +110,20 @@ def read_text(path: Path, what: str) -> str:
     return text
 
 
+def _check_name(name: str, where: str) -> None:
+    problem = file_name_problem(name)
+    if problem:
+        raise Coco4Error(f"{where}: the file name {name!r} cannot be used: {problem}")
+
+
+def _listed_once(first_line: dict, name: str, path: Path, lineno: int) -> None:
+    """Refuse a name seen before in the file (``first_line``: name -> line), else note it."""
+    if name in first_line:
+        raise Coco4Error(f"{path}:{lineno}: {name} is listed again (first on line "
+                         f"{first_line[name]}); list each image once")
+    first_line[name] = lineno
+
+
 def _parse_line(line, path, lineno, num_classes):
     fields = line.split()
     where = f"{path}:{lineno}"
@@ -124,9 +131,7 @@ def _parse_line(line, path, lineno, num_classes):
         raise Coco4Error(f"{where}: expected '<file_name> <label>', got {line.strip()!r} "
                          f"({len(fields)} fields)")
     name, label_text = fields
-    problem = file_name_problem(name)
-    if problem:
-        raise Coco4Error(f"{where}: the file name {name!r} cannot be used: {problem}")
+    _check_name(name, where)
     if not LABEL.fullmatch(label_text):
         raise Coco4Error(f"{where}: label {label_text!r} is not an integer")
     label = int(label_text)
