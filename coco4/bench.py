@@ -25,16 +25,23 @@ from pathlib import Path
 import torch
 
 from . import cli
-from .config import TrainConfig
+from .config import Recipe, TrainConfig
 from .data import cache
 from .data.lists import read_list, write_list
 from .data.loaders import BatchPlan, CachedBatches, PilBatches
 from .distributed import DistEnv, pick_device
 from .fileio import atomic_write_text, check_writable
-from .loop import Amp, TrainingParts, train_step
-from .model import ARCHITECTURES, DEFAULT_ARCH, build_model, trainable_parameters
+from .inference import Amp
+from .model import ARCHITECTURES, DEFAULT_ARCH, build_model
 from .options import HelpFormatter
 from .synthetic import CASES
+from .training import (
+    TrainingParts,
+    build_criterion,
+    build_optimizer,
+    build_scheduler,
+    train_step,
+)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -191,8 +198,10 @@ def _train_figures(args, device, original, fair, fast):
         model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     amp = Amp.for_device(device, args.amp)
-    parts = TrainingParts(model, torch.optim.Adam(trainable_parameters(model), lr=1e-4), None,
-                          torch.nn.CrossEntropyLoss(reduction="sum"), amp, amp.scaler())
+    recipe = Recipe(arch=args.arch, batch_size=args.batch_size, image_size=args.image_size)
+    optimizer = build_optimizer(recipe, model)  # the recipe train.py runs, from its builders
+    parts = TrainingParts(model, optimizer, build_scheduler(recipe, optimizer, len(fast)),
+                          build_criterion(recipe), amp, amp.scaler())
     shape = (args.batch_size, 3, args.image_size, args.image_size)
     x = torch.randint(0, 256, shape, dtype=torch.uint8, device=device)
     y = torch.randint(0, 4, (args.batch_size,), device=device)

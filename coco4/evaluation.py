@@ -27,7 +27,7 @@ from .fileio import (
     same_file,
     spreadsheet_safe,
 )
-from .loop import predict_logits
+from .inference import predict_logits
 from .metrics import MetricAccumulator, classes_below, confusion_text, report_text
 from .open_set import open_set_figures, scores, tradeoff
 from .options import option

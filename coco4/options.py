@@ -14,12 +14,20 @@ flag without its field, and the two cannot drift apart.
 The flag is the field's name with dashes (``--batch-size`` for ``batch_size``); a bool is a
 ``--x/--no-x`` pair; ``X | None`` takes an X and defaults to None (its help says what None
 falls back to); ``list[X]`` takes one or more values (``nargs``).
+
+Bounds sit next to the field (``option(0.1, "...", above=0, below=1)``), and ``check(values)``
+(called from a dataclass's ``__post_init__``) refuses a value of the wrong type, outside its
+choices or its bounds with one line naming the flag and what it got: a value read back from a
+checkpoint is held to the same rules as one typed on the command line.
 """
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable, Iterable, Sequence
+
+from .errors import Coco4Error
 
 # --help shows each option's default once: argparse's formatter adds "(default: ...)", except
 # where the default is None (the help text says what it falls back to) or the text says already
@@ -28,12 +36,16 @@ DEFAULT_SHOWN = "(default"
 
 def option(default=dataclasses.MISSING, help: str = "", *, factory: Callable | None = None,
            choices: Sequence | Callable[[], Sequence] | None = None, nargs: str | None = None,
-           positional: bool = False, metavar: str | None = None):
+           positional: bool = False, metavar: str | None = None, low=None, high=None,
+           above=None, below=None, why: str = ""):
     """A dataclass field that is also a command-line option. ``choices`` may be a function,
     called when the parser is built (a registry that tests or plugins extend after import);
-    ``factory`` computes the default (the machine's core count)."""
+    ``factory`` computes the default (the machine's core count). Bounds: ``low``/``high``
+    inclusive, ``above``/``below`` exclusive (a number bounded by neither must still be
+    finite); ``why`` follows the bounds in the error."""
     metadata = {"help": help, "choices": choices, "nargs": nargs, "positional": positional,
-                "metavar": metavar}
+                "metavar": metavar, "low": low, "high": high, "above": above, "below": below,
+                "why": why}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -136,3 +148,57 @@ def to_argv(values: object, names: Iterable[str]) -> list[str]:
         else:
             argv += [flag(name), str(value)]
     return argv
+
+
+def check(values: object) -> None:
+    """Each field of the dataclass ``values`` of its declared type, among its choices and
+    within its bounds: or a Coco4Error naming the flag, what it must be, and what it got."""
+    hints = typing.get_type_hints(type(values))
+    for field in dataclasses.fields(values):
+        value = getattr(values, field.name)
+        problem = _type_problem(value, hints[field.name])
+        if problem is None and value is not None:
+            problem = _choice_problem(value, field.metadata) or _bounds_problem(
+                value, field.metadata)
+        if problem:
+            raise Coco4Error(f"{flag(field.name)} must be {problem}, got {value!r}")
+
+
+def _type_problem(value, hint) -> str | None:
+    """Why ``value`` cannot be of type ``hint`` (``X | None`` allows None; a float setting
+    takes an int too), or None."""
+    kinds = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    if value is None and type(None) in typing.get_args(hint):
+        return None
+    if any(isinstance(value, k) and not (isinstance(value, bool) and k is not bool)
+           for k in kinds):
+        return None
+    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+        return None
+    words = {int: "a whole number", float: "a number", str: "text", bool: "true or false"}
+    return words.get(kinds[0], str(kinds[0]))
+
+
+def _choice_problem(value, meta) -> str | None:
+    choices = meta.get("choices")
+    choices = choices() if callable(choices) else choices
+    if choices is None or value in choices:
+        return None
+    return f"one of {', '.join(map(str, choices))}"
+
+
+def _bounds_problem(value, meta) -> str | None:
+    """What ``value`` must be and is not, by the field's bounds: the one it crosses."""
+    low, high, above, below = (meta.get(k) for k in ("low", "high", "above", "below"))
+    if all(b is None for b in (low, high, above, below)) or isinstance(value, (str, bool)):
+        return None
+    why = f" {meta['why']}" if meta.get("why") else ""
+    if above is not None and below is not None and not above < value < below:
+        return f"between {above} and {below} (exclusive){why}"  # nan fails every comparison
+    if above is not None and not (value > above and math.isfinite(value)):
+        return ("a positive number" if above == 0 else f"above {above}") + why
+    if low is not None and not value >= low:
+        return ("0 or more" if low == 0 else f"at least {low}") + why
+    if high is not None and not value <= high:
+        return f"at most {high}{why}"
+    return None if math.isfinite(value) else f"a finite number{why}"

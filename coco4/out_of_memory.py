@@ -9,7 +9,7 @@ from .config import TrainConfig
 from .data.loaders import Batches
 from .distributed import DistEnv
 from .errors import Coco4Error
-from .loop import TrainingParts, train_step
+from .training import TrainingParts, train_step
 
 
 def training_advice(cfg: TrainConfig, batches: Batches, during: str,

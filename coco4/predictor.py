@@ -15,7 +15,7 @@ from .cli import DEVICE_HELP, check_at_least, default_workers, workers_problem
 from .data.transforms import pil_eval_transform
 from .distributed import DistEnv, pick_device
 from .errors import Coco4Error
-from .loop import Amp
+from .inference import Amp
 from .metrics import MetricAccumulator
 from .options import option
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .checkpoint import LoadedModel, load_model
-from .config import RUNTIME_FIELDS, TrainConfig
+from .config import RESUMED_FROM_COMMAND_LINE, TrainConfig
 from .errors import Coco4Error
 from .interrupt import Interrupted
 from .options import to_argv
@@ -85,7 +85,7 @@ def resume_command(program: str, cfg: TrainConfig) -> str:
     started it), --resume, and the runtime settings given that are not their defaults (the
     others come from the checkpoint)."""
     defaults = TrainConfig()
-    changed = [f for f in RUNTIME_FIELDS if f not in ("resume", "overwrite")
+    changed = [f for f in RESUMED_FROM_COMMAND_LINE if f not in ("resume", "overwrite")
                and getattr(cfg, f) != getattr(defaults, f)]
     last = Path(cfg.output_dir) / "last.pt"
     return shlex.join([*shlex.split(program), "--resume", str(last), *to_argv(cfg, changed)])

@@ -12,8 +12,9 @@ from .config import TrainConfig
 from .distributed import DistEnv
 from .errors import Coco4Error
 from .fileio import atomic_write_text
-from .loop import Amp, EpochState
+from .inference import Amp
 from .metrics import CSV_COLUMNS, csv_row
+from .training import EpochState
 
 # the columns earlier coco4 versions wrote keep their positions; further validation metrics follow
 _FIRST = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds",

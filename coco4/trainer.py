@@ -1,14 +1,13 @@
-"""The fine-tuning run: data, model, the epoch loop, checkpoints and logs.
+"""The fine-tuning run: the epoch loop, validation, checkpoints and logs.
 
-Recipe (the original's, with its bugs fixed): a torchvision backbone (ResNet-50 by default)
-with its stem and first stages frozen, Adam over ALL trainable parameters (the original gave
-Adam only the head, so layer3/layer4 never moved), CrossEntropy, ReduceLROnPlateau on the
-held-out validation loss, best checkpoint by a held-out validation metric (the original picked
-it by accuracy on the test set). Where the rest lives: resume.py (what a resumed run keeps, the
-command that continues one), out_of_memory.py (the advice when a batch does not fit),
-run_folder.py (one run per output folder), run_log.py (what the user is told).
+The recipe (the loss, the optimizer, the LR schedule, the step) is coco4.training's; the checks
+before any work are coco4.preflight's. Here: a run goes through its epochs, validates on the
+held-out split, fits the temperature, chooses best.pt by a held-out validation metric (the
+original picked it by accuracy on the test set) and saves. Where the rest lives: resume.py
+(what a resumed run keeps, the command that continues one), out_of_memory.py (the advice when a
+batch does not fit), run_folder.py (one run per output folder), run_log.py (what the user is
+told).
 """
-import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -16,33 +15,31 @@ import torch
 from tqdm import tqdm
 
 from . import run_log
-from .balance import inverse_frequency
 from .calibration import fit_temperature
-from .checkpoint import CheckpointWriter, LoadedModel, model_state, starting_model
-from .compiling import check_compile_tools, compile_errors, compile_failed
+from .checkpoint import CheckpointWriter, model_state
+from .compiling import compile_errors, compile_failed
 from .config import TrainConfig
-from .data.prepare import TrainData, prepare_train_data
+from .data.prepare import prepare_train_data
 from .distributed import (
     DistEnv,
     StopVote,
     all_gather_cat,
     all_reduce_sum,
     any_rank,
-    barrier,
     broadcast_buffers,
     close_distributed,
     init_distributed,
-    pick_device,
 )
 from .errors import Coco4Error
-from .fileio import check_writable, remove_stale_temporaries, same_file
+from .fileio import remove_stale_temporaries
+from .inference import validate
 from .interrupt import StopRequest
-from .loop import Amp, EpochState, TrainingParts, non_finite_loss, train_one_epoch, validate
-from .model import trainable_parameters, unwrap
+from .model import unwrap
 from .out_of_memory import accum_steps_that_fit, training_advice
-from .resume import RunState, interrupted, load_resumable, resumed_config
-from .run_folder import earlier_run, remove, run_lock
-from .seeding import seed_everything
+from .preflight import Ready, preflight
+from .resume import RunState, interrupted
+from .run_folder import remove
+from .training import EpochState, build_training_parts, non_finite_loss, train_one_epoch
 
 
 def fit(cfg: TrainConfig, progress: bool = True, program: str = "python train.py") -> dict:
@@ -50,24 +47,19 @@ def fit(cfg: TrainConfig, progress: bool = True, program: str = "python train.py
     ``program`` starts the resume command that an interrupted run prints."""
     env = init_distributed("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
     try:
-        # rank 0 writes the run's files: it holds the folder for the run's lifetime
-        with run_lock(cfg.output_dir, tqdm.write) if env.is_main else contextlib.nullcontext():
-            return Training(cfg, env, progress and env.is_main, program).run()
+        with preflight(cfg, env, tqdm.write) as ready:
+            return Training(ready, env, progress and env.is_main, program).run()
     finally:
         close_distributed(env)
 
 
 class Training:
-    """One run: everything is built in the constructor, ``run()`` goes through the epochs."""
+    """One run that passed the preflight: the constructor prepares the data and builds the
+    parts (from the checkpoint, when resuming), ``run()`` goes through the epochs."""
 
-    def __init__(self, cfg: TrainConfig, env: DistEnv, progress: bool, program: str):
+    def __init__(self, ready: Ready, env: DistEnv, progress: bool, program: str):
         self.env, self.progress, self.program = env, progress, program
-        self.device = pick_device(cfg.device, env)
-        resumed = load_resumable(cfg.resume) if cfg.resume else None
-        if resumed:
-            cfg = resumed_config(cfg, resumed, tqdm.write if env.is_main else lambda m: None)
-        self.cfg = cfg
-        earlier = self._check_before_work(resumed)
+        cfg, resumed, self.device, self.cfg = ready.cfg, ready.resumed, ready.device, ready.cfg
         self.log = run_log.RunLog(cfg.output_dir, env.is_main, resumed is not None)
         self.log.config(cfg, self.device, env)
         if env.is_main:  # a killed run's half-written files, never a user's
@@ -78,33 +70,12 @@ class Training:
                              f"{cfg.train_list_path} is labelled for {list(self.data.classes)};"
                              " resume with the lists it was trained on")
         self.parts = build_training_parts(cfg, self.data, self.device, env, resumed)
-        remove(earlier)  # --overwrite: only once every check of this run has passed
+        remove(ready.earlier)  # --overwrite: only once every check of this run has passed
         self.state = RunState(**resumed.checkpoint["run"]) if resumed else RunState()
         # fitted on each validation's logits, stored with the checkpoint written after it
         self.temperature = resumed.checkpoint.get("temperature") if resumed else None
         self.writer = CheckpointWriter()
         self.stop_vote = StopVote(env)
-
-    def _check_before_work(self, resumed: LoadedModel | None) -> list[Path]:
-        """What can be checked before the data and the model are prepared; returns an earlier
-        run's files in the output folder, which --overwrite lets this run replace."""
-        cfg = self.cfg
-        if cfg.cache_dir:  # asked for by name: an error, not the fallback a default folder gets
-            check_writable(cfg.cache_dir)
-        if cfg.compile:
-            check_compile_tools(self.device)
-        if not self.env.is_main:  # the folder is checked and locked (fit) by now
-            return []
-        if resumed:
-            return _check_resume_folder(cfg)
-        earlier = earlier_run(cfg.output_dir, cfg.overwrite)
-        weights = [p for p in earlier if cfg.weights not in ("imagenet", "none")
-                   and same_file(p, cfg.weights)]
-        if weights:  # loaded first, then deleted with the earlier run: the user's file gone
-            raise Coco4Error(f"--weights {cfg.weights} is the earlier run's {weights[0].name} in "
-                             f"{cfg.output_dir}, which --overwrite deletes; copy it elsewhere "
-                             "first, or choose another --output-dir")
-        return earlier
 
     def run(self) -> dict:
         failed_compile = compile_errors() if self.cfg.compile else ()
@@ -167,7 +138,7 @@ class Training:
                                   float(state.count)], self.env, self.device)
         val, logits, labels = self._validate()
         self.temperature = fit_temperature(logits, labels)
-        self.parts.scheduler.step(val["nll"])
+        self.parts.schedule.after_epoch(val["nll"])
         return run_log.epoch_row(state, trained, val, lr), val[self.cfg.select_by]
 
     def _validate(self) -> tuple[dict, torch.Tensor, torch.Tensor]:
@@ -206,72 +177,15 @@ class Training:
         run, parts = self.state, self.parts
         payload = {"model": model_state(parts.model),
                    "optimizer": parts.optimizer.state_dict(),
-                   "scheduler": parts.scheduler.state_dict(),
+                   "scheduler": parts.schedule.state_dict(),
                    "scaler": parts.scaler.state_dict(),
                    "epoch": run.epoch, "run": dataclasses.asdict(run),
                    "best_metric": run.best_metric, "classes": list(self.data.classes),
-                   "config": self.cfg.to_dict(), "data": self.data.report,
+                   "config": dataclasses.asdict(self.cfg.recipe),
+                   "run_options": dataclasses.asdict(self.cfg.run_options),
+                   "data": self.data.report,
                    "temperature": self.temperature}
         out = Path(self.cfg.output_dir)
         # best.pt a file of its own, not a link: changing last.pt in place must not change it
         self.writer.save([out / "last.pt", out / "best.pt"] if best else [out / "last.pt"],
                          payload)
-
-
-def _check_resume_folder(cfg: TrainConfig) -> list[Path]:
-    """A resumed run writes last.pt, best.pt and metrics.csv into --output-dir: unless that is
-    the folder whose last.pt it resumes, the folder must hold no other run's files (--overwrite
-    returns them for deletion; the file resumed is never among them), or two runs would mix."""
-    folder, resume = Path(cfg.output_dir), Path(cfg.resume)
-    if same_file(folder / "last.pt", resume):
-        return []  # the usual case: the run goes on where it was
-    earlier = [p for p in earlier_run(folder, overwrite=True) if not same_file(p, resume)]
-    if earlier and not cfg.overwrite:
-        where = (f"resume {folder / 'last.pt'}" if same_file(folder, resume.parent)
-                 else "resume into the folder of --resume")
-        raise Coco4Error(f"{folder} holds another run ({', '.join(p.name for p in earlier)}), "
-                         f"which resuming {resume} there would mix with it; {where}, choose "
-                         "another --output-dir, or pass --overwrite to replace that run")
-    return earlier
-
-
-def build_training_parts(cfg: TrainConfig, data: TrainData, device: torch.device,
-                         env: DistEnv, resumed: LoadedModel | None = None) -> TrainingParts:
-    """The model (from ``cfg.weights``, or the resumed checkpoint), optimizer, scheduler,
-    criterion and AMP parts of a run, on ``device``."""
-    if resumed:
-        model = resumed.model
-    else:
-        seed_everything(cfg.seed, "init")  # the new head's (and a --weights none model's) init
-        if not env.is_main:
-            barrier(env)  # rank 0 downloads the ImageNet weights first, once
-        model = starting_model(cfg.arch, len(data.classes), cfg.weights)
-        if env.is_main:
-            barrier(env)
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-        torch.backends.cudnn.benchmark = True
-    optimizer = torch.optim.Adam(trainable_parameters(model), lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
-    amp = Amp.for_device(device, cfg.amp)
-    scaler = amp.scaler()
-    if resumed:
-        ckpt = resumed.checkpoint
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt["scaler"]:  # empty when the run had no fp16 scaler (CPU, bf16)
-            scaler.load_state_dict(ckpt["scaler"])
-    if env.enabled:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        model = torch.compile(model)
-    # --balance loss: weights from the training split alone (not the held-out validation
-    # images, whose loss and the LR schedule on it stay unweighted)
-    weight = (inverse_frequency(data.train.labels, data.classes).to(device)
-              if cfg.balance == "loss" else None)
-    return TrainingParts(model, optimizer, scheduler,
-                         torch.nn.CrossEntropyLoss(weight=weight, reduction="sum"), amp, scaler,
-                         cfg.accum_steps)

@@ -15,10 +15,12 @@ from coco4.data.lists import read_list
 from coco4.data.loaders import BatchPlan, CachedBatches
 from coco4.distributed import DistEnv
 from coco4.errors import Coco4Error
+from coco4.inference import Amp
 from coco4.interrupt import Interrupted, StopRequest
-from coco4.loop import Amp, TrainingParts, train_step
+from coco4.preflight import Ready
 from coco4.synthetic import TARGETS, make_synthetic_coco, parse_ratios
 from coco4.trainer import fit
+from coco4.training import TrainingParts, train_step
 
 from conftest import read_csv, run_script, train_args, train_argv
 
@@ -134,8 +136,8 @@ def test_train_py_balance_runs_end_to_end_and_is_stored(demo_data, tmp_path, bal
 @pytest.mark.parametrize("balance", ["none", "sampler", "loss"])
 def test_the_balance_flag_reaches_the_sampler_and_the_loss(demo_data, tmp_path, balance):
     """What a run builds (not a hand-made plan or criterion): the flag's own part, and only it."""
-    run = trainer.Training(train_args(demo_data, tmp_path / "run", balance=balance), DistEnv(),
-                           False, "python train.py")
+    ready = Ready(train_args(demo_data, tmp_path / "run", balance=balance), torch.device("cpu"))
+    run = trainer.Training(ready, DistEnv(), False, "python train.py")
     assert run.data.train.plan.balanced == (balance == "sampler")
     assert not run.data.val.plan.balanced
     weight = run.parts.criterion.weight

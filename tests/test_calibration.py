@@ -14,7 +14,7 @@ from coco4.checkpoint import load_model, save_checkpoint
 from coco4.data.prepare import prepare_train_data
 from coco4.distributed import DistEnv
 from coco4.errors import Coco4Error
-from coco4.loop import validate
+from coco4.inference import validate
 from coco4.metrics import MetricAccumulator
 from coco4.model import build_model
 from coco4.predictor import load_predictor

@@ -13,9 +13,10 @@ import torch
 from coco4.checkpoint import read_file
 from coco4.data.loaders import BatchPlan, CachedBatches
 from coco4.data.transforms import random_crops, resized_crops
-from coco4.loop import Amp, EpochState, TrainingParts, _note_bad_loss, train_step
+from coco4.inference import Amp
 from coco4.model import build_model, trainable_parameters
 from coco4.synthetic import make_synthetic_coco
+from coco4.training import EpochState, TrainingParts, _note_bad_loss, train_step
 
 from conftest import REPO, eval_argv, smooth_images, train_argv, train_cli
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from coco4.distributed import DistEnv, pick_device
-from coco4.loop import Amp
+from coco4.inference import Amp
 
 
 @pytest.fixture

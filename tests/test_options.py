@@ -11,7 +11,7 @@ import torch
 
 from coco4 import options
 from coco4.annotation_lists import ListsOptions
-from coco4.config import TrainConfig
+from coco4.config import Recipe, RunOptions, TrainConfig
 from coco4.evaluation import EvaluateOptions
 from coco4.exporting import ExportOptions
 from coco4.file_predictions import PredictOptions
@@ -64,27 +64,33 @@ def test_every_field_is_a_flag_and_every_flag_a_field(script):
 
 
 def test_every_training_setting_is_stored_in_each_checkpoint(trained_run):
+    """The recipe as ``config`` (what a resume takes back), the run options apart, and the
+    two together every field of TrainConfig: each flag of train.py is in the file."""
     for name in ("last.pt", "best.pt"):
-        stored = torch.load(trained_run / name, weights_only=True)["config"]
-        assert set(stored) == {f.name for f in dataclasses.fields(TrainConfig)}
+        ckpt = torch.load(trained_run / name, weights_only=True)
+        recipe, run = ckpt["config"], ckpt["run_options"]
+        assert set(recipe) == {f.name for f in dataclasses.fields(Recipe)}
+        assert set(run) == {f.name for f in dataclasses.fields(RunOptions)}
+        assert not set(recipe) & set(run)
         # and read back into the same configuration
-        assert TrainConfig.from_dict(stored).to_dict() == stored
+        both = {**recipe, **run}
+        assert TrainConfig.from_dict(both).to_dict() == {
+            f.name: both[f.name] for f in dataclasses.fields(TrainConfig)}
 
 
 def test_a_resumed_run_keeps_each_stored_setting_and_takes_this_machines_runtime_ones(
         trained_run):
-    """Every field, changed on the command line of a resume: a setting of the run keeps its
-    stored value (and is named as ignored), a runtime one takes the new value; a stored runtime
-    value this machine would refuse (--workers 100 from a bigger one) is never checked."""
-    from coco4.config import RUNTIME_FIELDS
-
+    """Every field, changed on the command line of a resume: a setting of the recipe keeps its
+    stored value (and is named as ignored), a run option (and --epochs, the total) takes the
+    new value; a stored run option this machine would refuse (--workers 100 from a bigger one,
+    as an older coco4 stored them) is never checked."""
     stored = {**torch.load(trained_run / "last.pt", weights_only=True)["config"], "workers": 100}
     parser, hints = importlib.import_module("train").get_args_parser(), typing.get_type_hints(
         TrainConfig)
     for field in dataclasses.fields(TrainConfig):
         value, _ = other_value(field, hints[field.name], parser)
         cfg, ignored = TrainConfig.from_dict({field.name: value}).resumed_from(stored)
-        if field.name in RUNTIME_FIELDS:
+        if field.name in {f.name for f in dataclasses.fields(RunOptions)} | {"epochs"}:
             assert getattr(cfg, field.name) == value and not ignored, field.name
         else:
             assert getattr(cfg, field.name) == stored[field.name], field.name

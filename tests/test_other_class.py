@@ -215,13 +215,16 @@ def test_a_5_class_checkpoint_predicts_exports_and_draws(other_data, other_run, 
 
 def test_balance_and_selection_see_the_other_class(other_data, tmp_path):
     """--balance loss weighs the fifth class by its own count, by hand from the split."""
+    import torch
+
     from coco4 import trainer
     from coco4.distributed import DistEnv
+    from coco4.preflight import Ready
 
     from conftest import train_args
 
-    run = trainer.Training(train_args(other_data, tmp_path / "run", balance="loss"),
-                           DistEnv(), False, "python train.py")
+    ready = Ready(train_args(other_data, tmp_path / "run", balance="loss"), torch.device("cpu"))
+    run = trainer.Training(ready, DistEnv(), False, "python train.py")
     labels = run.data.train.labels.tolist()
     counts = [labels.count(c) for c in range(5)]
     assert run.data.classes[-1] == "other" and counts[4] > max(counts[:4])

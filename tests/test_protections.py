@@ -13,11 +13,18 @@ from coco4.data.loaders import BatchPlan, CachedBatches
 from coco4.data.prepare import stratified_split
 from coco4.distributed import DistEnv
 from coco4.errors import Coco4Error
+from coco4.inference import Amp, validate
 from coco4.interrupt import Interrupted, StopRequest
-from coco4.loop import Amp, EpochState, TrainingParts, train_one_epoch, train_step, validate
 from coco4.metrics import MetricAccumulator
 from coco4.model import build_model
-from coco4.trainer import build_training_parts, fit
+from coco4.trainer import fit
+from coco4.training import (
+    EpochState,
+    TrainingParts,
+    build_training_parts,
+    train_one_epoch,
+    train_step,
+)
 
 from conftest import read_csv, smooth_images, train_args
 
@@ -211,9 +218,9 @@ def test_a_resumed_run_continues_the_optimizer_and_the_lr_schedule(demo_data, tm
     saved = read_file(out / "last.pt")
     assert saved["scheduler"]["last_epoch"] == 2 and saved["optimizer"]["state"]
     cfg = train_args(demo_data, tmp_path / "more", epochs=3, resume=str(out / "last.pt"))
-    data = SimpleNamespace(classes=CLASSES, train=None)
+    data = SimpleNamespace(classes=CLASSES, train=())  # no batches: only the states are read
     parts = build_training_parts(cfg, data, CPU, DistEnv(), load_model(out / "last.pt"))
-    assert parts.scheduler.state_dict() == saved["scheduler"]
+    assert parts.schedule.state_dict() == saved["scheduler"]
     optimizer = parts.optimizer.state_dict()
     assert optimizer["param_groups"] == saved["optimizer"]["param_groups"]
     assert optimizer["state"].keys() == saved["optimizer"]["state"].keys()

@@ -12,9 +12,16 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from coco4.checkpoint import read_file
 from coco4.errors import Coco4Error
-from coco4.loop import Amp, EpochState, TrainingParts, non_finite_loss, train_one_epoch, train_step
+from coco4.inference import Amp
 from coco4.model import build_model
 from coco4.trainer import fit
+from coco4.training import (
+    EpochState,
+    TrainingParts,
+    non_finite_loss,
+    train_one_epoch,
+    train_step,
+)
 
 from conftest import out_of_memory, read_csv, run_script, train_args, train_argv, train_cli
 
@@ -239,15 +246,15 @@ def test_non_finite_loss_stops_naming_epoch_and_step():
 
 
 def test_non_finite_loss_stops_a_run_before_saving(demo_data, tmp_path, monkeypatch):
-    import coco4.loop
+    import coco4.training
 
-    real = coco4.loop.train_step
+    real = coco4.training.train_step
 
     def diverging(*args, **kwargs):
         loss, correct = real(*args, **kwargs)
         return loss * float("nan"), correct
 
-    monkeypatch.setattr(coco4.loop, "train_step", diverging)
+    monkeypatch.setattr(coco4.training, "train_step", diverging)
     with pytest.raises(Coco4Error, match=r"non-finite at epoch 1, step 1; stopped without "
                                          r"saving it \(nothing of this run was saved\)"):
         fit(train_args(demo_data, tmp_path), progress=False)
@@ -255,9 +262,9 @@ def test_non_finite_loss_stops_a_run_before_saving(demo_data, tmp_path, monkeypa
 
 
 def test_cuda_out_of_memory_names_the_accum_steps_to_use(demo_data, tmp_path, monkeypatch):
-    import coco4.loop
+    import coco4.training
 
-    monkeypatch.setattr(coco4.loop, "train_step", out_of_memory)
+    monkeypatch.setattr(coco4.training, "train_step", out_of_memory)
     with pytest.raises(Coco4Error, match=r"--accum-steps 2\b"):
         fit(train_args(demo_data, tmp_path), progress=False)
     assert not (tmp_path / "last.pt").exists()
@@ -338,9 +345,9 @@ def test_a_checkpoint_whose_run_state_cannot_be_resumed_is_refused(demo_data, ru
 
 def test_out_of_memory_when_micro_batches_cannot_shrink_says_what_else_to_do(demo_data, tmp_path,
                                                                              monkeypatch):
-    import coco4.loop
+    import coco4.training
 
-    monkeypatch.setattr(coco4.loop, "train_step", out_of_memory)
+    monkeypatch.setattr(coco4.training, "train_step", out_of_memory)
     # 7 images a step in 3 micro-batches: 4 would leave one image alone
     with pytest.raises(Coco4Error, match=r"micro-batches of 3 images at 32px, and they cannot "
                                          r"shrink below 2 images; lower --batch-size or "):

@@ -42,7 +42,9 @@ class Mutant:
 
 
 FILTER, SPLIT = "coco4/data/coco_filter.py", "coco4/data/prepare.py"
-METRICS, LOOP, TRAINER = "coco4/metrics.py", "coco4/loop.py", "coco4/trainer.py"
+METRICS, TRAINER = "coco4/metrics.py", "coco4/trainer.py"
+TRAINING, INFERENCE = "coco4/training.py", "coco4/inference.py"
+PREFLIGHT = "coco4/preflight.py"
 CHECKPOINT, CALIBRATION = "coco4/checkpoint.py", "coco4/calibration.py"
 LOADERS = "coco4/data/loaders.py"
 OTHER_CLASS, OPEN_SET = "coco4/data/other_class.py", "coco4/open_set.py"
@@ -105,14 +107,14 @@ MUTANTS = [
     Mutant("precision-recall-swapped", METRICS, "    return true, pred\n",
            "    return pred, true\n", METRIC_TESTS),
     # the training step, its figures, and validation under torchrun
-    Mutant("loss-per-micro-batch", LOOP, "parts.scaler.scale(loss / total).backward()",
+    Mutant("loss-per-micro-batch", TRAINING, "parts.scaler.scale(loss / total).backward()",
            "parts.scaler.scale(loss / len(yb)).backward()", STEP_TESTS),
-    Mutant("gradients-never-zeroed", LOOP,
+    Mutant("gradients-never-zeroed", TRAINING,
            "    parts.scaler.update()\n    parts.optimizer.zero_grad(set_to_none=True)\n",
            "    parts.scaler.update()\n", STEP_TESTS),
-    Mutant("dropout-seed-without-step", LOOP, "seed_everything(*seed, state.epoch, step)",
+    Mutant("dropout-seed-without-step", TRAINING, "seed_everything(*seed, state.epoch, step)",
            "seed_everything(*seed, state.epoch)", STEP_TESTS),
-    Mutant("train-count-per-step", LOOP, "state.count += len(y)", "state.count += 1",
+    Mutant("train-count-per-step", TRAINING, "state.count += len(y)", "state.count += 1",
            STEP_TESTS),
     Mutant("validation-not-sharded", LOADERS, "return torch.arange(n)[plan.rank::plan.world]",
            "return torch.arange(n)",
@@ -123,11 +125,11 @@ MUTANTS = [
            "is_best = score >= run.best_metric", BEST_TESTS),
     Mutant("select-by-ignored", TRAINER, "lr), val[self.cfg.select_by]",
            'lr), val["accuracy"]', BEST_TESTS),
-    Mutant("plateau-on-training-loss", TRAINER, 'parts.scheduler.step(val["nll"])',
-           "parts.scheduler.step(trained[0] / trained[2])",
+    Mutant("plateau-on-training-loss", TRAINER, 'parts.schedule.after_epoch(val["nll"])',
+           "parts.schedule.after_epoch(trained[0] / trained[2])",
            (P + "the_lr_drops_when_the_validation_loss_stops_improving",)),
     # resume
-    Mutant("resume-without-optimizer-state", TRAINER,
+    Mutant("resume-without-optimizer-state", TRAINING,
            '        optimizer.load_state_dict(ckpt["optimizer"])\n', "", RESUME_TESTS),
     Mutant("resume-mid-epoch-loses-sums", TRAINER, "run.epoch_sums if stopped_here else None",
            "None", (P + "a_run_stopped_mid_epoch_reports_the_whole_epochs_figures",)),
@@ -151,7 +153,7 @@ MUTANTS = [
             "diagram",)),
     Mutant("balance-sampler-ignored", "coco4/config.py", 'balanced=self.balance == "sampler")',
            "balanced=False)", BALANCE_TESTS),
-    Mutant("balance-loss-ignored", TRAINER, 'if cfg.balance == "loss" else None)',
+    Mutant("balance-loss-ignored", TRAINING, 'if recipe.balance == "loss" else None)',
            "if False else None)", BALANCE_TESTS),
     # the other class and the open-set figures (#23)
     Mutant("other-takes-images-of-the-classes", OTHER_CLASS,
@@ -178,8 +180,8 @@ MUTANTS = [
 
 # the five breakages the first pass (#16) found unprotected, kept as a regression group
 ISSUE16 = [
-    Mutant("resume-without-scheduler-state", TRAINER,
-           '        scheduler.load_state_dict(ckpt["scheduler"])\n', "",
+    Mutant("resume-without-scheduler-state", TRAINING,
+           '        schedule.load_state_dict(ckpt["scheduler"])\n', "",
            ("tests/test_train.py::test_resume_gives_the_same_weights_and_same_seed_the_same_run",
             *RESUME_TESTS)),
     Mutant("augment-seed-without-step", LOADERS,
@@ -191,7 +193,7 @@ ISSUE16 = [
            "IMAGENET_MEAN = (0.406, 0.456, 0.485)\nIMAGENET_STD = (1.0, 1.0, 1.0)",
            ("tests/test_model.py::test_normalisation_is_what_the_torchvision_weights_expect",
             "tests/test_model.py::test_the_model_normalises_pixels_itself")),
-    Mutant("evaluation-in-train-mode", LOOP,
+    Mutant("evaluation-in-train-mode", INFERENCE,
            "    model.eval()\n    all_logits, all_labels = [], []\n",
            "    all_logits, all_labels = [], []\n",
            (P + "evaluation_runs_in_eval_mode_whatever_mode_the_model_was_left_in",)),
@@ -209,13 +211,13 @@ ISSUE25 = [
            (H + "1_predict_never_writes_over_an_input_image",
             H + "2_predict_never_writes_over_the_checkpoint",
             H + "3_export_never_writes_over_the_checkpoint")),
-    Mutant("overwrite-deletes-during-the-checks", TRAINER,
-           "                             \"first, or choose another --output-dir\")\n"
-           "        return earlier",
-           "                             \"first, or choose another --output-dir\")\n"
-           "        remove(earlier)\n        return []",
+    Mutant("overwrite-deletes-during-the-checks", PREFLIGHT,
+           "                         \"first, or choose another --output-dir\")\n"
+           "    return earlier",
+           "                         \"first, or choose another --output-dir\")\n"
+           "    from .run_folder import remove\n    remove(earlier)\n    return []",
            (H + "4_overwrite_deletes_nothing_when_the_new_run_fails_its_checks",)),
-    Mutant("resume-into-another-runs-folder", TRAINER,
+    Mutant("resume-into-another-runs-folder", PREFLIGHT,
            "    earlier = [p for p in earlier_run(folder, overwrite=True) if not same_file(p, "
            "resume)]", "    earlier = []",
            (H + "4b_a_resumed_run_never_mixes_with_another_run",

@@ -12,9 +12,9 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 import tiny_backbone  # noqa: E402, F401  (registers --arch tiny)
 
-import coco4.loop  # noqa: E402
+import coco4.training  # noqa: E402
 
-real_step, steps = coco4.loop.train_step, []
+real_step, steps = coco4.training.train_step, []
 
 
 def train_step(parts, x, y):
@@ -24,6 +24,6 @@ def train_step(parts, x, y):
     return real_step(parts, x, y)
 
 
-coco4.loop.train_step = train_step
+coco4.training.train_step = train_step
 sys.argv[0] = str(REPO / "train.py")
 runpy.run_path(sys.argv[0], run_name="__main__")

@@ -17,15 +17,15 @@ sys.path[:0] = [str(TESTS.parent), str(TESTS)]
 import tiny_backbone  # noqa: E402, F401  (registers --arch tiny)
 
 if os.environ.get("COCO4_TEST_STEP_SECONDS"):
-    import coco4.loop
+    import coco4.training
 
-    pause, real_step = float(os.environ["COCO4_TEST_STEP_SECONDS"]), coco4.loop.train_step
+    pause, real_step = float(os.environ["COCO4_TEST_STEP_SECONDS"]), coco4.training.train_step
 
     def slow_step(*args, **kwargs):
         time.sleep(pause)
         return real_step(*args, **kwargs)
 
-    coco4.loop.train_step = slow_step
+    coco4.training.train_step = slow_step
 
 if sys.argv[1] == "-m":
     sys.argv = sys.argv[2:]
