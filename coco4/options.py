@@ -188,17 +188,27 @@ def _choice_problem(value, meta) -> str | None:
 
 
 def _bounds_problem(value, meta) -> str | None:
-    """What ``value`` must be and is not, by the field's bounds: the one it crosses."""
+    """What ``value`` must be and is not, by the field's bounds: the side it crosses, or the
+    whole range where one of its ends is exclusive."""
     low, high, above, below = (meta.get(k) for k in ("low", "high", "above", "below"))
     if all(b is None for b in (low, high, above, below)) or isinstance(value, (str, bool)):
         return None
+    # nan fails every comparison; inf passes a one-sided bound but is no setting
+    too_low = not ((low is None or value >= low) and (above is None or value > above))
+    too_high = not ((high is None or value <= high) and (below is None or value < below))
+    if not (too_low or too_high or not math.isfinite(value)):
+        return None
     why = f" {meta['why']}" if meta.get("why") else ""
-    if above is not None and below is not None and not above < value < below:
-        return f"between {above} and {below} (exclusive){why}"  # nan fails every comparison
-    if above is not None and not (value > above and math.isfinite(value)):
-        return ("a positive number" if above == 0 else f"above {above}") + why
-    if low is not None and not value >= low:
-        return ("0 or more" if low == 0 else f"at least {low}") + why
-    if high is not None and not value <= high:
-        return f"at most {high}{why}"
-    return None if math.isfinite(value) else f"a finite number{why}"
+    lower = (f"above {above}" if above is not None else "0 or more" if low == 0
+             else f"at least {low}" if low is not None else None)
+    upper = f"below {below}" if below is not None else f"at most {high}" if high is not None \
+        else None
+    if above is not None and below is not None:
+        words = f"between {above} and {below} (exclusive)"
+    elif lower and upper and below is not None:
+        words = f"{lower} and {upper}"
+    elif too_low or (lower and not upper):
+        words = "a positive number" if above == 0 and upper is None else lower
+    elif too_high or upper:
+        words = upper
+    return words + why
