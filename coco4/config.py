@@ -46,6 +46,9 @@ class Recipe:
     accum_steps: int = option(1, "micro-batches per optimizer step (same effective batch, "
                               "less GPU memory; BatchNorm sees each micro-batch alone)", low=1)
     lr: float = option(1e-4, "Adam learning rate", above=0)
+    label_smoothing: float = option(0.0, "cross-entropy's label smoothing: each target keeps "
+                                    "1 - S and spreads S evenly over all classes", low=0,
+                                    below=1)
     plateau_factor: float = option(0.1, "ReduceLROnPlateau: the LR is multiplied by this when "
                                    "the validation loss stops improving", above=0, below=1)
     plateau_patience: int = option(5, "ReduceLROnPlateau: epochs without improvement before "

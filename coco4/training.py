@@ -39,7 +39,8 @@ def build_criterion(recipe: Recipe, class_weight: torch.Tensor | None = None) ->
     """The training loss, summed over a micro-batch (``train_step`` divides by the batch's
     size, so micro-batches add up). It takes class indices or per-class target probabilities
     (soft targets, as mixup and cutmix make); ``class_weight`` is --balance loss's."""
-    return nn.CrossEntropyLoss(weight=class_weight, reduction="sum")
+    return nn.CrossEntropyLoss(weight=class_weight, reduction="sum",
+                               label_smoothing=recipe.label_smoothing)
 
 
 def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:

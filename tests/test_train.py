@@ -11,6 +11,7 @@ import torchvision
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from coco4.checkpoint import read_file
+from coco4.config import Recipe
 from coco4.errors import Coco4Error
 from coco4.inference import Amp
 from coco4.model import build_model
@@ -18,6 +19,7 @@ from coco4.trainer import fit
 from coco4.training import (
     EpochState,
     TrainingParts,
+    build_criterion,
     non_finite_loss,
     train_one_epoch,
     train_step,
@@ -100,6 +102,40 @@ def test_frozen_layers_and_bn_stats_stay_put_while_layer3_layer4_train(demo_data
     # Adam holds state for every trainable tensor: layer3, layer4 and the head
     trainable = [p for p in build_model("resnet50", 4).parameters() if p.requires_grad]
     assert len(read_file(tmp_path / "last.pt")["optimizer"]["state"]) == len(trainable)
+
+
+def test_label_smoothing_is_the_smoothed_cross_entropy_worked_by_hand():
+    """Target 1 - S on the true class plus S spread evenly over all K classes: the loss of an
+    image is (1 - S) * -log p_y + S * mean_k(-log p_k), summed over the batch."""
+    logits = torch.tensor([[2.0, 0.0, -1.0, 0.5], [0.1, 0.2, 0.3, 0.4], [-3.0, 1.0, 0.0, 2.0]])
+    labels = torch.tensor([0, 3, 1])
+    log_p = logits.log_softmax(1)
+    by_hand = sum(0.9 * -log_p[i, y] + 0.1 * -log_p[i].mean() for i, y in enumerate(labels))
+    smoothed = build_criterion(Recipe(label_smoothing=0.1))(logits, labels)
+    assert float(smoothed) == pytest.approx(float(by_hand), rel=1e-6)
+    plain = build_criterion(Recipe())(logits, labels)  # the default: no smoothing
+    assert float(plain) == pytest.approx(float(-log_p[range(3), labels].sum()), rel=1e-6)
+
+
+def test_label_smoothing_trains_is_stored_and_resumed(demo_data, tmp_path):
+    """--label-smoothing changes what a run learns, is stored with the recipe, and a resume
+    that does not repeat the flag keeps it: stopped after one epoch and resumed to two, the
+    weights are a straight two-epoch run's."""
+    fit(train_args(demo_data, tmp_path / "plain", epochs=2), progress=False)
+    fit(train_args(demo_data, tmp_path / "smooth", epochs=2, label_smoothing=0.1),
+        progress=False)
+    plain, smooth = (read_file(tmp_path / r / "last.pt") for r in ("plain", "smooth"))
+    assert plain["config"]["label_smoothing"] == 0.0
+    assert smooth["config"]["label_smoothing"] == 0.1
+    assert max_diff(plain["model"], smooth["model"]) > 1e-4
+    out = tmp_path / "cut"
+    fit(train_args(demo_data, out, epochs=1, label_smoothing=0.1), progress=False)
+    ran = run_script("train", *train_argv(demo_data, out, "--resume", out / "last.pt",
+                                          "--epochs", "2"))
+    assert ran.status == 0, ran.err[-2000:]
+    resumed = read_file(out / "last.pt")
+    assert resumed["config"]["label_smoothing"] == 0.1
+    assert max_diff(resumed["model"], smooth["model"]) <= 1e-6
 
 
 def test_resume_gives_the_same_weights_and_same_seed_the_same_run(demo_data, tmp_path):

@@ -153,6 +153,10 @@ MUTANTS = [
             "diagram",)),
     Mutant("balance-sampler-ignored", "coco4/config.py", 'balanced=self.balance == "sampler")',
            "balanced=False)", BALANCE_TESTS),
+    Mutant("label-smoothing-ignored", TRAINING, "                               "
+           "label_smoothing=recipe.label_smoothing)", "                               )",
+           ("tests/test_train.py::test_label_smoothing_is_the_smoothed_cross_entropy_worked_"
+            "by_hand", "tests/test_train.py::test_label_smoothing_trains_is_stored_and_resumed")),
     Mutant("balance-loss-ignored", TRAINING, 'if recipe.balance == "loss" else None)',
            "if False else None)", BALANCE_TESTS),
     # the other class and the open-set figures (#23)
