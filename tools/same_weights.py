@@ -69,9 +69,11 @@ def compare(against: str, cases: list[str]) -> dict:
                 for file in ("last.pt", "best.pt"):
                     a, b = (torch.load(tmp / case / n / file, weights_only=True)
                             for n in ("old", "new"))
-                    recipe = {k: a["config"][k] for k in b["config"]}
-                    diffs += differences(a, b, file) + (
-                        [] if recipe == b["config"] else [f"{file}/config"])
+                    # a setting the commit did not have yet is compared by the weights alone
+                    common = set(a["config"]) & set(b["config"])
+                    diffs += differences(a, b, file) + [
+                        f"{file}/config/{k}" for k in sorted(common)
+                        if a["config"][k] != b["config"][k]]
                 results[case] = diffs
                 shown = ", ".join(diffs[:4]) + (f" and {len(diffs) - 4} more" if len(diffs) > 4
                                                  else "")
