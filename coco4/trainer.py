@@ -133,7 +133,9 @@ class Training:
     def _end_epoch(self, state: EpochState) -> tuple[dict, float]:
         """Validate, fit the temperature, step the LR schedule: the epoch's metrics.csv row,
         and the score the best checkpoint is chosen by."""
-        lr = self.parts.optimizer.param_groups[0]["lr"]  # the LR this epoch trained at
+        # the LR this epoch trained at (a per-step schedule's first): read before the
+        # schedule's epoch step below
+        lr = state.lr if state.lr is not None else self.parts.optimizer.param_groups[0]["lr"]
         trained = all_reduce_sum([float(state.loss_sum), float(state.correct),
                                   float(state.count)], self.env, self.device)
         val, logits, labels = self._validate()

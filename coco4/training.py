@@ -207,6 +207,7 @@ class EpochState:
     count: int = 0
     seconds: float = 0.0
     first_bad_step: torch.Tensor = None  # the first step with a non-finite loss, or -1
+    lr: float | None = None  # the LR of the epoch's first step: metrics.csv's lr column
 
     @classmethod
     def start(cls, epoch: int, device: torch.device, saved: dict | None = None,
@@ -219,11 +220,12 @@ class EpochState:
             state.loss_sum += saved["loss_sum"]
             state.correct += saved["correct"]
             state.count, state.seconds = saved["count"], saved["seconds"]
+            state.lr = saved.get("lr")  # older checkpoints: the LR at the epoch's end
         return state
 
     def to_dict(self) -> dict:
         return {"loss_sum": float(self.loss_sum), "correct": int(self.correct),
-                "count": self.count, "seconds": self.seconds}
+                "count": self.count, "seconds": self.seconds, "lr": self.lr}
 
 
 def train_one_epoch(parts: TrainingParts, batches: Batches, state: EpochState, seed: tuple,
@@ -247,6 +249,8 @@ def train_one_epoch(parts: TrainingParts, batches: Batches, state: EpochState, s
         tic = shown = time.perf_counter()
         for step, (x, y) in enumerate(batches.iterate(state.epoch, state.step), state.step):
             seed_everything(*seed, state.epoch, step)
+            if state.lr is None:  # a per-step schedule moves it within the epoch
+                state.lr = parts.optimizer.param_groups[0]["lr"]
             targets = y
             if parts.batch_transform is not None:
                 x, targets = parts.batch_transform(

@@ -138,6 +138,30 @@ def test_label_smoothing_trains_is_stored_and_resumed(demo_data, tmp_path):
     assert max_diff(resumed["model"], smooth["model"]) <= 1e-6
 
 
+def test_a_per_step_schedule_steps_after_each_optimizer_step_and_resumes_there(
+        demo_data, tmp_path, monkeypatch):
+    """The schedule seam: a schedule built per step (as warmup and cosine are) steps once per
+    optimizer step, metrics.csv's lr is each epoch's first step's, and a resumed run continues
+    the count. Here the LR halves every step: 5 steps an epoch (36 images in batches of 8)."""
+    import coco4.training
+
+    def halving(recipe, optimizer, steps_per_epoch):
+        assert steps_per_epoch == 5
+        return coco4.training.LrSchedule(
+            torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 0.5 ** k), per_step=True)
+
+    monkeypatch.setattr(coco4.training, "build_scheduler", halving)
+    fit(train_args(demo_data, tmp_path / "straight", epochs=3, lr=1e-3), progress=False)
+    rows = read_csv(tmp_path / "straight" / "metrics.csv")
+    assert [float(r["lr"]) for r in rows] == pytest.approx([1e-3, 1e-3 / 32, 1e-3 / 1024])
+    fit(train_args(demo_data, tmp_path / "cut", epochs=1, lr=1e-3), progress=False)
+    fit(train_args(demo_data, tmp_path / "cut", epochs=3, lr=1e-3,
+                   resume=str(tmp_path / "cut" / "last.pt")), progress=False)
+    assert read_csv(tmp_path / "cut" / "metrics.csv")[2]["lr"] == rows[2]["lr"]
+    assert max_diff(weights(tmp_path / "cut" / "last.pt"),
+                    weights(tmp_path / "straight" / "last.pt")) <= 1e-6
+
+
 def test_resume_gives_the_same_weights_and_same_seed_the_same_run(demo_data, tmp_path):
     fit(train_args(demo_data, tmp_path / "full", epochs=2), progress=False)
     fit(train_args(demo_data, tmp_path / "half", epochs=1), progress=False)

@@ -153,6 +153,15 @@ MUTANTS = [
             "diagram",)),
     Mutant("balance-sampler-ignored", "coco4/config.py", 'balanced=self.balance == "sampler")',
            "balanced=False)", BALANCE_TESTS),
+    Mutant("per-step-schedule-never-stepped", TRAINING,
+           "    if parts.schedule is not None:\n        parts.schedule.after_step()\n", "",
+           ("tests/test_train.py::test_a_per_step_schedule_steps_after_each_optimizer_step_and_"
+            "resumes_there",)),
+    Mutant("lr-column-at-the-epochs-end", TRAINING,
+           '                state.lr = parts.optimizer.param_groups[0]["lr"]',
+           "                pass",
+           ("tests/test_train.py::test_a_per_step_schedule_steps_after_each_optimizer_step_and_"
+            "resumes_there",)),
     Mutant("label-smoothing-ignored", TRAINING, "                               "
            "label_smoothing=recipe.label_smoothing)", "                               )",
            ("tests/test_train.py::test_label_smoothing_is_the_smoothed_cross_entropy_worked_"
