@@ -26,12 +26,14 @@ MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024  # --image-size, and a checkpoint's, w
 # --balance: none (the original), sampler (class-balanced epochs), loss (class-weighted loss)
 BALANCE_MODES = ("none", "sampler", "loss")
 DATA_PATHS = ("fast", "pil")
+LR_SCHEDULERS = ("plateau", "cosine")
 
 
 @dataclass(frozen=True)
 class Recipe:
     """What a run computes: stored in each checkpoint, and on --resume taken from it (only
-    ``epochs``, the total, is also taken from the command line: RESUMED_FROM_COMMAND_LINE)."""
+    when it stops, ``epochs`` and ``patience``, from the command line:
+    RESUMED_FROM_COMMAND_LINE)."""
 
     arch: str = option(DEFAULT_ARCH, "backbone; stored in the checkpoint, so no later step "
                        "needs it", choices=lambda: tuple(ARCHITECTURES))
@@ -49,6 +51,20 @@ class Recipe:
     label_smoothing: float = option(0.0, "cross-entropy's label smoothing: each target keeps "
                                     "1 - S and spreads S evenly over all classes", low=0,
                                     below=1)
+    lr_scheduler: str = option("plateau", "plateau: ReduceLROnPlateau on the validation loss, "
+                               "once an epoch (the original); cosine: cosine annealing to "
+                               "--lr-min over the run's optimizer steps",
+                               choices=LR_SCHEDULERS)
+    lr_warmup_epochs: int = option(0, "epochs of linear warmup, per optimizer step, from "
+                                   "1/100 of --lr", low=0)
+    lr_min: float = option(0.0, "the LR's floor: where cosine ends, the least plateau lowers "
+                           "it to", low=0)
+    mixup_alpha: float = option(0.0, "mixup: each image blended with another, the share "
+                                "drawn from Beta(A, A), the targets blended alike (0: off)",
+                                low=0)
+    cutmix_alpha: float = option(0.0, "cutmix: a box of another image pasted in, its share "
+                                 "from Beta(A, A); with --mixup-alpha, one of the two per "
+                                 "batch (0: off)", low=0)
     plateau_factor: float = option(0.1, "ReduceLROnPlateau: the LR is multiplied by this when "
                                    "the validation loss stops improving", above=0, below=1)
     plateau_patience: int = option(5, "ReduceLROnPlateau: epochs without improvement before "
@@ -59,6 +75,8 @@ class Recipe:
                           "frequency", choices=BALANCE_MODES)
     select_by: str = option("accuracy", "the held-out validation metric that chooses best.pt",
                             choices=SELECTABLE)
+    patience: int = option(0, "stop after this many epochs without a better held-out "
+                           "--select-by score (0: never stop early)", low=0)
     seed: int = option(0, "seeds the split, order, augmentation, dropout and the head's "
                        "weights", low=0)
     val_fraction: float = option(0.1, "share of each class held out from the train list for "
@@ -68,6 +86,12 @@ class Recipe:
 
     def __post_init__(self):
         options.check(self)
+        if self.lr_warmup_epochs >= self.epochs:
+            raise Coco4Error(f"--lr-warmup-epochs {self.lr_warmup_epochs} leaves none of the "
+                             f"{self.epochs} epochs to train at the full LR: fewer than --epochs")
+        if self.lr_min >= self.lr:
+            raise Coco4Error(f"--lr-min {self.lr_min} must be below --lr {self.lr}: the floor "
+                             "the schedule lowers the LR towards")
         if 2 * self.accum_steps > self.batch_size:
             raise Coco4Error(f"--accum-steps {self.accum_steps} splits --batch-size "
                              f"{self.batch_size} into micro-batches of fewer than 2 images, and "
@@ -108,8 +132,9 @@ class RunOptions:
 
 RECIPE_FIELDS = tuple(f.name for f in dataclasses.fields(Recipe))
 RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunOptions))
-# what --resume takes from the command line: the run options, and the total number of epochs
-RESUMED_FROM_COMMAND_LINE = (*RUN_FIELDS, "epochs")
+# what --resume takes from the command line: the run options, and when to stop (the total
+# number of epochs, the patience), which change no epoch's work
+RESUMED_FROM_COMMAND_LINE = (*RUN_FIELDS, "epochs", "patience")
 
 
 @dataclass(frozen=True)

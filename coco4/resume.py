@@ -24,6 +24,7 @@ class RunState:
     best_metric: float = -1.0  # the best validation score by the config's ``select_by``
     best_epoch: int = 0
     history: list = dataclasses.field(default_factory=list)
+    stopped_early: int = 0  # the epoch after which --patience stopped the run; 0: it did not
 
 
 def load_resumable(path: str) -> LoadedModel:
@@ -49,7 +50,8 @@ def _run_state_problem(ckpt: dict) -> str | None:
     unknown = sorted(set(run) - set(fields))
     if unknown:
         return f"'run' has fields {unknown} that a newer coco4 wrote"
-    numbers = {"epoch": int, "step": int, "best_metric": (int, float), "best_epoch": int}
+    numbers = {"epoch": int, "step": int, "best_metric": (int, float), "best_epoch": int,
+               "stopped_early": int}
     for name, kind in numbers.items():
         if name in run and (not isinstance(run[name], kind) or isinstance(run[name], bool)):
             return f"run.{name} is {run[name]!r}"
@@ -72,7 +74,13 @@ def resumed_config(cfg: TrainConfig, resumed: LoadedModel,
                          f"({e}); start a new run from its weights with --weights PATH") from None
     if ignored:
         say(f"resuming keeps the checkpoint's settings, not {ignored}")
-    done = resumed.checkpoint["run"].get("epoch", 0)
+    run = resumed.checkpoint["run"]
+    done, waited = run.get("epoch", 0), run.get("epoch", 0) - run.get("best_epoch", 0)
+    if run.get("stopped_early") and merged.patience and waited >= merged.patience:
+        raise Coco4Error(f"{cfg.resume} stopped early after epoch {done}: {waited} epochs "
+                         f"without a better held-out {merged.select_by}, and --patience is "
+                         f"{merged.patience}; its best.pt is the run's result, or pass a larger "
+                         "--patience (0: none) to train on")
     if done >= merged.epochs:  # checked before any work, not a silent exit 0
         raise Coco4Error(f"{cfg.resume} has already trained {done} epoch"
                          f"{'' if done == 1 else 's'}, and --epochs "

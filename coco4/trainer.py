@@ -72,6 +72,7 @@ class Training:
         self.parts = build_training_parts(cfg, self.data, self.device, env, resumed)
         remove(ready.earlier)  # --overwrite: only once every check of this run has passed
         self.state = RunState(**resumed.checkpoint["run"]) if resumed else RunState()
+        self.state.stopped_early = 0  # resumed with a patience that lets it go on
         # fitted on each validation's logits, stored with the checkpoint written after it
         self.temperature = resumed.checkpoint.get("temperature") if resumed else None
         self.writer = CheckpointWriter()
@@ -83,6 +84,8 @@ class Training:
             with StopRequest() as stop:
                 for epoch in range(self.state.epoch, self.cfg.epochs):
                     self._one_epoch(epoch, stop)
+                    if self.state.stopped_early:
+                        break
         except failed_compile as e:  # a compiler that is there but fails, at its first use
             raise compile_failed(e) from None
         finally:
@@ -91,6 +94,7 @@ class Training:
         run = self.state
         return {"best_metric": run.best_metric, "select_by": self.cfg.select_by,
                 "best_epoch": run.best_epoch, "history": run.history,
+                "stopped_early": run.stopped_early,
                 "output_dir": str(self.cfg.output_dir), "classes": list(self.data.classes)}
 
     def _one_epoch(self, epoch: int, stop: StopRequest) -> None:
@@ -123,8 +127,16 @@ class Training:
             run.best_metric, run.best_epoch = score, epoch + 1
         run.epoch, run.step, run.epoch_sums = epoch + 1, 0, None
         run.history.append(row)
+        patience = cfg.patience
+        if patience and run.epoch - run.best_epoch >= patience and run.epoch < cfg.epochs:
+            run.stopped_early = run.epoch  # every rank decides alike: the scores are summed
         self._save(best=is_best)
         self.log.epoch(run.history, run.best_epoch)
+        if run.stopped_early:
+            self.log.info(f"stopped early after epoch {run.epoch}: {patience} epochs without a "
+                          f"better held-out {cfg.select_by} than epoch {run.best_epoch}'s "
+                          f"(--patience {patience}); best.pt is epoch {run.best_epoch}")
+            return
         voted = self.stop_vote.result()  # the last step's vote, in flight until now
         if (any_rank(stop.requested, env, device) or voted) and epoch + 1 < cfg.epochs:
             self.writer.wait()

@@ -10,6 +10,7 @@ Per-step figures stay on the device and are read at the epoch's end and when the
 refreshes (at most once a second), so on one GPU the host runs ahead of the queued steps.
 """
 import contextlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from .data.prepare import TrainData
 from .distributed import DistEnv, barrier
 from .errors import Coco4Error
 from .inference import Amp
+from .mixing import MixupCutmix
 from .model import trainable_parameters
 from .seeding import generator, seed_everything
 
@@ -43,44 +45,91 @@ def build_criterion(recipe: Recipe, class_weight: torch.Tensor | None = None) ->
                                label_smoothing=recipe.label_smoothing)
 
 
+def build_batch_transform(recipe: Recipe, num_classes: int) -> BatchTransform | None:
+    """Mixup and/or cutmix on each training batch (soft targets), or None: the batch as it
+    comes."""
+    if recipe.mixup_alpha == 0 and recipe.cutmix_alpha == 0:
+        return None
+    return MixupCutmix(num_classes, recipe.mixup_alpha, recipe.cutmix_alpha)
+
+
 def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
     """Adam over every trainable parameter (the original gave it only the head's)."""
     return torch.optim.Adam(trainable_parameters(model), lr=recipe.lr)
 
 
+WARMUP_START = 0.01  # the warmup's first LR, a share of --lr (torchvision's lr_warmup_decay)
+
+
 @dataclass
 class LrSchedule:
-    """A torch LR scheduler and when it steps: after each optimizer step (``per_step``: a
-    warmup or a cosine counts steps) or once an epoch, on the held-out validation loss."""
+    """The LR schedule: ``main`` steps after each optimizer step (``per_step``: cosine) or once
+    an epoch, on the held-out validation loss (ReduceLROnPlateau); ``warmup``, when the recipe
+    has one, raises the LR linearly over its first ``warmup_steps`` optimizer steps, and an
+    epoch-stepped ``main`` waits for it to end."""
 
-    scheduler: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
+    main: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
     per_step: bool = False
+    warmup: torch.optim.lr_scheduler.LRScheduler | None = None
+    warmup_steps: int = 0
 
     def after_step(self) -> None:
         if self.per_step:
-            self.scheduler.step()
+            self.main.step()
+        elif self.warmup is not None and self.warmup.last_epoch < self.warmup_steps:
+            self.warmup.step()
 
     def after_epoch(self, val_loss: float) -> None:
-        if self.per_step:
+        if self.per_step or (self.warmup is not None
+                             and self.warmup.last_epoch < self.warmup_steps):
             return
-        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            self.scheduler.step(val_loss)
+        if isinstance(self.main, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.main.step(val_loss)
         else:
-            self.scheduler.step()
+            self.main.step()
 
     def state_dict(self) -> dict:
-        return self.scheduler.state_dict()
+        """The main scheduler's state (what the checkpoint's ``scheduler`` has always held),
+        with the warmup's beside it when there is one."""
+        state = self.main.state_dict()
+        return state if self.warmup is None else {**state, "warmup": self.warmup.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.scheduler.load_state_dict(state)
+        state = dict(state)
+        warmup = state.pop("warmup", None)
+        self.main.load_state_dict(state)
+        if self.warmup is not None and warmup is not None:
+            self.warmup.load_state_dict(warmup)
 
 
 def build_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer,
                     steps_per_epoch: int) -> LrSchedule:
-    """The LR schedule: ReduceLROnPlateau on the validation loss, once an epoch.
-    ``steps_per_epoch`` (optimizer steps) is what a per-step schedule counts in."""
-    return LrSchedule(torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=recipe.plateau_factor, patience=recipe.plateau_patience))
+    """The LR schedule: ReduceLROnPlateau on the validation loss, once an epoch (the
+    original's), or a cosine from --lr to --lr-min over the run's optimizer steps; either after
+    --lr-warmup-epochs of linear warmup. ``steps_per_epoch``: optimizer steps in an epoch."""
+    warmup_steps = recipe.lr_warmup_epochs * steps_per_epoch
+    if recipe.lr_scheduler == "cosine":  # one closed form: warmup, then the cosine
+        total, floor = recipe.epochs * steps_per_epoch, recipe.lr_min / recipe.lr
+        return LrSchedule(torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda k: warmup_then_cosine(k, warmup_steps, total, floor)),
+            per_step=True)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=recipe.plateau_factor, patience=recipe.plateau_patience,
+        min_lr=recipe.lr_min)
+    if not warmup_steps:
+        return LrSchedule(plateau)
+    warmup = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda k: warmup_then_cosine(k, warmup_steps, warmup_steps, 1.0))
+    return LrSchedule(plateau, warmup=warmup, warmup_steps=warmup_steps)
+
+
+def warmup_then_cosine(step: int, warmup: int, total: int, floor: float) -> float:
+    """The LR at optimizer step ``step`` as a share of --lr: linear from WARMUP_START to 1 over
+    ``warmup`` steps, then a cosine from 1 down to ``floor`` at step ``total``."""
+    if step < warmup:
+        return WARMUP_START + (1 - WARMUP_START) * step / warmup
+    done = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * (1 + math.cos(math.pi * done)) / 2
 
 
 @dataclass
@@ -129,7 +178,8 @@ def build_training_parts(cfg: TrainConfig, data: TrainData, device: torch.device
     weight = (inverse_frequency(data.train.labels, data.classes).to(device)
               if recipe.balance == "loss" else None)
     return TrainingParts(model, optimizer, schedule, build_criterion(recipe, weight), amp,
-                         scaler, recipe.accum_steps)
+                         scaler, recipe.accum_steps,
+                         build_batch_transform(recipe, len(data.classes)))
 
 
 def _starting_model(recipe: Recipe, num_classes: int, env: DistEnv) -> nn.Module:

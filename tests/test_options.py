@@ -17,6 +17,7 @@ from coco4.exporting import ExportOptions
 from coco4.file_predictions import PredictOptions
 from coco4.pictures import PictureOptions
 
+WHEN_TO_STOP = {"epochs", "patience"}  # recipe settings a resume takes from the command line
 SCRIPTS = {"train": TrainConfig, "evaluate": EvaluateOptions, "visualize": PictureOptions,
            "predict": PredictOptions, "export": ExportOptions,
            "annotation_prepare": ListsOptions}
@@ -39,6 +40,8 @@ def other_value(field: dataclasses.Field, hint, parser: argparse.ArgumentParser)
         one = next(c for c in action.choices if c != default)
     elif field.name == "device":  # checked against the device names
         one = "cpu"
+    elif field.name == "lr_min":  # a floor below --lr's default
+        one = 1e-6
     elif kind is int:
         one = (default or 0) + 3
     elif kind is float:  # fractions and rates stay in their ranges
@@ -81,16 +84,17 @@ def test_every_training_setting_is_stored_in_each_checkpoint(trained_run):
 def test_a_resumed_run_keeps_each_stored_setting_and_takes_this_machines_runtime_ones(
         trained_run):
     """Every field, changed on the command line of a resume: a setting of the recipe keeps its
-    stored value (and is named as ignored), a run option (and --epochs, the total) takes the
-    new value; a stored run option this machine would refuse (--workers 100 from a bigger one,
-    as an older coco4 stored them) is never checked."""
+    stored value (and is named as ignored), a run option (and when to stop: --epochs, the
+    total, and --patience) takes the new value; a stored run option this machine would
+    refuse (--workers 100 from a bigger one, as an older coco4 stored them) is never
+    checked."""
     stored = {**torch.load(trained_run / "last.pt", weights_only=True)["config"], "workers": 100}
     parser, hints = importlib.import_module("train").get_args_parser(), typing.get_type_hints(
         TrainConfig)
     for field in dataclasses.fields(TrainConfig):
         value, _ = other_value(field, hints[field.name], parser)
         cfg, ignored = TrainConfig.from_dict({field.name: value}).resumed_from(stored)
-        if field.name in {f.name for f in dataclasses.fields(RunOptions)} | {"epochs"}:
+        if field.name in {f.name for f in dataclasses.fields(RunOptions)} | WHEN_TO_STOP:
             assert getattr(cfg, field.name) == value and not ignored, field.name
         else:
             assert getattr(cfg, field.name) == stored[field.name], field.name

@@ -62,6 +62,9 @@ STEP_TESTS = (P + "each_step_of_an_epoch_draws_its_own_dropout_and_a_resumed_ste
 BEST_TESTS = (P + "the_best_checkpoint_is_the_first_epoch_with_the_best_chosen_score",)
 BALANCE_TESTS = ("tests/test_balance.py::test_the_balance_flag_reaches_the_sampler_and_the_loss",)
 RESUME_TESTS = (P + "a_resumed_run_continues_the_optimizer_and_the_lr_schedule",)
+R = "tests/test_recipe.py::test_"
+MIXING_TESTS = (R + "mixup_blends_each_image_with_its_neighbour_and_the_targets_alike",
+                R + "cutmix_pastes_one_box_of_the_neighbour_and_the_share_is_what_each_keeps")
 OC = "tests/test_other_class.py::test_"
 OTHER_TESTS = (OC + "the_other_images_hold_none_of_the_classes_and_no_held_out_kind",
                OC + "the_sample_is_spread_over_kinds_worked_by_hand",
@@ -162,6 +165,20 @@ MUTANTS = [
            "                pass",
            ("tests/test_train.py::test_a_per_step_schedule_steps_after_each_optimizer_step_and_"
             "resumes_there",)),
+    Mutant("mixup-targets-not-mixed", "coco4/mixing.py",
+           "return images, onehot * share + onehot.roll(1, 0) * (1 - share)",
+           "return images, onehot", MIXING_TESTS),
+    Mutant("cutmix-share-unclipped", "coco4/mixing.py",
+           "return images, 1 - (bottom - top) * (right - left) / (height * width)",
+           "return images, share", MIXING_TESTS),
+    Mutant("patience-off-by-one", TRAINER, "run.epoch - run.best_epoch >= patience",
+           "run.epoch - run.best_epoch > patience",
+           (R + "early_stopping_stops_a_run_that_does_not_improve_and_says_so",)),
+    Mutant("cosine-without-its-floor", TRAINING,
+           "return floor + (1 - floor) * (1 + math.cos(math.pi * done)) / 2",
+           "return (1 + math.cos(math.pi * done)) / 2",
+           (R + "warmup_then_cosine_worked_by_hand",
+            R + "the_scheduler_steps_the_optimizers_lr_as_the_formula_says")),
     Mutant("label-smoothing-ignored", TRAINING, "                               "
            "label_smoothing=recipe.label_smoothing)", "                               )",
            ("tests/test_train.py::test_label_smoothing_is_the_smoothed_cross_entropy_worked_"

@@ -1,0 +1,186 @@
+"""The recipe's options beyond the original's (coco4/training.py, coco4/mixing.py): the LR
+schedule (warmup, cosine, its floor), mixup and cutmix, early stopping; each checked against
+numbers worked by hand, through a real run, and across a stop and a resume."""
+import math
+
+import pytest
+import torch
+
+from coco4.checkpoint import read_file
+from coco4.config import Recipe, TrainConfig
+from coco4.errors import Coco4Error
+from coco4.interrupt import Interrupted, StopRequest
+from coco4.mixing import MixupCutmix
+from coco4.seeding import generator
+from coco4.trainer import fit
+from coco4.training import build_scheduler, warmup_then_cosine
+
+from conftest import read_csv, run_script, train_args, train_argv
+
+STEPS = 5  # the demo's 36 training images in batches of 8: 5 optimizer steps an epoch
+
+
+def test_warmup_then_cosine_worked_by_hand():
+    # 4 warmup steps from 1/100 of the LR, then a cosine over the 8 steps left, to a floor of 0.1
+    by_hand = [0.01, 0.2575, 0.505, 0.7525, 1.0]
+    by_hand += [0.1 + 0.9 * (1 + math.cos(math.pi * k / 8)) / 2 for k in range(1, 9)]
+    got = [warmup_then_cosine(k, 4, 12, 0.1) for k in range(13)]
+    assert got == pytest.approx(by_hand)
+    assert warmup_then_cosine(20, 4, 12, 0.1) == pytest.approx(0.1)  # past the end: the floor
+
+
+def test_the_scheduler_steps_the_optimizers_lr_as_the_formula_says():
+    param = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.SGD([param], lr=0.2)
+    schedule = build_scheduler(Recipe(lr=0.2, lr_scheduler="cosine", lr_warmup_epochs=1,
+                                      lr_min=0.02, epochs=3), optimizer, steps_per_epoch=2)
+    seen = []
+    for _ in range(6):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.after_step()
+    floor = 0.1  # lr_min / lr
+    expected = [0.2 * warmup_then_cosine(k, 2, 6, floor) for k in range(6)]
+    assert seen == pytest.approx(expected) and seen[0] == pytest.approx(0.002)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.02)  # the floor at the end
+
+
+def test_a_warmup_before_the_plateau_schedule(demo_data, tmp_path):
+    """metrics.csv's lr: the warmup's first LR (1/100) in epoch 1, the full LR after it."""
+    fit(train_args(demo_data, tmp_path, epochs=3, lr=1e-3, lr_warmup_epochs=1), progress=False)
+    lrs = [float(r["lr"]) for r in read_csv(tmp_path / "metrics.csv")]
+    assert lrs == pytest.approx([1e-5, 1e-3, 1e-3])
+
+
+def test_the_plateau_schedule_lowers_the_lr_down_to_its_floor():
+    param = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.SGD([param], lr=1e-3)
+    schedule = build_scheduler(Recipe(lr=1e-3, plateau_patience=0, plateau_factor=0.1,
+                                      lr_min=2e-5), optimizer, steps_per_epoch=3)
+    seen = []
+    for loss in (1.0, 1.0, 1.0, 1.0):  # no improvement after the first epoch
+        schedule.after_epoch(loss)
+        seen.append(optimizer.param_groups[0]["lr"])
+    assert seen == pytest.approx([1e-3, 1e-4, 2e-5, 2e-5])
+
+
+def test_a_cosine_run_follows_the_formula_epoch_by_epoch(demo_data, tmp_path):
+    fit(train_args(demo_data, tmp_path, epochs=3, lr=1e-3, lr_scheduler="cosine"),
+        progress=False)
+    lrs = [float(r["lr"]) for r in read_csv(tmp_path / "metrics.csv")]
+    total = 3 * STEPS
+    assert lrs == pytest.approx([1e-3 * (1 + math.cos(math.pi * e * STEPS / total)) / 2
+                                 for e in range(3)])
+
+
+def pixels(n=6, side=8):
+    g = torch.Generator().manual_seed(3)
+    return torch.randint(0, 256, (n, 3, side, side), dtype=torch.uint8, generator=g)
+
+
+def test_mixup_blends_each_image_with_its_neighbour_and_the_targets_alike():
+    images, labels = pixels(), torch.tensor([0, 1, 2, 3, 0, 1])
+    mixed, targets = MixupCutmix(4, mixup_alpha=0.4)(images, labels, generator(0, "t", 1))
+    share = float(targets[0, 0])  # image 0 (class 0) mixed with image 5 (class 1)
+    assert 0 < share < 1 and float(targets[0, 1]) == pytest.approx(1 - share)
+    assert targets.sum(1).tolist() == pytest.approx([1.0] * 6)
+    for i in range(6):
+        neighbour = (i - 1) % 6
+        by_hand = (images[i].double() * share + images[neighbour].double() * (1 - share))
+        assert (mixed[i].double() - by_hand).abs().max() <= 0.5 + 1e-6
+        expected = torch.zeros(4)
+        expected[labels[i]] += share
+        expected[labels[neighbour]] += 1 - share
+        assert targets[i].tolist() == pytest.approx(expected.tolist())
+    assert mixed.dtype == torch.uint8
+
+
+def test_cutmix_pastes_one_box_of_the_neighbour_and_the_share_is_what_each_keeps():
+    images, labels = pixels(side=16), torch.tensor([0, 1, 2, 3, 0, 1])
+    for step in range(20):
+        mixed, targets = MixupCutmix(4, cutmix_alpha=1.0)(images, labels,
+                                                           generator(0, "t", step))
+        from_neighbour = (mixed != images).any(1)  # [N, H, W]: pixels taken from the other
+        same_box = from_neighbour | (mixed == images.roll(1, 0)).all(1)
+        assert (mixed == torch.where(same_box[:, None], images.roll(1, 0), images)).all()
+        kept = 1 - same_box[0].float().mean().item()  # a box of the same place in every image
+        assert float(targets[0, 0]) == pytest.approx(kept, abs=1e-6) or labels[0] == labels[5]
+
+
+def test_the_step_generator_decides_every_draw_and_both_kinds_occur():
+    images, labels = pixels(), torch.tensor([0, 1, 2, 3, 0, 1])
+    both = MixupCutmix(4, mixup_alpha=0.2, cutmix_alpha=1.0)
+    a = both(images, labels, generator(0, "batch", 1, 2))
+    b = both(images, labels, generator(0, "batch", 1, 2))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    kinds = set()
+    for step in range(30):
+        mixed, _ = both(images, labels, generator(0, "batch", 1, step))
+        # cutmix leaves pixels of each image untouched; mixup moves nearly all of them
+        kinds.add("cutmix" if (mixed == images).float().mean() > 0.3 else "mixup")
+    assert kinds == {"mixup", "cutmix"}
+
+
+def test_early_stopping_stops_a_run_that_does_not_improve_and_says_so(demo_data, tmp_path):
+    """--patience 2: an LR so large that the run only gets worse leaves epoch 1 the best; the
+    run stops after epoch 3, says so, and a resume of it is one line."""
+    out = tmp_path / "run"
+    ran = run_script("train", *train_argv(demo_data, out, "--epochs", "8", "--lr", "0.5",
+                                          "--patience", "2"))
+    assert ran.status == 0, ran.err[-2000:]
+    assert "stopped early after epoch 3: 2 epochs without a better held-out accuracy" in ran.out
+    assert len(read_csv(out / "metrics.csv")) == 3
+    last = read_file(out / "last.pt")
+    assert last["run"]["stopped_early"] == 3 and last["run"]["best_epoch"] == 1
+    again = run_script("train", *train_argv(demo_data, out, "--resume", out / "last.pt",
+                                            "--epochs", "8", "--patience", "2"))
+    assert again.status == 2 and "stopped early after epoch 3: 2 epochs without" in again.error
+    longer = run_script("train", *train_argv(demo_data, out, "--resume", out / "last.pt",
+                                             "--epochs", "5", "--patience", "0"))
+    assert longer.status == 0 and len(read_csv(out / "metrics.csv")) == 5, longer.err[-2000:]
+
+
+def test_patience_counts_from_the_last_improvement_across_a_resume(demo_data, tmp_path):
+    fit(train_args(demo_data, tmp_path, epochs=2, lr=0.5), progress=False)
+    summary = fit(train_args(demo_data, tmp_path, epochs=8, lr=0.5, patience=2,
+                             resume=str(tmp_path / "last.pt")), progress=False)
+    assert summary["stopped_early"] == 3  # epoch 1 the best: two more, and the first resumed
+
+
+def test_a_run_with_every_option_stopped_and_resumed_ends_as_a_straight_one(
+        demo_data, tmp_path, monkeypatch):
+    """Stopped mid-epoch 3 of 4 (as by SIGTERM) and resumed: the same weights, schedule
+    position and metrics as a straight run, bit for bit."""
+    recipe = {"epochs": 4, "lr": 1e-3, "mixup_alpha": 0.2, "cutmix_alpha": 1.0,
+              "label_smoothing": 0.1, "lr_scheduler": "cosine", "lr_warmup_epochs": 1,
+              "lr_min": 1e-5, "patience": 3, "accum_steps": 2}
+    fit(train_args(demo_data, tmp_path / "straight", **recipe), progress=False)
+    polls = []
+    with monkeypatch.context() as m:
+        m.setattr(StopRequest, "requested", property(lambda self: polls.append(1) or
+                                                     len(polls) > 2 * (STEPS + 1) + 2))
+        with pytest.raises(Interrupted):
+            fit(train_args(demo_data, tmp_path / "cut", **recipe), progress=False)
+    cut = read_file(tmp_path / "cut" / "last.pt")
+    assert cut["run"]["epoch"] == 2 and cut["run"]["step"] > 0  # inside epoch 3
+    fit(train_args(demo_data, tmp_path / "cut", **recipe,
+                   resume=str(tmp_path / "cut" / "last.pt")), progress=False)
+    for name in ("last.pt", "best.pt"):
+        a, b = (read_file(tmp_path / run / name) for run in ("straight", "cut"))
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), name
+        assert a["scheduler"] == b["scheduler"] and a["run"]["best_epoch"] == b["run"]["best_epoch"]
+    rows = [read_csv(tmp_path / run / "metrics.csv") for run in ("straight", "cut")]
+    for column in ("train_loss", "train_acc", "val_loss", "lr"):
+        assert [r[column] for r in rows[0]] == [r[column] for r in rows[1]], column
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"lr_warmup_epochs": 70}, "--lr-warmup-epochs 70 leaves none of the 70 epochs"),
+    ({"lr_min": 1e-3}, "--lr-min 0.001 must be below --lr 0.0001"),
+    ({"mixup_alpha": -1.0}, "--mixup-alpha must be 0 or more, got -1.0"),
+    ({"patience": -1}, "--patience must be 0 or more, got -1"),
+    ({"lr_scheduler": "step"}, "--lr-scheduler must be one of plateau, cosine, got 'step'"),
+])
+def test_the_recipe_options_are_checked_at_the_flag(values, message):
+    with pytest.raises(Coco4Error, match=f"^{message}"):
+        TrainConfig(**values)
