@@ -196,9 +196,9 @@ def _bounds_problem(value, meta) -> str | None:
     # nan fails every comparison; inf passes a one-sided bound but is no setting
     too_low = not ((low is None or value >= low) and (above is None or value > above))
     too_high = not ((high is None or value <= high) and (below is None or value < below))
-    if not (too_low or too_high or not math.isfinite(value)):
-        return None
     why = f" {meta['why']}" if meta.get("why") else ""
+    if not (too_low or too_high):
+        return None if math.isfinite(value) else f"a finite number{why}"
     lower = (f"above {above}" if above is not None else "0 or more" if low == 0
              else f"at least {low}" if low is not None else None)
     upper = f"below {below}" if below is not None else f"at most {high}" if high is not None \

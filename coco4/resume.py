@@ -67,20 +67,30 @@ def resumed_config(cfg: TrainConfig, resumed: LoadedModel,
                    say: Callable[[str], None]) -> TrainConfig:
     """The stored run's settings with this command line's runtime ones on top; says which
     other settings given here it ignores, and refuses a run that has nothing left to train."""
+    stored = resumed.checkpoint["config"]
+    warmup = stored.get("lr_warmup_epochs", 0) if isinstance(stored, dict) else 0
+    if isinstance(warmup, int) and warmup >= cfg.epochs:  # the command line's, not the file's
+        raise Coco4Error(f"--epochs {cfg.epochs} is the total, and {cfg.resume}'s run warms up "
+                         f"for {warmup}: pass a larger --epochs to train on")
     try:
-        merged, ignored = cfg.resumed_from(resumed.checkpoint["config"])
+        merged, ignored = cfg.resumed_from(stored)
     except Coco4Error as e:  # a stored setting of the wrong type or out of its range
         raise Coco4Error(f"{cfg.resume} holds a training config this coco4 cannot resume "
                          f"({e}); start a new run from its weights with --weights PATH") from None
     if ignored:
         say(f"resuming keeps the checkpoint's settings, not {ignored}")
+    options = resumed.checkpoint.get("run_options")  # older coco4: in the config
+    trained_amp = (options if isinstance(options, dict) else stored).get("amp", True)
+    if trained_amp is False and merged.amp:  # a run option: this command line's
+        say("the run trained with --no-amp, and this resume runs mixed precision on CUDA; pass "
+            "--no-amp to keep fp32")
     run = resumed.checkpoint["run"]
     done, waited = run.get("epoch", 0), run.get("epoch", 0) - run.get("best_epoch", 0)
-    if run.get("stopped_early") and merged.patience and waited >= merged.patience:
-        raise Coco4Error(f"{cfg.resume} stopped early after epoch {done}: {waited} epochs "
-                         f"without a better held-out {merged.select_by}, and --patience is "
-                         f"{merged.patience}; its best.pt is the run's result, or pass a larger "
-                         "--patience (0: none) to train on")
+    if merged.patience and waited >= merged.patience:  # it stopped, or would have
+        raise Coco4Error(f"{cfg.resume} has gone {waited} epochs without a better held-out "
+                         f"{merged.select_by} (its best: epoch {run.get('best_epoch', 0)}), and "
+                         f"--patience is {merged.patience}: it stops early here; its best.pt is "
+                         "the run's result, or pass a larger --patience (0: none) to train on")
     if done >= merged.epochs:  # checked before any work, not a silent exit 0
         raise Coco4Error(f"{cfg.resume} has already trained {done} epoch"
                          f"{'' if done == 1 else 's'}, and --epochs "

@@ -111,16 +111,29 @@ def build_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer,
     if recipe.lr_scheduler == "cosine":  # one closed form: warmup, then the cosine
         total, floor = recipe.epochs * steps_per_epoch, recipe.lr_min / recipe.lr
         return LrSchedule(torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda k: warmup_then_cosine(k, warmup_steps, total, floor)),
-            per_step=True)
+            optimizer, WarmupCosine(warmup_steps, total, floor)), per_step=True)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=recipe.plateau_factor, patience=recipe.plateau_patience,
         min_lr=recipe.lr_min)
     if not warmup_steps:
         return LrSchedule(plateau)
     warmup = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda k: warmup_then_cosine(k, warmup_steps, warmup_steps, 1.0))
+        optimizer, WarmupCosine(warmup_steps, warmup_steps, 1.0))
     return LrSchedule(plateau, warmup=warmup, warmup_steps=warmup_steps)
+
+
+@dataclass
+class WarmupCosine:
+    """``warmup_then_cosine`` with its steps fixed when the run began: LambdaLR stores a
+    callable object's fields with its state, so a run resumed with a larger --epochs keeps the
+    cosine it started on (and trains its extra epochs at the floor) instead of jumping."""
+
+    warmup: int
+    total: int
+    floor: float
+
+    def __call__(self, step: int) -> float:
+        return warmup_then_cosine(step, self.warmup, self.total, self.floor)
 
 
 def warmup_then_cosine(step: int, warmup: int, total: int, floor: float) -> float:

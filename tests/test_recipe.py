@@ -73,6 +73,27 @@ def test_a_cosine_run_follows_the_formula_epoch_by_epoch(demo_data, tmp_path):
                                  for e in range(3)])
 
 
+def test_a_cosine_resumed_with_more_epochs_keeps_the_curve_it_started_on():
+    """The horizon is stored with the schedule: more --epochs on a resume train at the floor
+    after the old end, instead of the LR jumping up to a new curve."""
+    param = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.SGD([param], lr=0.1)
+    first = build_scheduler(Recipe(lr=0.1, lr_scheduler="cosine", epochs=4), optimizer, 5)
+    for _ in range(12):
+        optimizer.step()
+        first.after_step()
+    saved, lr = first.state_dict(), optimizer.param_groups[0]["lr"]
+    again = build_scheduler(Recipe(lr=0.1, lr_scheduler="cosine", epochs=8), optimizer, 5)
+    again.load_state_dict(saved)
+    optimizer.param_groups[0]["lr"] = lr  # as optimizer.load_state_dict restores it
+    seen = []
+    for _ in range(12):
+        optimizer.step()
+        again.after_step()
+        seen.append(optimizer.param_groups[0]["lr"])
+    assert seen == pytest.approx([0.1 * warmup_then_cosine(k, 0, 20, 0.0) for k in range(13, 25)])
+
+
 def pixels(n=6, side=8):
     g = torch.Generator().manual_seed(3)
     return torch.randint(0, 256, (n, 3, side, side), dtype=torch.uint8, generator=g)
@@ -134,7 +155,8 @@ def test_early_stopping_stops_a_run_that_does_not_improve_and_says_so(demo_data,
     assert last["run"]["stopped_early"] == 3 and last["run"]["best_epoch"] == 1
     again = run_script("train", *train_argv(demo_data, out, "--resume", out / "last.pt",
                                             "--epochs", "8", "--patience", "2"))
-    assert again.status == 2 and "stopped early after epoch 3: 2 epochs without" in again.error
+    assert again.status == 2 and "has gone 2 epochs without a better held-out accuracy (its " \
+        "best: epoch 1), and --patience is 2" in again.error
     longer = run_script("train", *train_argv(demo_data, out, "--resume", out / "last.pt",
                                              "--epochs", "5", "--patience", "0"))
     assert longer.status == 0 and len(read_csv(out / "metrics.csv")) == 5, longer.err[-2000:]
@@ -147,13 +169,19 @@ def test_patience_counts_from_the_last_improvement_across_a_resume(demo_data, tm
     assert summary["stopped_early"] == 3  # epoch 1 the best: two more, and the first resumed
 
 
+EVERY_OPTION = {"epochs": 4, "lr": 1e-3, "mixup_alpha": 0.2, "cutmix_alpha": 1.0,
+                "label_smoothing": 0.1, "lr_scheduler": "cosine", "lr_warmup_epochs": 1,
+                "lr_min": 1e-5, "patience": 2, "accum_steps": 2}
+
+
+@pytest.mark.parametrize("recipe", [
+    EVERY_OPTION,
+    {"epochs": 4, "lr": 1e-3, "lr_warmup_epochs": 3, "mixup_alpha": 0.4},  # cut mid-warmup
+], ids=["cosine", "plateau-warmup"])
 def test_a_run_with_every_option_stopped_and_resumed_ends_as_a_straight_one(
-        demo_data, tmp_path, monkeypatch):
+        demo_data, tmp_path, monkeypatch, recipe):
     """Stopped mid-epoch 3 of 4 (as by SIGTERM) and resumed: the same weights, schedule
     position and metrics as a straight run, bit for bit."""
-    recipe = {"epochs": 4, "lr": 1e-3, "mixup_alpha": 0.2, "cutmix_alpha": 1.0,
-              "label_smoothing": 0.1, "lr_scheduler": "cosine", "lr_warmup_epochs": 1,
-              "lr_min": 1e-5, "patience": 3, "accum_steps": 2}
     fit(train_args(demo_data, tmp_path / "straight", **recipe), progress=False)
     polls = []
     with monkeypatch.context() as m:
@@ -184,3 +212,31 @@ def test_a_run_with_every_option_stopped_and_resumed_ends_as_a_straight_one(
 def test_the_recipe_options_are_checked_at_the_flag(values, message):
     with pytest.raises(Coco4Error, match=f"^{message}"):
         TrainConfig(**values)
+
+
+def test_a_resume_says_when_it_runs_mixed_precision_on_a_run_trained_without(run_copy,
+                                                                             demo_data):
+    """--amp is a run option: a resume takes this command line's, and says so where the run
+    trained with --no-amp (an older coco4 stored it in the config, a newer one apart)."""
+    for where in ("config", "run_options"):
+        ckpt = torch.load(run_copy / "last.pt", weights_only=True)
+        if where == "config":  # as e49943c wrote it: every setting in the config
+            ckpt["config"].update(ckpt.pop("run_options"))
+        ckpt[where]["amp"] = False
+        torch.save(ckpt, run_copy / "last.pt")
+        ran = run_script("train", *train_argv(demo_data, run_copy, "--resume",
+                                              run_copy / "last.pt", "--epochs", "11"))
+        assert ran.status == 0, ran.err[-2000:]
+        assert "the run trained with --no-amp, and this resume runs mixed precision" in ran.out
+        ckpt = torch.load(run_copy / "last.pt", weights_only=True)
+        ckpt["run"]["epoch"] = 10  # train epoch 11 again, from the other place amp is kept
+        torch.save(ckpt, run_copy / "last.pt")
+
+
+def test_a_resume_whose_epochs_end_inside_the_warmup_is_a_command_line_error(
+        demo_data, tmp_path):
+    fit(train_args(demo_data, tmp_path, epochs=4, lr_warmup_epochs=3), progress=False)
+    ran = run_script("train", *train_argv(demo_data, tmp_path, "--resume",
+                                          tmp_path / "last.pt", "--epochs", "3"))
+    assert ran.status == 2
+    assert ran.error.startswith("--epochs 3 is the total, and ") and "warms up for 3" in ran.error

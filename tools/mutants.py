@@ -179,6 +179,14 @@ MUTANTS = [
            "return (1 + math.cos(math.pi * done)) / 2",
            (R + "warmup_then_cosine_worked_by_hand",
             R + "the_scheduler_steps_the_optimizers_lr_as_the_formula_says")),
+    Mutant("warmup-state-not-restored", TRAINING,
+           "            self.warmup.load_state_dict(warmup)\n", "            pass\n",
+           (R + "a_run_with_every_option_stopped_and_resumed_ends_as_a_straight_one",)),
+    Mutant("cosine-horizon-from-the-command-line", TRAINING,
+           "optimizer, WarmupCosine(warmup_steps, total, floor)), per_step=True)",
+           "optimizer, lambda k: warmup_then_cosine(k, warmup_steps, total, floor)), "
+           "per_step=True)",
+           (R + "a_cosine_resumed_with_more_epochs_keeps_the_curve_it_started_on",)),
     Mutant("label-smoothing-ignored", TRAINING, "                               "
            "label_smoothing=recipe.label_smoothing)", "                               )",
            ("tests/test_train.py::test_label_smoothing_is_the_smoothed_cross_entropy_worked_"
