@@ -26,6 +26,10 @@ class RunState:
     history: list = dataclasses.field(default_factory=list)
     stopped_early: int = 0  # the epoch after which --patience stopped the run; 0: it did not
 
+    def out_of_patience(self, patience: int) -> bool:
+        """Whether ``patience`` epochs (0: no limit) have passed without a better score."""
+        return bool(patience) and self.epoch - self.best_epoch >= patience
+
 
 def load_resumable(path: str) -> LoadedModel:
     """The checkpoint to continue, with a run state this coco4 can continue: or an error."""
@@ -84,13 +88,14 @@ def resumed_config(cfg: TrainConfig, resumed: LoadedModel,
     if trained_amp is False and merged.amp:  # a run option: this command line's
         say("the run trained with --no-amp, and this resume runs mixed precision on CUDA; pass "
             "--no-amp to keep fp32")
-    run = resumed.checkpoint["run"]
-    done, waited = run.get("epoch", 0), run.get("epoch", 0) - run.get("best_epoch", 0)
-    if merged.patience and waited >= merged.patience:  # it stopped, or would have
-        raise Coco4Error(f"{cfg.resume} has gone {waited} epochs without a better held-out "
-                         f"{merged.select_by} (its best: epoch {run.get('best_epoch', 0)}), and "
-                         f"--patience is {merged.patience}: it stops early here; its best.pt is "
-                         "the run's result, or pass a larger --patience (0: none) to train on")
+    run = RunState(**resumed.checkpoint["run"])  # its fields checked by load_resumable
+    done = run.epoch
+    if run.out_of_patience(merged.patience):  # it stopped, or would have
+        raise Coco4Error(f"{cfg.resume} has gone {done - run.best_epoch} epochs without a "
+                         f"better held-out {merged.select_by} (its best: epoch "
+                         f"{run.best_epoch}), and --patience is {merged.patience}: it stops "
+                         "early here; its best.pt is the run's result, or pass a larger "
+                         "--patience (0: none) to train on")
     if done >= merged.epochs:  # checked before any work, not a silent exit 0
         raise Coco4Error(f"{cfg.resume} has already trained {done} epoch"
                          f"{'' if done == 1 else 's'}, and --epochs "

@@ -59,7 +59,8 @@ class Training:
 
     def __init__(self, ready: Ready, env: DistEnv, progress: bool, program: str):
         self.env, self.progress, self.program = env, progress, program
-        cfg, resumed, self.device, self.cfg = ready.cfg, ready.resumed, ready.device, ready.cfg
+        self.cfg, self.device = ready.cfg, ready.device
+        cfg, resumed = ready.cfg, ready.resumed
         self.log = run_log.RunLog(cfg.output_dir, env.is_main, resumed is not None)
         self.log.config(cfg, self.device, env)
         if env.is_main:  # a killed run's half-written files, never a user's
@@ -128,7 +129,7 @@ class Training:
         run.epoch, run.step, run.epoch_sums = epoch + 1, 0, None
         run.history.append(row)
         patience = cfg.patience
-        if patience and run.epoch - run.best_epoch >= patience and run.epoch < cfg.epochs:
+        if run.out_of_patience(patience) and run.epoch < cfg.epochs:
             run.stopped_early = run.epoch  # every rank decides alike: the scores are summed
         self._save(best=is_best)
         self.log.epoch(run.history, run.best_epoch)

@@ -73,15 +73,17 @@ class LrSchedule:
     warmup: torch.optim.lr_scheduler.LRScheduler | None = None
     warmup_steps: int = 0
 
+    def _warming_up(self) -> bool:
+        return self.warmup is not None and self.warmup.last_epoch < self.warmup_steps
+
     def after_step(self) -> None:
         if self.per_step:
             self.main.step()
-        elif self.warmup is not None and self.warmup.last_epoch < self.warmup_steps:
+        elif self._warming_up():
             self.warmup.step()
 
     def after_epoch(self, val_loss: float) -> None:
-        if self.per_step or (self.warmup is not None
-                             and self.warmup.last_epoch < self.warmup_steps):
+        if self.per_step or self._warming_up():
             return
         if isinstance(self.main, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.main.step(val_loss)
