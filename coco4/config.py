@@ -17,6 +17,7 @@ from .cli import DEVICE_HELP, default_workers, workers_problem
 from .data.loaders import DataOptions
 from .data.prepare import TrainDataSpec
 from .errors import Coco4Error
+from .image_augment import AUTO_AUGMENT_POLICIES
 from .metrics import SELECTABLE
 from .model import ARCHITECTURES, DEFAULT_ARCH
 from .options import option
@@ -65,6 +66,13 @@ class Recipe:
     cutmix_alpha: float = option(0.0, "cutmix: a box of another image pasted in, its share "
                                  "from Beta(A, A); with --mixup-alpha, one of the two per "
                                  "batch (0: off)", low=0)
+    auto_augment: str = option("none", "per-image augmentation after the crop and flip: "
+                               "ta_wide (TrivialAugment Wide: one operation an image, a random "
+                               "strength), ra (RandAugment: two, at magnitude 9 of 31)",
+                               choices=AUTO_AUGMENT_POLICIES)
+    random_erase: float = option(0.0, "each training image's chance of a random box "
+                                 "(2-33%% of it) filled with the mean colour (RandomErasing)",
+                                 low=0, high=1)
     plateau_factor: float = option(0.1, "ReduceLROnPlateau: the LR is multiplied by this when "
                                    "the validation loss stops improving", above=0, below=1)
     plateau_patience: int = option(5, "ReduceLROnPlateau: epochs without improvement before "

@@ -26,9 +26,10 @@ from .data.loaders import Batches
 from .data.prepare import TrainData
 from .distributed import DistEnv, barrier
 from .errors import Coco4Error
+from .image_augment import ImageAugment
 from .inference import Amp
 from .mixing import MixupCutmix
-from .model import trainable_parameters
+from .model import arch_spec, trainable_parameters
 from .seeding import generator, seed_everything
 
 # (images, labels, generator) -> (images, targets): mixes a batch and its targets on the
@@ -46,11 +47,26 @@ def build_criterion(recipe: Recipe, class_weight: torch.Tensor | None = None) ->
 
 
 def build_batch_transform(recipe: Recipe, num_classes: int) -> BatchTransform | None:
-    """Mixup and/or cutmix on each training batch (soft targets), or None: the batch as it
-    comes."""
-    if recipe.mixup_alpha == 0 and recipe.cutmix_alpha == 0:
-        return None
-    return MixupCutmix(num_classes, recipe.mixup_alpha, recipe.cutmix_alpha)
+    """What happens to each cropped and flipped training batch on the device, in torchvision's
+    references' order: per-image auto-augment and random erasing, then mixup and/or cutmix
+    (soft targets); None: the batch as it comes."""
+    steps = []
+    if recipe.auto_augment != "none" or recipe.random_erase > 0:
+        mean = arch_spec(recipe.arch).mean  # the references erase to 0 after normalising
+        steps.append(ImageAugment(recipe.auto_augment, recipe.random_erase,
+                                  tuple(round(255 * m) for m in mean)))
+    if recipe.mixup_alpha > 0 or recipe.cutmix_alpha > 0:
+        steps.append(MixupCutmix(num_classes, recipe.mixup_alpha, recipe.cutmix_alpha))
+    return chained(steps) if steps else None
+
+
+def chained(steps: list[BatchTransform]) -> BatchTransform:
+    """One batch transform doing ``steps`` in order, each drawing from the step's generator."""
+    def transform(images, targets, generator):
+        for step in steps:
+            images, targets = step(images, targets, generator)
+        return images, targets
+    return transform
 
 
 def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:

@@ -171,12 +171,14 @@ def test_patience_counts_from_the_last_improvement_across_a_resume(demo_data, tm
 
 EVERY_OPTION = {"epochs": 4, "lr": 1e-3, "mixup_alpha": 0.2, "cutmix_alpha": 1.0,
                 "label_smoothing": 0.1, "lr_scheduler": "cosine", "lr_warmup_epochs": 1,
-                "lr_min": 1e-5, "patience": 2, "accum_steps": 2}
+                "lr_min": 1e-5, "patience": 2, "accum_steps": 2, "auto_augment": "ta_wide",
+                "random_erase": 0.25}
 
 
 @pytest.mark.parametrize("recipe", [
     EVERY_OPTION,
-    {"epochs": 4, "lr": 1e-3, "lr_warmup_epochs": 3, "mixup_alpha": 0.4},  # cut mid-warmup
+    {"epochs": 4, "lr": 1e-3, "lr_warmup_epochs": 3, "mixup_alpha": 0.4,  # cut mid-warmup
+     "auto_augment": "ra"},
 ], ids=["cosine", "plateau-warmup"])
 def test_a_run_with_every_option_stopped_and_resumed_ends_as_a_straight_one(
         demo_data, tmp_path, monkeypatch, recipe):
