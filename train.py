@@ -3,6 +3,7 @@
     python train.py --batch-size 2048                       # the full recipe, one GPU
     python train.py --batch-size 2048 --accum-steps 4       # same effective batch, less GPU memory
     python train.py --balance sampler                       # class-balanced epochs (docs: which)
+    python train.py --recipe modern                         # mixup, cutmix, EMA, ... (docs)
     python train.py --arch convnext_tiny                    # another backbone (--help lists them)
     torchrun --nproc_per_node=4 train.py --batch-size 2048  # DistributedDataParallel
     python train.py --resume checkpoint/last.pt             # continue a stopped run
@@ -16,12 +17,13 @@ import os
 import shlex
 
 from coco4 import cli, options
-from coco4.config import TrainConfig
+from coco4.config import RECIPES, TrainConfig
 from coco4.trainer import fit
 
 
 def get_args_parser():
-    return options.parser("Fine-tune a backbone on the 4-class COCO lists.", TrainConfig)
+    return options.parser("Fine-tune a backbone on the 4-class COCO lists.", TrainConfig,
+                          presets=RECIPES)
 
 
 def main(args):

@@ -73,6 +73,12 @@ class Recipe:
     random_erase: float = option(0.0, "each training image's chance of a random box "
                                  "(2-33%% of it) filled with the mean colour (RandomErasing)",
                                  low=0, high=1)
+    model_ema: bool = option(False, "keep an exponential moving average of the weights: "
+                             "validation, the temperature, best.pt, evaluate, predict and "
+                             "export use the averaged model (the checkpoint's 'ema' says so)")
+    model_ema_decay: float = option(0.998, "--model-ema's decay, adjusted as torchvision's "
+                                    "references do: each update keeps 1 - (1 - D) * "
+                                    "batch size / epochs of the average", above=0, below=1)
     plateau_factor: float = option(0.1, "ReduceLROnPlateau: the LR is multiplied by this when "
                                    "the validation loss stops improving", above=0, below=1)
     plateau_patience: int = option(5, "ReduceLROnPlateau: epochs without improvement before "
@@ -137,6 +143,20 @@ class RunOptions:
             raise Coco4Error(f"--device must be auto, cpu, cuda, cuda:N or mps, got "
                              f"{self.device!r}")
 
+
+# --recipe: named sets of recipe settings a command line starts from (docs/training.md gives
+# each value's source); any flag given explicitly wins, and a checkpoint stores the settings
+RECIPES = options.Presets("recipe", {
+    "original": {},  # the original project's: every field's default
+    "modern": {  # torchvision's references' recipe for ResNet-50 (pytorch/vision#3995), for
+        # fine-tuning: their regularisers, a cosine after a short warmup, an average of the
+        # weights; Adam at the original's LR stays
+        "label_smoothing": 0.1, "mixup_alpha": 0.2, "cutmix_alpha": 1.0,
+        "auto_augment": "ta_wide", "random_erase": 0.1, "lr_scheduler": "cosine",
+        "lr_warmup_epochs": 2, "model_ema": True},
+}, "a named set of recipe settings to start from; flags given win (docs/training.md lists "
+   "them): original (every default) or modern (label smoothing, mixup, cutmix, TrivialAugment, "
+   "random erasing, warmup + cosine, model EMA)")
 
 RECIPE_FIELDS = tuple(f.name for f in dataclasses.fields(Recipe))
 RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunOptions))

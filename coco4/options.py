@@ -65,13 +65,48 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def parser(description: str, *classes: type, only: Iterable[str] | None = None
-           ) -> argparse.ArgumentParser:
-    """A parser of every field of ``classes`` (of those named in ``only``, if given)."""
-    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+def parser(description: str, *classes: type, only: Iterable[str] | None = None,
+           presets: "Presets | None" = None) -> argparse.ArgumentParser:
+    """A parser of every field of ``classes`` (of those named in ``only``, if given); with
+    ``presets``, its flag chooses a named set of defaults too."""
+    p = (PresetParser(presets, description=description, formatter_class=HelpFormatter)
+         if presets else argparse.ArgumentParser(description=description,
+                                                 formatter_class=HelpFormatter))
     for cls in classes:
         add_options(p, cls, only)
     return p
+
+
+@dataclasses.dataclass(frozen=True)
+class Presets:
+    """Named sets of option values (``--recipe modern``): the defaults a command line starts
+    from, so every flag given explicitly still wins, wherever it stands."""
+
+    name: str  # the field-like name of the choosing option: "recipe" is --recipe
+    sets: dict[str, dict]  # each preset's name -> {field name: value}; the first, the plain
+    help: str
+
+
+class PresetParser(argparse.ArgumentParser):
+    """An ArgumentParser whose presets option, found first, sets the other options' defaults
+    before the command line is parsed."""
+
+    def __init__(self, presets: Presets, **kwargs):
+        super().__init__(**kwargs)
+        self.presets = presets
+        self._plain = None  # the preset options' own defaults, read at the first parse
+        self.add_argument(flag(presets.name), dest=presets.name, choices=tuple(presets.sets),
+                          default=next(iter(presets.sets)), help=presets.help)
+
+    def parse_known_args(self, args=None, namespace=None):
+        probe = argparse.ArgumentParser(add_help=False)
+        probe.add_argument(flag(self.presets.name), dest="chosen")
+        chosen = probe.parse_known_args(args)[0].chosen
+        if self._plain is None:  # the options are added after the constructor
+            self._plain = {name: self.get_default(name)
+                           for values in self.presets.sets.values() for name in values}
+        self.set_defaults(**{**self._plain, **self.presets.sets.get(chosen, {})})
+        return super().parse_known_args(args, namespace)
 
 
 def add_options(p: argparse.ArgumentParser, cls: type,

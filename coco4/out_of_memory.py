@@ -9,6 +9,7 @@ from .config import TrainConfig
 from .data.loaders import Batches
 from .distributed import DistEnv
 from .errors import Coco4Error
+from .seeding import generator
 from .training import TrainingParts, train_step
 
 
@@ -53,6 +54,8 @@ def _a_step_fits(parts, batches, accum):
     try:
         torch.cuda.empty_cache()
         x, y = next(iter(batches.iterate(0)))
+        if parts.batch_transform is not None:  # its copies of the batch count too
+            x, y = parts.batch_transform(x, y, generator(0, "probe"))
         train_step(parts, x, y)
         torch.cuda.synchronize(batches.plan.device)
         return True

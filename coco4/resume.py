@@ -64,6 +64,20 @@ def _run_state_problem(ckpt: dict) -> str | None:
     for name in ("optimizer", "scheduler", "scaler"):
         if not isinstance(ckpt.get(name), dict):
             return f"no {name} state"
+    return _ema_problem(ckpt)
+
+
+def _ema_problem(ckpt: dict) -> str | None:
+    """What is wrong with a --model-ema run's average state, or None (or no --model-ema)."""
+    if not (isinstance(ckpt["config"], dict) and ckpt["config"].get("model_ema")):
+        return None
+    ema, trained = ckpt.get("ema"), ckpt.get("trained_model")
+    if not isinstance(trained, dict):
+        return "no trained_model beside the averaged weights"
+    if not (isinstance(ema, dict) and isinstance(ema.get("decay"), float)
+            and 0 <= ema["decay"] < 1 and isinstance(ema.get("updates"), int)
+            and not isinstance(ema["updates"], bool) and ema["updates"] >= 0):
+        return f"ema is {ema!r}"
     return None
 
 

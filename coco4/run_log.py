@@ -105,3 +105,16 @@ def read_metrics_csv(path: str | Path) -> list[dict[str, float | None]]:
         raise Coco4Error(f"{path} is not a metrics.csv written by train.py (" + (
             f"no {', '.join(missing)} column" if missing else "no epoch in it") + ")")
     return rows
+
+
+def ema_memory(cfg: TrainConfig, decay: float, steps_per_epoch: int) -> str:
+    """What --model-ema's decay means for this run: how many of its epochs the average
+    weighs (1 / (1 - decay) updates), with advice when that is most of the run."""
+    epochs = 1 / ((1 - decay) * steps_per_epoch)
+    line = (f"model EMA: each update keeps {decay:.4f} of the average (--model-ema-decay "
+            f"{cfg.model_ema_decay} for batch {cfg.batch_size} over {cfg.epochs} epochs): it "
+            f"weighs about the last {epochs:.1f} epochs")
+    if epochs > cfg.epochs / 2:
+        line += (f", over half the run (few images: {steps_per_epoch} updates an epoch); a "
+                 "lower --model-ema-decay shortens it")
+    return line

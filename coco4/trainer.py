@@ -71,6 +71,8 @@ class Training:
                              f"{cfg.train_list_path} is labelled for {list(self.data.classes)};"
                              " resume with the lists it was trained on")
         self.parts = build_training_parts(cfg, self.data, self.device, env, resumed)
+        if self.parts.ema:
+            self.log.info(run_log.ema_memory(cfg, self.parts.ema.decay, len(self.data.train)))
         remove(ready.earlier)  # --overwrite: only once every check of this run has passed
         self.state = RunState(**resumed.checkpoint["run"]) if resumed else RunState()
         self.state.stopped_early = 0  # resumed with a patience that lets it go on
@@ -161,8 +163,10 @@ class Training:
         env = self.env
         # the bare model: evaluation needs no gradient sync, and DDP's forward would broadcast
         # buffers, a collective that a rank with no validation images would never join; so
-        # every rank takes rank 0's buffers here, and scores the weights rank 0 saves
-        model = unwrap(self.parts.model)
+        # every rank takes rank 0's buffers here, and scores the weights rank 0 saves. With
+        # --model-ema, the average (each rank's own BatchNorm statistics went into it: rank
+        # 0's is the one saved and now every rank's)
+        model = self.parts.ema.module if self.parts.ema else unwrap(self.parts.model)
         broadcast_buffers(model, env)
         try:
             metrics, logits, labels = validate(model, self.data.val, self.parts.amp,
@@ -187,10 +191,11 @@ class Training:
         return Coco4Error(training_advice(self.cfg, self.data.train, during, fits))
 
     def _save(self, best: bool) -> None:
+        """last.pt (and best.pt when ``best``), on the writer's thread."""
         if not self.env.is_main:
             return
         run, parts = self.state, self.parts
-        payload = {"model": model_state(parts.model),
+        payload = {**_weights(parts),
                    "optimizer": parts.optimizer.state_dict(),
                    "scheduler": parts.schedule.state_dict(),
                    "scaler": parts.scaler.state_dict(),
@@ -204,3 +209,13 @@ class Training:
         # best.pt a file of its own, not a link: changing last.pt in place must not change it
         self.writer.save([out / "last.pt", out / "best.pt"] if best else [out / "last.pt"],
                          payload)
+
+
+def _weights(parts) -> dict:
+    """A checkpoint's weights: ``model`` is what predicting uses, the average with
+    --model-ema, and then the weights in training are ``trained_model``, beside the average's
+    update count."""
+    if parts.ema is None:
+        return {"model": model_state(parts.model)}
+    return {"model": model_state(parts.ema.module), "trained_model": model_state(parts.model),
+            "ema": parts.ema.state()}

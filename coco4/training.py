@@ -20,16 +20,17 @@ from torch import nn
 from tqdm import tqdm
 
 from .balance import inverse_frequency
-from .checkpoint import LoadedModel, starting_model
+from .checkpoint import LoadedModel, load_state_into, starting_model
 from .config import Recipe, TrainConfig
 from .data.loaders import Batches
 from .data.prepare import TrainData
 from .distributed import DistEnv, barrier
+from .ema import ModelEma, decay_per_update
 from .errors import Coco4Error
 from .image_augment import ImageAugment
 from .inference import Amp
 from .mixing import MixupCutmix
-from .model import arch_spec, trainable_parameters
+from .model import arch_spec, trainable_parameters, unwrap
 from .seeding import generator, seed_everything
 
 # (images, labels, generator) -> (images, targets): mixes a batch and its targets on the
@@ -89,17 +90,19 @@ class LrSchedule:
     warmup: torch.optim.lr_scheduler.LRScheduler | None = None
     warmup_steps: int = 0
 
-    def _warming_up(self) -> bool:
-        return self.warmup is not None and self.warmup.last_epoch < self.warmup_steps
+    def warming_up(self) -> bool:
+        """Whether the next optimizer step is one of the warmup's."""
+        steps = self.main if self.per_step else self.warmup  # the one counting the steps
+        return steps is not None and steps.last_epoch < self.warmup_steps
 
     def after_step(self) -> None:
         if self.per_step:
             self.main.step()
-        elif self._warming_up():
+        elif self.warming_up():
             self.warmup.step()
 
     def after_epoch(self, val_loss: float) -> None:
-        if self.per_step or self._warming_up():
+        if self.per_step or self.warming_up():
             return
         if isinstance(self.main, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.main.step(val_loss)
@@ -129,7 +132,8 @@ def build_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer,
     if recipe.lr_scheduler == "cosine":  # one closed form: warmup, then the cosine
         total, floor = recipe.epochs * steps_per_epoch, recipe.lr_min / recipe.lr
         return LrSchedule(torch.optim.lr_scheduler.LambdaLR(
-            optimizer, WarmupCosine(warmup_steps, total, floor)), per_step=True)
+            optimizer, WarmupCosine(warmup_steps, total, floor)), per_step=True,
+            warmup_steps=warmup_steps)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=recipe.plateau_factor, patience=recipe.plateau_patience,
         min_lr=recipe.lr_min)
@@ -176,6 +180,7 @@ class TrainingParts:
     scaler: torch.amp.GradScaler
     accum_steps: int = 1
     batch_transform: BatchTransform | None = None
+    ema: ModelEma | None = None  # --model-ema: updated after each optimizer step
 
 
 def build_training_parts(cfg: TrainConfig, data: TrainData, device: torch.device,
@@ -189,6 +194,7 @@ def build_training_parts(cfg: TrainConfig, data: TrainData, device: torch.device
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
+    ema = build_model_ema(recipe, model, resumed)
     optimizer = build_optimizer(recipe, model)
     schedule = build_scheduler(recipe, optimizer, len(data.train))
     amp = Amp.for_device(device, cfg.amp)
@@ -210,7 +216,24 @@ def build_training_parts(cfg: TrainConfig, data: TrainData, device: torch.device
               if recipe.balance == "loss" else None)
     return TrainingParts(model, optimizer, schedule, build_criterion(recipe, weight), amp,
                          scaler, recipe.accum_steps,
-                         build_batch_transform(recipe, len(data.classes)))
+                         build_batch_transform(recipe, len(data.classes)), ema)
+
+
+def build_model_ema(recipe: Recipe, model: nn.Module,
+                    resumed: LoadedModel | None = None) -> ModelEma | None:
+    """--model-ema's average of ``model``, or None. A resumed run's file holds the average as
+    its ``model`` (what ``model`` was loaded from) and the weights in training apart: the
+    average takes the former, then ``model`` the latter."""
+    if not recipe.model_ema:
+        return None
+    if resumed is None:
+        return ModelEma(model, decay_per_update(recipe.model_ema_decay, recipe.batch_size,
+                                                recipe.epochs))
+    stored = resumed.checkpoint["ema"]
+    ema = ModelEma(model, stored["decay"])  # the decay the run began with, whatever --epochs
+    ema.updates = stored["updates"]
+    load_state_into(model, resumed.checkpoint["trained_model"], resumed.source)
+    return ema
 
 
 def _starting_model(recipe: Recipe, num_classes: int, env: DistEnv) -> nn.Module:
@@ -268,9 +291,12 @@ def train_step(parts: TrainingParts, x: torch.Tensor, y: torch.Tensor) -> tuple[
             parts.scaler.scale(loss / total).backward()
         loss_sum += loss.detach()
         correct += (logits.argmax(1) == target_classes(yb)).sum()
+    warming_up = parts.schedule is not None and parts.schedule.warming_up()
     parts.scaler.step(parts.optimizer)
     parts.scaler.update()
     parts.optimizer.zero_grad(set_to_none=True)
+    if parts.ema is not None:  # the warmup's weights are copied, not averaged (as torchvision)
+        parts.ema.update(unwrap(model), restart=warming_up)
     if parts.schedule is not None:
         parts.schedule.after_step()
     return loss_sum, correct

@@ -57,7 +57,8 @@ def other_value(field: dataclasses.Field, hint, parser: argparse.ArgumentParser)
 def test_every_field_is_a_flag_and_every_flag_a_field(script):
     cls, parser = SCRIPTS[script], importlib.import_module(script).get_args_parser()
     flags = {a.dest for a in parser._actions if a.dest != "help"}
-    assert flags == {f.name for f in dataclasses.fields(cls)}
+    presets = {parser.presets.name} if isinstance(parser, options.PresetParser) else set()
+    assert flags == {f.name for f in dataclasses.fields(cls)} | presets
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         value, words = other_value(field, hints[field.name], parser)

@@ -1,13 +1,17 @@
-"""The recipe's options beyond the original's (coco4/training.py, coco4/mixing.py): the LR
-schedule (warmup, cosine, its floor), mixup and cutmix, early stopping; each checked against
-numbers worked by hand, through a real run, and across a stop and a resume."""
+"""The recipe's options beyond the original's (coco4/training.py, coco4/mixing.py,
+coco4/ema.py): the LR schedule (warmup, cosine, its floor), mixup and cutmix, early stopping,
+the model EMA; each checked against numbers worked by hand or torch's own, through a real run,
+and across a stop and a resume."""
 import math
 
 import pytest
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from coco4.checkpoint import read_file
-from coco4.config import Recipe, TrainConfig
+from coco4 import options, trainer
+from coco4.checkpoint import load_model, read_file
+from coco4.config import RECIPES, Recipe, TrainConfig
+from coco4.ema import ModelEma, decay_per_update
 from coco4.errors import Coco4Error
 from coco4.interrupt import Interrupted, StopRequest
 from coco4.mixing import MixupCutmix
@@ -15,7 +19,16 @@ from coco4.seeding import generator
 from coco4.trainer import fit
 from coco4.training import build_scheduler, warmup_then_cosine
 
-from conftest import read_csv, run_script, train_args, train_argv
+import train
+from conftest import (
+    check_against_direct,
+    direct_predictions,
+    eval_argv,
+    read_csv,
+    run_script,
+    train_args,
+    train_argv,
+)
 
 STEPS = 5  # the demo's 36 training images in batches of 8: 5 optimizer steps an epoch
 
@@ -172,7 +185,7 @@ def test_patience_counts_from_the_last_improvement_across_a_resume(demo_data, tm
 EVERY_OPTION = {"epochs": 4, "lr": 1e-3, "mixup_alpha": 0.2, "cutmix_alpha": 1.0,
                 "label_smoothing": 0.1, "lr_scheduler": "cosine", "lr_warmup_epochs": 1,
                 "lr_min": 1e-5, "patience": 2, "accum_steps": 2, "auto_augment": "ta_wide",
-                "random_erase": 0.25}
+                "random_erase": 0.25, "model_ema": True, "model_ema_decay": 0.99}
 
 
 @pytest.mark.parametrize("recipe", [
@@ -197,8 +210,10 @@ def test_a_run_with_every_option_stopped_and_resumed_ends_as_a_straight_one(
                    resume=str(tmp_path / "cut" / "last.pt")), progress=False)
     for name in ("last.pt", "best.pt"):
         a, b = (read_file(tmp_path / run / name) for run in ("straight", "cut"))
-        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), name
+        for weights in ("model", "trained_model") if recipe.get("model_ema") else ("model",):
+            assert all(torch.equal(a[weights][k], b[weights][k]) for k in a[weights]), name
         assert a["scheduler"] == b["scheduler"] and a["run"]["best_epoch"] == b["run"]["best_epoch"]
+        assert a.get("ema") == b.get("ema") and a["temperature"] == b["temperature"]
     rows = [read_csv(tmp_path / run / "metrics.csv") for run in ("straight", "cut")]
     for column in ("train_loss", "train_acc", "val_loss", "lr"):
         assert [r[column] for r in rows[0]] == [r[column] for r in rows[1]], column
@@ -242,3 +257,81 @@ def test_a_resume_whose_epochs_end_inside_the_warmup_is_a_command_line_error(
                                           tmp_path / "last.pt", "--epochs", "3"))
     assert ran.status == 2
     assert ran.error.startswith("--epochs 3 is the total, and ") and "warms up for 3" in ran.error
+
+
+def test_decay_per_update_is_torchvisions_adjustment_worked_by_hand():
+    # references/classification/train.py: alpha = (1 - decay) * world * batch * steps / epochs
+    assert decay_per_update(0.99998, 1024, 600) == pytest.approx(1 - 2e-5 * 1024 / 600)
+    assert decay_per_update(0.998, 2048, 70) == pytest.approx(1 - 0.002 * 2048 / 70)  # 0.9415
+    assert decay_per_update(0.9, 2048, 70) == 0.0  # alpha capped at 1: the weights themselves
+
+
+def test_the_average_is_torchs_averaged_model_with_buffers():
+    """ModelEma against torch.optim.swa_utils.AveragedModel(use_buffers=True) with its EMA
+    function, update by update: parameters and BatchNorm statistics (floats and counts)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4),
+                              torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    net(torch.randn(2, 3, 8, 8))
+    ours = ModelEma(net, 0.9)
+    theirs = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    for _ in range(4):
+        net(torch.randn(6, 3, 8, 8)).square().mean().backward()  # moves the BN statistics too
+        optimizer.step()
+        optimizer.zero_grad()
+        ours.update(net)
+        theirs.update_parameters(net)
+        for a, b in zip([*ours.module.parameters(), *ours.module.buffers()],
+                        [*theirs.module.parameters(), *theirs.module.buffers()]):
+            assert torch.equal(a, b)
+    assert not torch.equal(ours.module[1].running_mean, net[1].running_mean)  # it averaged
+    ours.update(net, restart=True)  # the warmup's rule: the weights themselves
+    assert torch.equal(ours.module[1].running_mean, net[1].running_mean) and ours.updates == 1
+
+
+def test_a_model_ema_run_validates_and_ships_the_average(demo_data, tmp_path, monkeypatch):
+    """--model-ema: the warmup's steps copy the weights, later ones average; validation scores
+    the average, best.pt holds it as its model (the weights in training beside it), and
+    evaluate.py, predict.py and export.py use it."""
+    restarts, validated = [], []
+    update, validate = ModelEma.update, trainer.validate
+    monkeypatch.setattr(ModelEma, "update", lambda self, model, restart=False: (
+        restarts.append(restart), update(self, model, restart))[1])
+    monkeypatch.setattr(trainer, "validate", lambda model, *a: (
+        validated.append({k: v.clone() for k, v in model.net.state_dict().items()}),
+        validate(model, *a))[1])
+    fit(train_args(demo_data, tmp_path, epochs=3, lr_warmup_epochs=1, model_ema=True,
+                   model_ema_decay=0.99), progress=False)
+    assert restarts == [True] * STEPS + [False] * 2 * STEPS
+    last, best = read_file(tmp_path / "last.pt"), read_file(tmp_path / "best.pt")
+    assert last["ema"] == {"decay": pytest.approx(1 - 0.01 * 8 / 3), "updates": 2 * STEPS + 1}
+    assert all(torch.equal(validated[-1][k], last["model"][k]) for k in last["model"])
+    assert any(not torch.equal(last["model"][k], last["trained_model"][k])
+               for k in last["model"])
+    net = load_model(tmp_path / "best.pt").model.net
+    assert all(torch.equal(net.state_dict()[k], best["model"][k]) for k in best["model"])
+    ran = run_script("evaluate", *eval_argv(demo_data, tmp_path / "best.pt", tmp_path / "eval",
+                                            "--no-calibration"))
+    assert ran.status == 0, ran.err[-2000:]
+    image_list, probs = direct_predictions(net, demo_data, 32)
+    check_against_direct(tmp_path / "eval", image_list, probs, load_model(tmp_path /
+                                                                          "best.pt").classes)
+    val_images = demo_data / "coco" / "images" / "val2017"
+    ran = run_script("predict", val_images, "--checkpoint", tmp_path / "best.pt", "--out",
+                     tmp_path / "p.csv", "--device", "cpu", "--workers", "0")
+    assert ran.status == 0, ran.err[-2000:]
+    ran = run_script("export", "--checkpoint", tmp_path / "best.pt", "--format", "torchscript",
+                     "--out", tmp_path / "m.pt")
+    assert ran.status == 0 and "parity" in ran.out, ran.err[-2000:]
+
+
+def test_the_modern_preset_sets_its_settings_and_a_flag_given_wins():
+    parser = train.get_args_parser()
+    modern = TrainConfig(**RECIPES.sets["modern"])  # every preset value passes the checks
+    args = parser.parse_args(["--recipe", "modern"])
+    assert options.from_args(TrainConfig, args).recipe == modern.recipe
+    for argv in (["--recipe", "modern", "--no-model-ema"], ["--no-model-ema", "--recipe=modern"]):
+        cfg = options.from_args(TrainConfig, parser.parse_args(argv))
+        assert not cfg.model_ema and cfg.mixup_alpha == 0.2 and cfg.lr_scheduler == "cosine"
+    assert options.from_args(TrainConfig, parser.parse_args([])) == TrainConfig()  # no leftovers
