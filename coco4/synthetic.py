@@ -1,5 +1,5 @@
 """python -m coco4.synthetic --root DIR --num-train 240 --num-val 80 --seed 0 [--coco-size]
-    [--class-ratios 1,1,1,0.33]
+    [--class-ratios 1,1,1,0.33] [--hard]
 
 Write a small synthetic dataset in COCO 2017's own format and layout (ROOT/annotations/
 instances_{train,val}2017.json, ROOT/images/{train,val}2017/<12-digit id>.jpg) so the pipeline
@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -90,9 +91,27 @@ def _outline(kind):
             }[kind]
 
 
-def _jitter(rng, base):
-    # Small brightness/hue changes keep each class in its own colour family.
-    rgb = np.array(base) * rng.uniform(0.85, 1.1) + rng.integers(-15, 16, size=3)
+@dataclass(frozen=True)
+class Look:
+    """How hard the images are to classify. The default: one target's objects at 30-70% of the
+    short side, each class in its own colour family, on a plain background. ``HARD``: smaller
+    objects, colours that stray towards other classes', unlabelled clutter behind them and bars
+    across them (none of it a COCO category, so the lists keep the same images)."""
+
+    scale: tuple[float, float] = (0.3, 0.7)  # an object's long side, a share of the short side
+    brightness: tuple[float, float] = (0.85, 1.1)
+    tint: int = 15  # each channel moved by up to this
+    clutter: int = 0  # unlabelled shapes behind the objects, up to this many
+    occluders: int = 0  # bars across each target object, up to this many
+
+
+HARD = Look(scale=(0.2, 0.45), brightness=(0.7, 1.2), tint=45, clutter=5, occluders=2)
+
+
+def _jitter(rng, base, look=Look()):
+    # Small brightness/hue changes keep each class in its own colour family (by default).
+    rgb = np.array(base) * rng.uniform(*look.brightness) + rng.integers(-look.tint,
+                                                                        look.tint + 1, size=3)
     return tuple(int(v) for v in np.clip(rgb, 0, 255))
 
 
@@ -136,7 +155,7 @@ def _intersection(a, b):
     return max(dx, 0) * max(dy, 0)
 
 
-def _draw_instance(draw, mask_draw, rng, name, box):
+def _draw_instance(draw, mask_draw, rng, name, box, look=Look()):
     """Draw one object filling ``box`` on the image and its mask; return its COCO polygon.
 
     The outline spans w - 1 in PIL's pixel indices but w in the JSON: COCO's coordinates are
@@ -145,7 +164,7 @@ def _draw_instance(draw, mask_draw, rng, name, box):
     x, y, w, h = box
     unit = _outline(kind)
     pts = [(x + round(u * (w - 1)), y + round(v * (h - 1))) for u, v in unit]
-    colour = _jitter(rng, base)
+    colour = _jitter(rng, base, look)
     draw.polygon(pts, fill=colour)
     mask_draw.polygon(pts, fill=255)
     if name == "train" and h >= 6:  # windows: a texture cue besides the colour
@@ -183,12 +202,14 @@ def _rle_counts(mask):
     return [0] + counts if flat[0] else counts
 
 
-def _draw_object(draw, rng, name, size, taken, crowd=False):
+def _draw_object(draw, rng, name, size, taken, crowd=False, look=Look()):
     mask = Image.new("L", size)
     mask_draw, style_aspect = ImageDraw.Draw(mask), STYLES[name][2]
     if not crowd:
-        box = _place(rng, (0, 0, *size), (0.3, 0.7), style_aspect, taken)
-        polygon = _draw_instance(draw, mask_draw, rng, name, box)
+        box = _place(rng, (0, 0, *size), look.scale, style_aspect, taken)
+        polygon = _draw_instance(draw, mask_draw, rng, name, box, look)
+        for _ in range(int(rng.integers(0, look.occluders + 1)) if look.occluders else 0):
+            _occlude(draw, rng, box)
         return _annotation(name, np.asarray(mask) > 0, polygon, 0)
     region, inside = _place(rng, (0, 0, *size), (0.4, 0.6), (0.6, 1.0), taken), []
     for _ in range(int(rng.integers(4, 7))):
@@ -211,14 +232,40 @@ def _object_names(rng, case, target):
     return [] if case == "no_annotations" else [target]
 
 
-def _render(rng, case, target, size):
+def _occlude(draw, rng, box):
+    """A bar of a random grey across part of ``box``, as a post or a branch in front of it
+    (drawn over the object; its annotation keeps the whole shape)."""
+    x, y, w, h = box
+    grey = int(rng.integers(40, 200))
+    if rng.random() < 0.5:
+        left = x + int(rng.integers(0, w))
+        draw.rectangle([left, y, left + max(1, w // 5), y + h - 1], fill=(grey,) * 3)
+    else:
+        top = y + int(rng.integers(0, h))
+        draw.rectangle([x, top, x + w - 1, top + max(1, h // 5)], fill=(grey,) * 3)
+
+
+def _clutter(draw, rng, size, look):
+    """Unlabelled shapes of any colour behind the objects: no COCO category, background."""
+    for _ in range(int(rng.integers(0, look.clutter + 1))):
+        cx, cy = rng.uniform(0, size[0]), rng.uniform(0, size[1])
+        r = rng.uniform(0.05, 0.2) * min(size)
+        points = [(cx + r * rng.uniform(0.5, 1) * math.cos(a), cy + r * rng.uniform(0.5, 1)
+                   * math.sin(a)) for a in np.linspace(0, 2 * math.pi, int(rng.integers(3, 7)),
+                                                       endpoint=False)]
+        draw.polygon(points, fill=tuple(int(v) for v in rng.integers(0, 256, size=3)))
+
+
+def _render(rng, case, target, size, look=Look()):
     """One image for ``case``; returns the PIL image and its annotations without ids."""
     img = _background(rng, *size)
     draw, taken, anns = ImageDraw.Draw(img), [], []
+    if look.clutter:
+        _clutter(draw, rng, size, look)
     if case in ("crowd_same_class", "crowd_other_class"):
         crowd = target if case == "crowd_same_class" else str(rng.choice(DISTRACTORS))
         anns.append(_draw_object(draw, rng, crowd, size, taken, crowd=True))
-    anns += [_draw_object(draw, rng, str(n), size, taken)
+    anns += [_draw_object(draw, rng, str(n), size, taken, look=look)
              for n in _object_names(rng, case, target)]
     return (img.convert("L") if case == "grayscale" else img), anns
 
@@ -264,7 +311,8 @@ def parse_ratios(text: str) -> tuple[float, ...]:
     return ratios
 
 
-def _write_split(root, split, n, seed, id_offset, image_sizes, progress, ratios, negatives=0):
+def _write_split(root, split, n, seed, id_offset, image_sizes, progress, ratios, negatives=0,
+                 look=Look()):
     rng = np.random.default_rng([seed, id_offset])  # each split independent of the other's size
     plan, counts = _plan(rng, n, ratios)
     ids = np.sort(rng.choice(ID_SPAN - 1, size=n, replace=False)) + 1 + id_offset
@@ -279,7 +327,7 @@ def _write_split(root, split, n, seed, id_offset, image_sizes, progress, ratios,
                                          desc=split, unit="img", disable=not progress):
         draw_rng = extra if case == "negative" else rng
         size = tuple(image_sizes[int(draw_rng.integers(len(image_sizes)))])
-        img, objects = _render(draw_rng, case, target, size)
+        img, objects = _render(draw_rng, case, target, size, look)
         file_name = f"{image_id:012d}.jpg"
         img.save(folder / file_name, quality=JPEG_QUALITY)
         if case in KEPT_CASES:
@@ -314,8 +362,10 @@ def make_synthetic_coco(root: str | Path, num_train: int = 240, num_val: int = 8
                         seed: int = 0, image_sizes: Sequence[tuple[int, int]] = DEFAULT_SIZES,
                         progress: bool = True, lists_dir: str | Path | None = None,
                         class_ratios: Sequence[float] | None = None,
-                        negatives: tuple[int, int] = (0, 0)) -> dict:
+                        negatives: tuple[int, int] = (0, 0), look: "Look" = None) -> dict:
     """Write the train and val splits under ``root``; return counts per split and per case.
+
+    ``look`` (``HARD``, or the default ``Look()``) sets how hard the images are.
 
     ``negatives`` (train, val) adds that many images of none of the target classes to each
     split, 1-3 objects of one of NEGATIVE_KINDS each (nine categories of eight
@@ -352,7 +402,7 @@ def make_synthetic_coco(root: str | Path, num_train: int = 240, num_val: int = 8
                                          negatives):
         ratios = class_ratios if split == "train" and class_ratios else (1,) * len(TARGETS)
         summary[split] = _write_split(root, split, n, seed, offset, image_sizes, progress,
-                                      tuple(ratios), extra)
+                                      tuple(ratios), extra, look or Look())
     if lists_dir is not None:
         for split in ("train", "val"):
             write_list(Path(lists_dir) / f"annotation_{split}.txt",
@@ -375,6 +425,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--class-ratios", default=None,
                         help="train2017's share of each class, in the order "
                              f"{','.join(TARGETS)}: 1,1,1,0.33 for a third as many boats")
+    parser.add_argument("--hard", action="store_true",
+                        help="harder images: smaller objects, straying colours, clutter, bars "
+                             "across the objects")
     parser.add_argument("--negatives", type=int, nargs=2, default=(0, 0), metavar=("TRAIN", "VAL"),
                         help="extra images of none of the target classes per split, for "
                              "annotation_prepare.py --other")
@@ -386,7 +439,8 @@ def main(args: argparse.Namespace) -> dict:
     ratios = parse_ratios(args.class_ratios) if args.class_ratios else None
     summary = make_synthetic_coco(args.root, args.num_train, args.num_val, args.seed, sizes,
                                   lists_dir=args.lists, class_ratios=ratios,
-                                  negatives=tuple(args.negatives))
+                                  negatives=tuple(args.negatives),
+                                  look=HARD if args.hard else Look())
     for split in ("train", "val"):
         s = summary[split]
         print(f"{split}: {s['images']} images, {s['annotations']} annotations, cases {s['cases']}"
