@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from . import cli
-from .config import Recipe, TrainConfig
+from .config import RECIPES, Recipe, TrainConfig
 from .data import cache
 from .data.lists import read_list, write_list
 from .data.loaders import BatchPlan, CachedBatches, PilBatches
@@ -34,10 +34,13 @@ from .fileio import atomic_write_text, check_writable
 from .inference import Amp
 from .model import ARCHITECTURES, DEFAULT_ARCH, build_model
 from .options import HelpFormatter
+from .seeding import generator
 from .synthetic import CASES
 from .training import (
     TrainingParts,
+    build_batch_transform,
     build_criterion,
+    build_model_ema,
     build_optimizer,
     build_scheduler,
     train_step,
@@ -85,15 +88,19 @@ def _source(args, work):
     return read_list(work / "bench.txt"), images
 
 
-def _time_epochs(batches, epochs, device):
+def _time_epochs(batches, epochs, device, transform=None):
     """Images per second over ``epochs`` passes, after one untimed warm-up pass (every batch
-    shape, cuDNN's and the allocator's first calls) that the GPU has finished."""
-    for _ in batches.iterate(0):
-        pass
+    shape, cuDNN's and the allocator's first calls) that the GPU has finished; ``transform``:
+    a batch transform applied to each batch, as training applies it."""
+    for x, y in batches.iterate(0):
+        if transform is not None:
+            transform(x, y, generator(0, "bench"))
     _sync(device)
     count, tic = 0, time.perf_counter()
     for epoch in range(1, epochs + 1):
-        for _, y in batches.iterate(epoch):
+        for step, (x, y) in enumerate(batches.iterate(epoch)):
+            if transform is not None:
+                transform(x, y, generator(0, "bench", epoch, step))
             count += len(y)
     _sync(device)
     return count / (time.perf_counter() - tic)
@@ -109,6 +116,8 @@ def _time_training(parts, feed, steps, device):
     parts.model.train()
     count, tic = 0, None
     for i, (x, y) in enumerate(feed()):
+        if parts.batch_transform is not None:  # as train_one_epoch applies it
+            x, y = parts.batch_transform(x, y, generator(0, "bench", i))
         train_step(parts, x, y)
         if i == 0:
             _sync(device)
@@ -185,7 +194,10 @@ def run_benchmark(args: argparse.Namespace, progress: bool = True) -> dict:
                    "pipeline": {"original_img_s": _time_epochs(original, args.epochs, device),
                                 "pil_fair_img_s": _time_epochs(fair, args.epochs, device),
                                 "cache_build_img_s": n / build_s,
-                                "fast_img_s": _time_epochs(fast, args.epochs, device)}}
+                                "fast_img_s": _time_epochs(fast, args.epochs, device),
+                                "fast_modern_img_s": _time_epochs(
+                                    fast, args.epochs, device,
+                                    build_batch_transform(_modern(args), 4))}}
         figures["train"] = _train_figures(args, device, original, fair, fast)
     figures["memory"] = _memory(device)
     return figures
@@ -206,11 +218,27 @@ def _train_figures(args, device, original, fair, fast):
     x = torch.randint(0, 256, shape, dtype=torch.uint8, device=device)
     y = torch.randint(0, 4, (args.batch_size,), device=device)
     ceiling = lambda: iter([(x, y)] * (args.train_steps + 1))
-    return {name: _time_training(parts, feed, args.train_steps, device)
-            for name, feed in (("ceiling_img_s", ceiling),
-                               ("fast_img_s", lambda: _forever(fast)),
-                               ("pil_fair_img_s", lambda: _forever(fair)),
-                               ("original_img_s", lambda: _forever(original)))}
+    figures = {name: _time_training(parts, feed, args.train_steps, device)
+               for name, feed in (("ceiling_img_s", ceiling),
+                                  ("fast_img_s", lambda: _forever(fast)),
+                                  ("pil_fair_img_s", lambda: _forever(fair)),
+                                  ("original_img_s", lambda: _forever(original)))}
+    modern = _modern(args)
+    optimizer = build_optimizer(modern, model)
+    parts = TrainingParts(model, optimizer, build_scheduler(modern, optimizer, len(fast)),
+                          build_criterion(modern), amp, amp.scaler(),
+                          batch_transform=build_batch_transform(modern, 4),
+                          ema=build_model_ema(modern, model))
+    figures["fast_modern_img_s"] = _time_training(parts, lambda: _forever(fast),
+                                                  args.train_steps, device)
+    return figures
+
+
+def _modern(args) -> Recipe:
+    """--recipe modern at the benchmark's size: its per-image transforms, mixing, loss,
+    schedule and model EMA, from train.py's builders."""
+    return Recipe(arch=args.arch, batch_size=args.batch_size, image_size=args.image_size,
+                  **RECIPES.sets["modern"])
 
 
 def _memory(device):
@@ -241,6 +269,9 @@ def format_table(f: dict) -> str:
             ("training step, the original project's configuration", t["original_img_s"]),
             (f"training step, PIL at {PIL_BATCH} per worker batch", t["pil_fair_img_s"]),
             ("training step, fast path", t["fast_img_s"]),
+            ("input pipeline, fast path + --recipe modern's batch transforms",
+             p.get("fast_modern_img_s")),
+            ("training step, fast path, --recipe modern", t.get("fast_modern_img_s")),
             ("training step, model only (ceiling)", t["ceiling_img_s"])]
     load = f"; {f['load']} busy processes running" if f.get("load") else "; quiet"
     lines = [f"device: {f['device']}; {f['images']} images, batch {f['batch_size']}, "
@@ -254,6 +285,9 @@ def format_table(f: dict) -> str:
                  f"original configuration, {p['fast_img_s'] / p['pil_fair_img_s']:.1f}x PIL at "
                  f"{PIL_BATCH} per worker batch; peak host memory {host}; "
                  f"peak GPU memory {gpu}")
+    if t.get("fast_modern_img_s") and t["fast_img_s"]:
+        lines.append(f"--recipe modern: {t['fast_modern_img_s'] / t['fast_img_s']:.1%} of the "
+                     "default recipe's training images/s on the fast path")
     return "\n".join(lines)
 
 

@@ -94,9 +94,9 @@ def test_benchmark_runs_in_a_tiny_mode(tmp_path, capsys):
         == {"images": 12, "batch_size": 4, "image_size": 32, "workers": 0, "load": 1}
     assert figures["device"] == f"cpu ({os.cpu_count()} cores)"
     assert set(figures["pipeline"]) == {"original_img_s", "pil_fair_img_s", "fast_img_s",
-                                        "cache_build_img_s"}
+                                        "cache_build_img_s", "fast_modern_img_s"}
     assert set(figures["train"]) == {"original_img_s", "pil_fair_img_s", "fast_img_s",
-                                     "ceiling_img_s"}
+                                     "ceiling_img_s", "fast_modern_img_s"}
     rates = [*figures["pipeline"].values(), *figures["train"].values()]
     assert all(isinstance(r, float) and 0 < r < 1e6 for r in rates), rates  # none left None
     # this process imported torch (over 100 MB of libraries)
@@ -110,6 +110,9 @@ def test_benchmark_runs_in_a_tiny_mode(tmp_path, capsys):
     assert f"fast input pipeline: {p['fast_img_s'] / p['original_img_s']:.1f}x the original " \
            f"configuration, {p['fast_img_s'] / p['pil_fair_img_s']:.1f}x PIL at 64 per worker " \
            f"batch; peak host memory {figures['memory']['host_peak_mb']:,.0f} MB" in out
+    t = figures["train"]
+    assert f"--recipe modern: {t['fast_modern_img_s'] / t['fast_img_s']:.1%} of the default " \
+           "recipe's training images/s" in out
 
 
 @pytest.mark.parametrize("extra, message", [
