@@ -335,3 +335,20 @@ def test_the_modern_preset_sets_its_settings_and_a_flag_given_wins():
         cfg = options.from_args(TrainConfig, parser.parse_args(argv))
         assert not cfg.model_ema and cfg.mixup_alpha == 0.2 and cfg.lr_scheduler == "cosine"
     assert options.from_args(TrainConfig, parser.parse_args([])) == TrainConfig()  # no leftovers
+
+
+@pytest.mark.parametrize("damage, problem", [
+    ({}, "no trained_model beside the averaged weights"),
+    ({"trained_model": "model", "ema": {"decay": 1.5, "updates": 3}}, "ema is {'decay': 1.5"),
+    ({"trained_model": "model", "ema": {"decay": 0.9, "updates": -1}}, "ema is {'decay': 0.9"),
+])
+def test_a_model_ema_checkpoint_without_its_average_state_is_refused(run_copy, demo_data,
+                                                                     damage, problem):
+    ckpt = torch.load(run_copy / "last.pt", weights_only=True)
+    ckpt["config"]["model_ema"] = True
+    ckpt.update({k: ckpt[v] if v == "model" else v for k, v in damage.items()})
+    torch.save(ckpt, run_copy / "last.pt")
+    ran = run_script("train", *train_argv(demo_data, run_copy, "--resume", run_copy / "last.pt",
+                                          "--epochs", "20"))
+    assert ran.status == 2 and "holds a training state this coco4 cannot resume (" + problem \
+        in ran.error, ran.error

@@ -10,7 +10,7 @@ from pycocotools.coco import COCO
 
 from coco4.data.coco_categories import CATEGORY_ID, COCO_CATEGORIES
 from coco4.errors import Coco4Error
-from coco4.synthetic import CASES, get_args_parser, main, make_synthetic_coco
+from coco4.synthetic import CASES, HARD, Look, get_args_parser, main, make_synthetic_coco
 
 # pycocotools calls np.array(copy=False) on NumPy 2; harmless, not ours.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -245,3 +245,24 @@ def test_lists_written_without_pycocotools_are_annotation_prepares(dataset, tmp_
         labels = [int(line.split()[1]) for line in lines]
         assert labels == sorted(labels) and set(labels) == {0, 1, 2, 3}  # grouped by label
     assert (mine / "classes.txt").read_text() == (real / "classes.txt").read_text()
+
+
+def test_hard_images_keep_the_lists_with_smaller_objects(tmp_path):
+    """``HARD`` draws the same plan (the same images of the same classes reach the lists)
+    with smaller objects, and different pixels; the default look is the images as before."""
+    def made(name, look):
+        summary = make_synthetic_coco(tmp_path / name, num_train=60, num_val=20, seed=2,
+                                      image_sizes=SIZES, progress=False,
+                                      lists_dir=tmp_path / name / "data", look=look)
+        boxes = json.loads((tmp_path / name / "annotations" /
+                            "instances_train2017.json").read_text())["annotations"]
+        share = np.mean([a["bbox"][2] * a["bbox"][3] / 56**2 for a in boxes if not a["iscrowd"]])
+        return summary, share, (tmp_path / name / "data" / "annotation_train.txt").read_text()
+
+    (plain, plain_share, plain_list), (hard, hard_share, hard_list) = (
+        made("plain", Look()), made("hard", HARD))
+    assert hard_list == plain_list and hard["train"]["cases"] == plain["train"]["cases"]
+    assert hard_share < 0.6 * plain_share
+    first = sorted((tmp_path / "plain" / "images" / "train2017").iterdir())[0]
+    assert first.read_bytes() != (tmp_path / "hard" / "images" / "train2017" /
+                                  first.name).read_bytes()

@@ -63,6 +63,8 @@ BEST_TESTS = (P + "the_best_checkpoint_is_the_first_epoch_with_the_best_chosen_s
 BALANCE_TESTS = ("tests/test_balance.py::test_the_balance_flag_reaches_the_sampler_and_the_loss",)
 RESUME_TESTS = (P + "a_resumed_run_continues_the_optimizer_and_the_lr_schedule",)
 R = "tests/test_recipe.py::test_"
+A = "tests/test_image_augment.py::test_"
+AUGMENT, EMA = "coco4/image_augment.py", "coco4/ema.py"
 MIXING_TESTS = (R + "mixup_blends_each_image_with_its_neighbour_and_the_targets_alike",
                 R + "cutmix_pastes_one_box_of_the_neighbour_and_the_share_is_what_each_keeps")
 OC = "tests/test_other_class.py::test_"
@@ -183,14 +185,50 @@ MUTANTS = [
            "            self.warmup.load_state_dict(warmup)\n", "            pass\n",
            (R + "a_run_with_every_option_stopped_and_resumed_ends_as_a_straight_one",)),
     Mutant("cosine-horizon-from-the-command-line", TRAINING,
-           "optimizer, WarmupCosine(warmup_steps, total, floor)), per_step=True)",
+           "optimizer, WarmupCosine(warmup_steps, total, floor)), per_step=True,",
            "optimizer, lambda k: warmup_then_cosine(k, warmup_steps, total, floor)), "
-           "per_step=True)",
+           "per_step=True,",
            (R + "a_cosine_resumed_with_more_epochs_keeps_the_curve_it_started_on",)),
     Mutant("label-smoothing-ignored", TRAINING, "                               "
            "label_smoothing=recipe.label_smoothing)", "                               )",
            ("tests/test_train.py::test_label_smoothing_is_the_smoothed_cross_entropy_worked_"
             "by_hand", "tests/test_train.py::test_label_smoothing_trains_is_stored_and_resumed")),
+    # the modern recipe's per-image augmentation, model EMA and preset (#31)
+    Mutant("augment-one-operation-per-batch", AUGMENT,
+           "ops = torch.randint(len(table), (n,), generator=generator)",
+           "ops = torch.randint(len(table), (1,), generator=generator).expand(n)",
+           (A + "each_image_draws_its_own_operations_from_the_step_generator",)),
+    Mutant("augment-never-negative", AUGMENT,
+           "return ops, torch.where(signed[ops] & negative, -magnitudes, magnitudes)",
+           "return ops, magnitudes",
+           (A + "trivial_augment_draws_operations_bins_and_signs_uniformly",)),
+    Mutant("augment-rotates-the-other-way", AUGMENT,
+           "inverse_affine((0.0, 0.0), -a, (0.0, 0.0), (0.0, 0.0))",
+           "inverse_affine((0.0, 0.0), a, (0.0, 0.0), (0.0, 0.0))",
+           (A + "each_operation_gives_torchvisions_pixels_at_every_magnitude",)),
+    Mutant("erase-to-black", TRAINING, "tuple(round(255 * m) for m in mean)", "(0, 0, 0)",
+           (A + "the_recipe_erases_to_the_normalisation_mean_before_mixing",)),
+    Mutant("ema-decay-unadjusted", EMA,
+           "return 1.0 - min(1.0, (1.0 - decay) * batch_size / epochs)", "return decay",
+           (R + "decay_per_update_is_torchvisions_adjustment_worked_by_hand",
+            R + "a_model_ema_run_validates_and_ships_the_average")),
+    Mutant("ema-buffers-not-averaged", EMA, "return [*model.parameters(), *model.buffers()]",
+           "return [*model.parameters()]",
+           (R + "the_average_is_torchs_averaged_model_with_buffers",)),
+    Mutant("ema-averages-the-warmup", TRAINING,
+           "parts.ema.update(unwrap(model), restart=warming_up)",
+           "parts.ema.update(unwrap(model), restart=False)",
+           (R + "a_model_ema_run_validates_and_ships_the_average",)),
+    Mutant("ema-validation-scores-the-trained-weights", TRAINER,
+           "model = self.parts.ema.module if self.parts.ema else unwrap(self.parts.model)",
+           "model = unwrap(self.parts.model)",
+           (R + "a_model_ema_run_validates_and_ships_the_average",)),
+    Mutant("ema-count-not-resumed", TRAINING, '    ema.updates = stored["updates"]\n', "",
+           (R + "a_run_with_every_option_stopped_and_resumed_ends_as_a_straight_one",)),
+    Mutant("preset-defaults-left-behind", "coco4/options.py",
+           "self.set_defaults(**{**self._plain, **self.presets.sets.get(chosen, {})})",
+           "self.set_defaults(**self.presets.sets.get(chosen, {}))",
+           (R + "the_modern_preset_sets_its_settings_and_a_flag_given_wins",)),
     Mutant("balance-loss-ignored", TRAINING, 'if recipe.balance == "loss" else None)',
            "if False else None)", BALANCE_TESTS),
     # the other class and the open-set figures (#23)
