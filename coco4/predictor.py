@@ -23,7 +23,8 @@ TTA_MODES = ("none", "flip")
 
 
 def checkpoint_option():
-    return option(Path("checkpoint/best.pt"), "a train.py checkpoint, or the original project's")
+    return option(Path("checkpoint/best.pt"), "a train.py checkpoint (of a --model-ema run: its "
+                  "averaged weights), or the original project's")
 
 
 def calibration_option():

@@ -33,8 +33,9 @@ from .mixing import MixupCutmix
 from .model import arch_spec, trainable_parameters, unwrap
 from .seeding import generator, seed_everything
 
-# (images, labels, generator) -> (images, targets): mixes a batch and its targets on the
-# device (mixup, cutmix), drawing from the step's own generator
+# (images, labels, generator) -> (images, targets): augments each image (auto-augment, random
+# erasing) and mixes the batch and its targets (mixup, cutmix) on the device, drawing from the
+# step's own generator
 BatchTransform = Callable[[torch.Tensor, torch.Tensor, torch.Generator],
                           tuple[torch.Tensor, torch.Tensor]]
 

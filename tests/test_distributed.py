@@ -132,17 +132,21 @@ def test_each_machine_builds_its_image_cache_once_while_its_other_ranks_wait(dem
 
 
 @pytest.mark.slow
-def test_torchrun_validation_equals_a_single_process_evaluation(demo_data, tmp_path):
+@pytest.mark.parametrize("recipe", [(), ("--model-ema", "--model-ema-decay", "0.99")],
+                         ids=["default", "model-ema"])
+def test_torchrun_validation_equals_a_single_process_evaluation(demo_data, tmp_path, recipe):
     """Two processes validate an odd number of held-out images (11: rank 0 takes 6, rank 1
     takes 5); their summed metrics must be evaluate.py's on those 11 in one process. Rank 0's
-    share alone, or an image counted twice to even the shares, gives other numbers."""
+    share alone, or an image counted twice to even the shares, gives other numbers. With
+    --model-ema, every rank validates the one average best.pt holds (rank 1's own BatchNorm
+    statistics went into its copy)."""
     from test_metrics import assert_validation_equals_evaluate
 
     from conftest import train_cli
 
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           *train_cli(demo_data, out, "--epochs", "1", "--val-fraction", "0.25")[1:]]
+           *train_cli(demo_data, out, "--epochs", "1", "--val-fraction", "0.25", *recipe)[1:]]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
