@@ -225,6 +225,9 @@ def test_a_run_with_every_option_stopped_and_resumed_ends_as_a_straight_one(
     ({"mixup_alpha": -1.0}, "--mixup-alpha must be 0 or more, got -1.0"),
     ({"patience": -1}, "--patience must be 0 or more, got -1"),
     ({"lr_scheduler": "step"}, "--lr-scheduler must be one of plateau, cosine, got 'step'"),
+    ({"auto_augment": "aa"}, "--auto-augment must be one of none, ta_wide, ra, got 'aa'"),
+    ({"random_erase": 1.5}, "--random-erase must be at most 1, got 1.5"),
+    ({"model_ema_decay": 1.0}, r"--model-ema-decay must be between 0 and 1 \(exclusive\), got 1.0"),
 ])
 def test_the_recipe_options_are_checked_at_the_flag(values, message):
     with pytest.raises(Coco4Error, match=f"^{message}"):
