@@ -61,16 +61,18 @@ class CheckpointWriter:
     def __init__(self):
         self._thread, self._error = None, None
 
-    def save(self, paths: list[Path], payload: dict) -> None:
-        """Snapshot ``payload`` (CPU copies of every tensor) now; write it to each of ``paths``."""
+    def save(self, *files: tuple[Path, dict]) -> None:
+        """Snapshot each ``(path, payload)`` (CPU copies of every tensor) now; write them, in
+        order, behind the caller."""
         self.wait()
-        snapshot = _cpu_copy(payload)
-        self._thread = threading.Thread(target=self._write, args=(paths, snapshot))
+        copies = [(path, snapshot(payload)) for path, payload in files]
+        self._thread = threading.Thread(target=self._write, args=(copies,))
         self._thread.start()
 
-    def _write(self, paths, payload):
+    def _write(self, files):
         try:
-            save_checkpoint(paths[0], payload, *paths[1:])
+            for path, payload in files:
+                save_checkpoint(path, payload)
         except BaseException as e:  # handed to the training thread by wait()
             self._error = e
 
@@ -83,14 +85,15 @@ class CheckpointWriter:
             raise error
 
 
-def _cpu_copy(value):
-    """Training goes on mutating parameters and optimizer state in place: copy them now."""
+def snapshot(value):
+    """A CPU copy of every tensor in ``value``: training goes on mutating parameters and
+    optimizer state in place."""
     if isinstance(value, torch.Tensor):
         return value.detach().to("cpu", copy=True)
     if isinstance(value, dict):
-        return type(value)((k, _cpu_copy(v)) for k, v in value.items())
+        return type(value)((k, snapshot(v)) for k, v in value.items())
     if isinstance(value, (list, tuple)):
-        return type(value)(_cpu_copy(v) for v in value)
+        return type(value)(snapshot(v) for v in value)
     return value
 
 

@@ -128,6 +128,9 @@ class RunOptions:
     workers: int = option(help="image-decoding processes", factory=default_workers)
     output_dir: str = option("checkpoint", "checkpoints and logs")
     resume: str | None = option(None, "a last.pt to continue from")
+    save_every: float = option(300.0, "seconds between last.pt writes, checked at each epoch's "
+                               "end (0: every epoch); the run's end and a stop always write "
+                               "it, and best.pt goes with it", low=0)
     amp: bool = option(True, "mixed precision on CUDA (bf16, or fp16 with loss scaling)")
     compile: bool = option(False, "torch.compile the model")
     strict: bool = option(False, "stop on a missing or unreadable image instead of leaving "

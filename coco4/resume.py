@@ -35,6 +35,10 @@ def load_resumable(path: str) -> LoadedModel:
     """The checkpoint to continue, with a run state this coco4 can continue: or an error."""
     loaded = load_model(path, "cpu")
     ckpt = loaded.checkpoint
+    if ckpt.get("kind") == "best":
+        raise Coco4Error(f"{path} is a best.pt: the chosen model without the training state; "
+                         f"resume from the last.pt beside it ({Path(path).parent / 'last.pt'}),"
+                         f" or start a new run from its weights with --weights {path}")
     if "run" not in ckpt:
         raise Coco4Error(f"{path} holds no training state (optimizer, epoch) to resume; "
                          "to start a new run from its weights use --weights PATH instead")

@@ -9,6 +9,7 @@ batch does not fit), run_folder.py (one run per output folder), run_log.py (what
 told).
 """
 import dataclasses
+import time
 from pathlib import Path
 
 import torch
@@ -16,7 +17,7 @@ from tqdm import tqdm
 
 from . import run_log
 from .calibration import fit_temperature
-from .checkpoint import CheckpointWriter, model_state
+from .checkpoint import CheckpointWriter, model_state, snapshot
 from .compiling import compile_errors, compile_failed
 from .config import TrainConfig
 from .data.prepare import prepare_train_data
@@ -79,6 +80,8 @@ class Training:
         # fitted on each validation's logits, stored with the checkpoint written after it
         self.temperature = resumed.checkpoint.get("temperature") if resumed else None
         self.writer = CheckpointWriter()
+        self._best = None  # best.pt's contents, waiting for the next save (``_keep_best``)
+        self._saved_at = time.monotonic()  # --save-every counts from the run's start
         self.stop_vote = StopVote(env)
 
     def run(self) -> dict:
@@ -121,7 +124,7 @@ class Training:
                                   (Path(cfg.output_dir) / "last.pt").exists())
         if not completed:
             run.epoch, run.step, run.epoch_sums = epoch, state.step, state.to_dict()
-            self._save(best=False)
+            self._save()
             self.writer.wait()
             raise interrupted(self.program, cfg, stop.signum, epoch, state.step)
         row, score = self._end_epoch(state)
@@ -133,15 +136,18 @@ class Training:
         patience = cfg.patience
         if run.out_of_patience(patience) and run.epoch < cfg.epochs:
             run.stopped_early = run.epoch  # every rank decides alike: the scores are summed
-        self._save(best=is_best)
+        voted = self.stop_vote.result()  # the last step's vote, in flight until now
+        stopping = (any_rank(stop.requested, env, device) or voted) and run.epoch < cfg.epochs
+        if is_best:
+            self._keep_best()
+        if stopping or run.stopped_early or run.epoch == cfg.epochs or self._save_due():
+            self._save()
         self.log.epoch(run.history, run.best_epoch)
         if run.stopped_early:
             self.log.info(f"stopped early after epoch {run.epoch}: {patience} epochs without a "
                           f"better held-out {cfg.select_by} than epoch {run.best_epoch}'s "
                           f"(--patience {patience}); best.pt is epoch {run.best_epoch}")
-            return
-        voted = self.stop_vote.result()  # the last step's vote, in flight until now
-        if (any_rank(stop.requested, env, device) or voted) and epoch + 1 < cfg.epochs:
+        elif stopping:
             self.writer.wait()
             raise interrupted(self.program, cfg, stop.signum, epoch + 1, 0)
 
@@ -190,32 +196,44 @@ class Training:
                                         self.cfg.accum_steps)
         return Coco4Error(training_advice(self.cfg, self.data.train, during, fits))
 
-    def _save(self, best: bool) -> None:
-        """last.pt (and best.pt when ``best``), on the writer's thread."""
+    def _keep_best(self) -> None:
+        """The model of the epoch just chosen, as best.pt will hold it: kept in memory until
+        the next ``_save``, so a run writes it at most once per --save-every."""
+        if self.env.is_main:
+            self._best = snapshot({**self._described_model(), "kind": "best",
+                                   "metrics": self.state.history[-1]})
+
+    def _save_due(self) -> bool:
+        return time.monotonic() - self._saved_at >= self.cfg.save_every
+
+    def _save(self) -> None:
+        """last.pt, after best.pt when a better model waits, on the writer's thread: whenever
+        last.pt is written, best.pt is the best of the epochs it holds."""
+        self._saved_at = time.monotonic()
         if not self.env.is_main:
             return
-        run, parts = self.state, self.parts
-        payload = {**_weights(parts),
-                   "optimizer": parts.optimizer.state_dict(),
-                   "scheduler": parts.schedule.state_dict(),
-                   "scaler": parts.scaler.state_dict(),
-                   "epoch": run.epoch, "run": dataclasses.asdict(run),
-                   "best_metric": run.best_metric, "classes": list(self.data.classes),
-                   "config": dataclasses.asdict(self.cfg.recipe),
-                   "run_options": dataclasses.asdict(self.cfg.run_options),
-                   "data": self.data.report,
-                   "temperature": self.temperature}
         out = Path(self.cfg.output_dir)
-        # best.pt a file of its own, not a link: changing last.pt in place must not change it
-        self.writer.save([out / "last.pt", out / "best.pt"] if best else [out / "last.pt"],
-                         payload)
+        files = [] if self._best is None else [(out / "best.pt", self._best)]
+        self._best = None
+        last = {**self._described_model(), **_training_state(self.parts)}
+        self.writer.save(*files, (out / "last.pt", last))
+
+    def _described_model(self) -> dict:
+        """What both checkpoints hold: the model to predict with (the average, with
+        --model-ema), and what rebuilds and describes it."""
+        run, parts = self.state, self.parts
+        return {"model": model_state(parts.ema.module if parts.ema else parts.model),
+                "epoch": run.epoch, "run": dataclasses.asdict(run),
+                "best_metric": run.best_metric, "classes": list(self.data.classes),
+                "config": dataclasses.asdict(self.cfg.recipe),
+                "run_options": dataclasses.asdict(self.cfg.run_options),
+                "data": self.data.report, "temperature": self.temperature}
 
 
-def _weights(parts) -> dict:
-    """A checkpoint's weights: ``model`` is what predicting uses, the average with
-    --model-ema, and then the weights in training are ``trained_model``, beside the average's
-    update count."""
-    if parts.ema is None:
-        return {"model": model_state(parts.model)}
-    return {"model": model_state(parts.ema.module), "trained_model": model_state(parts.model),
-            "ema": parts.ema.state()}
+def _training_state(parts) -> dict:
+    """What only last.pt holds, to resume: the weights in training (with --model-ema; else
+    they are the model), the average's decay and count, the optimizer, schedule and scaler."""
+    ema = {} if parts.ema is None else {"trained_model": model_state(parts.model),
+                                        "ema": parts.ema.state()}
+    return {**ema, "optimizer": parts.optimizer.state_dict(),
+            "scheduler": parts.schedule.state_dict(), "scaler": parts.scaler.state_dict()}

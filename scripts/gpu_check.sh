@@ -6,7 +6,8 @@
 #        pipelines, training against the model-only ceiling, --recipe modern's training
 #        against the default's (#31: more than 5% slower there is a bug), peak GPU memory;
 #     3. a timed 10-epoch run of the default recipe on them (random init: nothing can be
-#        downloaded there), cache build included, extrapolated to 70 epochs.
+#        downloaded there), cache build included, extrapolated to 70 epochs; the later epochs'
+#        spacing against their training seconds (#34: checkpoints now on a cadence).
 #   bash scripts/gpu_check.sh smoke    # the same stages at tiny size on the CPU (a test runs it)
 # Needs no pycocotools: the generator writes the lists itself. Each stage runs even when an
 # earlier one failed; the exit status says whether all passed. Results, 7 small files, go to
@@ -96,15 +97,22 @@ for line in sys.stdin: print(f'{time.time():.2f} {line}', end='')" > "$OUT/train
 }
 start=$(date +%s.%N)
 stage "timed run" timed_run
-"$PY" - "$OUT/train.txt" "$start" "$EPOCHS" <<'EOF' | tee -a "$OUT/summary.txt"
-import re, sys
+"$PY" - "$OUT/train.txt" "$start" "$EPOCHS" "$OUT/metrics.csv" <<'EOF' | tee -a "$OUT/summary.txt"
+import csv, re, sys
 path, start, epochs = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 stamps = [float(line.split()[0]) for line in open(path) if re.match(r"[\d.]+ epoch +\d+ \|", line)]
+try:  # metrics.csv's seconds: the training steps alone
+    trained = [float(row["seconds"]) for row in csv.DictReader(open(sys.argv[4]))]
+except (OSError, KeyError, ValueError):
+    trained = []
 if len(stamps) == epochs >= 2:
     half = epochs // 2
     per_epoch = (stamps[-1] - stamps[half - 1]) / (epochs - half)
+    steps = (f", {sum(trained[half:]) / (epochs - half):.2f} s of it training"
+             if len(trained) == epochs else "")
     print(f"timed run: {stamps[-1] - start:.0f} s for {epochs} epochs, start-up and cache build "
-          f"included; later epochs {per_epoch:.1f} s each (checkpoint and validation included); "
+          f"included; later epochs {per_epoch:.2f} s apart{steps} (the rest: validation, "
+          f"checkpoints on --save-every's cadence, logs); "
           f"70 epochs: about {stamps[-1] - start + (70 - epochs) * per_epoch:.0f} s")
 else:
     print(f"timed run: {len(stamps)} of {epochs} epoch lines found, no estimate")

@@ -4,6 +4,7 @@ no pycocotools, so here it cannot be imported either."""
 import csv
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -42,6 +43,7 @@ def test_smoke_mode_runs_every_stage_and_returns_a_few_small_files(tmp_path):
     for name in STAGES:
         assert f"{name}: ok" in summary, summary
     assert "all stages passed" in summary and "70 epochs: about" in summary
+    assert re.search(r"later epochs [\d.]+ s apart, [\d.]+ s of it training", summary), summary
     figures = json.loads((out / "bench.json").read_text())
     assert figures["pipeline"]["original_img_s"] > 0 and figures["pipeline"]["pil_fair_img_s"] > 0
     epochs = [line for line in (out / "train.txt").read_text().splitlines() if " epoch " in line]

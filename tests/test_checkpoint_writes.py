@@ -1,0 +1,107 @@
+"""What a run writes to disk (#34): best.pt holds the model and what describes it, no training
+state; last.pt is written on --save-every's cadence, at the end and at a stop, best.pt with
+it; a stopped run resumed from what was written ends as an uninterrupted one."""
+import itertools
+
+import pytest
+import torch
+
+from coco4 import checkpoint, trainer
+from coco4.checkpoint import load_model, read_file
+from coco4.interrupt import Interrupted, StopRequest
+from coco4.trainer import fit
+
+from conftest import run_script, train_args, train_argv
+
+TRAINING_STATE = ("optimizer", "scheduler", "scaler", "trained_model", "ema")
+
+
+@pytest.fixture
+def writes(monkeypatch):
+    """Every checkpoint file a run writes, in order: (name, bytes)."""
+    written = []
+    save = checkpoint.save_checkpoint
+
+    def recorded(path, payload, *copies):
+        save(path, payload, *copies)
+        written.append((path.name, path.stat().st_size))
+    monkeypatch.setattr(checkpoint, "save_checkpoint", recorded)
+    return written
+
+
+def test_best_pt_holds_the_model_and_its_description_not_the_training_state(demo_data,
+                                                                            tmp_path):
+    fit(train_args(demo_data, tmp_path, epochs=3, model_ema=True), progress=False)
+    best, last = read_file(tmp_path / "best.pt"), read_file(tmp_path / "last.pt")
+    assert not set(TRAINING_STATE) & set(best) and set(TRAINING_STATE) <= set(last)
+    assert best["kind"] == "best" and best["epoch"] == best["run"]["best_epoch"]
+    assert best["metrics"] == best["run"]["history"][best["epoch"] - 1]  # its epoch's row
+    for key in ("classes", "config", "run_options", "temperature", "data"):
+        assert key in best, key
+    loaded = load_model(tmp_path / "best.pt")  # the average, rebuilt from the file alone
+    assert all(torch.equal(loaded.model.net.state_dict()[k], v) for k, v in best["model"].items())
+    # the tiny backbone trains a larger share of its weights than ResNet-50 (docs: 35%)
+    assert (tmp_path / "best.pt").stat().st_size < 0.5 * (tmp_path / "last.pt").stat().st_size
+
+
+def test_a_resume_of_best_pt_names_the_last_pt_beside_it(trained_run, demo_data, tmp_path):
+    ran = run_script("train", *train_argv(demo_data, tmp_path, "--resume",
+                                          trained_run / "best.pt", "--epochs", "20"))
+    assert ran.status == 2
+    assert ran.error == (f"{trained_run / 'best.pt'} is a best.pt: the chosen model without "
+                         f"the training state; resume from the last.pt beside it "
+                         f"({trained_run / 'last.pt'}), or start a new run from its weights "
+                         f"with --weights {trained_run / 'best.pt'}")
+
+
+def test_a_short_run_writes_each_file_once_at_its_end(demo_data, tmp_path, writes):
+    """Ten epochs within --save-every (300 s): best.pt and last.pt once each, in that order;
+    at most 4.5 times one last.pt in all (#34's bound)."""
+    fit(train_args(demo_data, tmp_path, epochs=10, lr=3e-3), progress=False)
+    assert [name for name, _ in writes] == ["best.pt", "last.pt"]
+    assert sum(size for _, size in writes) <= 4.5 * writes[-1][1]
+
+
+def test_save_every_0_writes_last_pt_every_epoch_and_best_pt_at_each_improvement(
+        demo_data, tmp_path, writes):
+    fit(train_args(demo_data, tmp_path, epochs=4, lr=3e-3, save_every=0), progress=False)
+    names = [name for name, _ in writes]
+    assert names.count("last.pt") == 4
+    history = read_file(tmp_path / "last.pt")["run"]["history"]
+    scores = [row["val_acc"] for row in history]
+    improved = sum(score > max(scores[:i], default=-1) for i, score in enumerate(scores))
+    assert names.count("best.pt") == improved
+
+
+def test_last_pt_follows_the_clock(demo_data, tmp_path, writes, monkeypatch):
+    """Each read of the clock 60 s after the last: the run's start, each epoch's check and
+    each save read it; at --save-every 150, last.pt at epochs 3 and 6 and at the end (7)."""
+    clock = itertools.count(step=60)
+    monkeypatch.setattr(trainer.time, "monotonic", lambda: next(clock))
+    epochs_saved = []
+    save = trainer.Training._save
+    monkeypatch.setattr(trainer.Training, "_save", lambda self: (
+        epochs_saved.append(self.state.epoch), save(self))[1])
+    fit(train_args(demo_data, tmp_path, epochs=7, save_every=150), progress=False)
+    assert epochs_saved == [3, 6, 7]
+
+
+def test_a_run_stopped_between_saves_writes_both_and_resumes_as_a_straight_one(
+        demo_data, tmp_path, monkeypatch):
+    """A SIGTERM at epoch 2's end, long before --save-every: last.pt and best.pt are written
+    then, and the resumed run ends with the uninterrupted run's files."""
+    fit(train_args(demo_data, tmp_path / "straight", epochs=4, lr=3e-3), progress=False)
+    with monkeypatch.context() as m:
+        polls = []
+        m.setattr(StopRequest, "requested", property(lambda self: polls.append(1) or
+                                                     len(polls) > 2 * 6 - 1))  # 5 steps + the end
+        with pytest.raises(Interrupted, match="at the end of epoch 2"):
+            fit(train_args(demo_data, tmp_path / "cut", epochs=4, lr=3e-3), progress=False)
+    assert read_file(tmp_path / "cut" / "last.pt")["run"]["epoch"] == 2
+    assert (tmp_path / "cut" / "best.pt").exists()
+    fit(train_args(demo_data, tmp_path / "cut", epochs=4, lr=3e-3,
+                   resume=str(tmp_path / "cut" / "last.pt")), progress=False)
+    for name in ("last.pt", "best.pt"):
+        a, b = (read_file(tmp_path / run / name) for run in ("straight", "cut"))
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), name
+        assert a["run"]["history"][-1]["val_loss"] == b["run"]["history"][-1]["val_loss"]
