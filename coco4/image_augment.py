@@ -5,7 +5,9 @@ every image gets the same one. Here each image draws its own operation, magnitud
 the per-image PIL transforms of torchvision's references do), from the step's generator, so a
 resumed run augments what an uninterrupted one did; images drawing the same operation are then
 transformed together, with their own magnitudes: about fifteen batched kernels a step, whatever
-the batch size. Each operation gives what torchvision.transforms.v2.functional gives for that
+the batch size. Every draw is made on the host and reaches a GPU through pinned memory, so
+the host never waits for the GPU here. Each operation gives what
+torchvision.transforms.v2.functional gives for that
 image and magnitude (tests/test_image_augment.py compares them), with torchvision's references'
 bilinear interpolation and black fill.
 
@@ -18,6 +20,8 @@ import math
 import torch
 from torch.nn import functional as F
 from torchvision.transforms.v2 import functional as TF
+
+from .data.loaders import to_device
 
 AUTO_AUGMENT_POLICIES = ("none", "ta_wide", "ra")
 NUM_BINS = 31  # torchvision's num_magnitude_bins
@@ -109,13 +113,14 @@ def apply_operations(images: torch.Tensor, ops: torch.Tensor, magnitudes: torch.
             continue
         rows = torch.nonzero(ops == k).flatten()
         for chunk in rows.split(CHUNK):
-            index = chunk.to(images.device)
+            index = to_device(chunk, images.device)
             images[index] = OPERATIONS[name](images[index], magnitudes[chunk])
 
 
 def _per_image(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Per-image float32 factors, shaped to broadcast over a batch of images."""
-    return values.to(device=like.device, dtype=torch.float32).view(-1, 1, 1, 1)
+    """Per-image float32 factors (drawn on the host), shaped to broadcast over a batch of
+    images on ``like``'s device."""
+    return to_device(values.float(), like.device).view(-1, 1, 1, 1)
 
 
 def _blend(images: torch.Tensor, other: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
@@ -147,7 +152,7 @@ def contrast(images, m):
 def sharpness(images, m):
     """torchvision's adjust_sharpness: the image blended with a smoothed copy, borders kept."""
     a, b = 1.0 / 13.0, 5.0 / 13.0
-    kernel = torch.tensor([[a, a, a], [a, b, a], [a, a, a]], device=images.device)
+    kernel = to_device(torch.tensor([[a, a, a], [a, b, a], [a, a, a]]), images.device)
     out = images.float()
     blurred = F.conv2d(out, kernel.expand(3, 1, 3, 3), groups=3).round_()
     inner = out[..., 1:-1, 1:-1]
@@ -157,8 +162,9 @@ def sharpness(images, m):
 
 def posterize(images, m):
     bits = m.long().tolist()
-    masks = [255 if b >= 8 else ((1 << b) - 1) << (8 - b) for b in bits]
-    return images & torch.tensor(masks, dtype=torch.uint8, device=images.device).view(-1, 1, 1, 1)
+    masks = torch.tensor([255 if b >= 8 else ((1 << b) - 1) << (8 - b) for b in bits],
+                         dtype=torch.uint8)
+    return images & to_device(masks, images.device).view(-1, 1, 1, 1)
 
 
 def solarize(images, m):
@@ -166,19 +172,32 @@ def solarize(images, m):
     return torch.where(images >= threshold, 255 - images, images)
 
 
+def autocontrast(images):
+    """torchvision's autocontrast (each channel stretched to 0-255) with torch.where where it
+    assigns through a boolean mask, which would make the host wait for the GPU."""
+    float_images = images.float()
+    low = float_images.amin(dim=(-2, -1), keepdim=True)
+    high = float_images.amax(dim=(-2, -1), keepdim=True)
+    flat = high == low
+    scale = torch.where(flat, 1.0, (high - low) * (1.0 / 255))
+    low = torch.where(flat, 0.0, low)
+    return float_images.sub_(low).div_(scale).clamp_(0, 255).to(torch.uint8)
+
+
 def _affine(images: torch.Tensor, matrices: list[list[float]]) -> torch.Tensor:
     """torchvision's affine_image on each image with its own inverse matrix: the same sampling
     grid (pixel centres, align_corners=False), bilinear, black outside, rounded."""
     n, _, h, w = images.shape
-    theta = torch.tensor(matrices, dtype=torch.float32, device=images.device).view(n, 2, 3)
+    theta = torch.tensor(matrices, dtype=torch.float32).view(n, 2, 3)
+    # torchvision's grid: output pixel centres (x, y, 1) times theta, divided by half the size
+    scaled = to_device(theta.transpose(1, 2).div(torch.tensor([0.5 * w, 0.5 * h])),
+                       images.device)
     base = torch.empty(1, h, w, 3, device=images.device)
     base[..., 0].copy_(torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, w, device=images.device))
     base[..., 1].copy_(torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, h,
                                       device=images.device).unsqueeze_(-1))
     base[..., 2].fill_(1)
-    scale = torch.tensor([0.5 * w, 0.5 * h], device=images.device)
-    grid = base.view(1, h * w, 3).expand(n, -1, -1).bmm(theta.transpose(1, 2).div(scale))
-    grid = grid.view(n, h, w, 2)
+    grid = base.view(1, h * w, 3).expand(n, -1, -1).bmm(scaled).view(n, h, w, 2)
     sampled = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros",
                             align_corners=False)
     return sampled.round_().to(torch.uint8)
@@ -230,7 +249,7 @@ OPERATIONS = {
     "TranslateY": lambda x, m: _translate(x, m, 1),
     "Rotate": rotate, "Brightness": brightness, "Color": color, "Contrast": contrast,
     "Sharpness": sharpness, "Posterize": posterize, "Solarize": solarize,
-    "AutoContrast": lambda x, m: TF.autocontrast(x), "Equalize": lambda x, m: TF.equalize(x),
+    "AutoContrast": lambda x, m: autocontrast(x), "Equalize": lambda x, m: TF.equalize(x),
 }
 
 
@@ -257,10 +276,10 @@ def erase_boxes(images: torch.Tensor, p: float, fill: tuple[int, int, int],
     top = (u[:, 0] * (height - h + 1)).long()
     left = (u[:, 1] * (width - w + 1)).long()
     device = images.device
+    # one host-to-device copy: (top, bottom, left, right), and no box where none is drawn
+    box = to_device(torch.stack([top, top + h, left, left + w]) * erased, device).view(4, -1, 1, 1)
     y = torch.arange(height, device=device).view(1, height, 1)
     x = torch.arange(width, device=device).view(1, 1, width)
-    inside = ((y >= top.to(device).view(-1, 1, 1)) & (y < (top + h).to(device).view(-1, 1, 1))
-              & (x >= left.to(device).view(-1, 1, 1)) & (x < (left + w).to(device).view(-1, 1, 1))
-              & erased.to(device).view(-1, 1, 1))
+    inside = (y >= box[0]) & (y < box[1]) & (x >= box[2]) & (x < box[3])
     for channel, value in enumerate(fill):  # in place: the batch keeps its memory layout
         images[:, channel].masked_fill_(inside, value)

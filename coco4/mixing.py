@@ -12,7 +12,6 @@ import math
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 
 class MixupCutmix:
@@ -38,7 +37,9 @@ class MixupCutmix:
             images = mixed.to(images.dtype).contiguous(memory_format=_layout(images))
         else:
             images, share = _cut_and_paste(images, other, share, rng)
-        onehot = F.one_hot(labels, self.num_classes).float()
+        # scatter, not F.one_hot, which checks the labels' range on the host: a GPU sync
+        onehot = torch.zeros(len(labels), self.num_classes, device=labels.device)
+        onehot.scatter_(1, labels.view(-1, 1), 1.0)
         return images, onehot * share + onehot.roll(1, 0) * (1 - share)
 
 

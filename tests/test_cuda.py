@@ -11,12 +11,25 @@ import pytest
 import torch
 
 from coco4.checkpoint import read_file
+from coco4.config import RECIPES, Recipe
 from coco4.data.loaders import BatchPlan, CachedBatches
 from coco4.data.transforms import random_crops, resized_crops
+from coco4.image_augment import ImageAugment
 from coco4.inference import Amp
 from coco4.model import build_model, trainable_parameters
+from coco4.seeding import generator
 from coco4.synthetic import make_synthetic_coco
-from coco4.training import EpochState, TrainingParts, _note_bad_loss, train_step
+from coco4.training import (
+    EpochState,
+    TrainingParts,
+    _note_bad_loss,
+    build_batch_transform,
+    build_criterion,
+    build_model_ema,
+    build_optimizer,
+    build_scheduler,
+    train_step,
+)
 
 from conftest import REPO, eval_argv, smooth_images, train_argv, train_cli
 
@@ -85,6 +98,48 @@ def test_training_steps_never_make_the_host_wait_for_the_gpu(resident):
     # the running figures stayed on the GPU: reading one is what would have waited
     assert state.loss_sum.is_cuda and state.correct.is_cuda and state.first_bad_step.is_cuda
     assert int(state.first_bad_step) == -1 and math.isfinite(float(state.loss_sum))
+
+
+def test_the_augmentation_on_the_gpu_equals_the_cpus():
+    """--auto-augment and --random-erase on a GPU batch: the CPU's pixels, within the one grey
+    level that float rounding before the uint8 rounding can move (#31)."""
+    images, labels = smooth_images(64, side=48), torch.arange(64) % 4
+    for policy in ("ta_wide", "ra"):
+        augment = ImageAugment(policy, 0.5, (124, 116, 104))
+        on_cpu, _ = augment(images, labels, generator(3))
+        on_gpu, _ = augment(images.to(CUDA), labels.to(CUDA), generator(3))
+        diff = (on_gpu.cpu().int() - on_cpu.int()).abs()
+        assert diff.max() <= 1 and (diff > 0).float().mean() < 0.01, policy
+
+
+def test_the_modern_recipes_steps_never_make_the_host_wait_for_the_gpu():
+    """--recipe modern's batch transforms, loss, per-step schedule and model EMA under sync
+    debug mode "error", as the default's steps above (#31)."""
+    torch.manual_seed(0)
+    recipe = Recipe(arch="resnet50", batch_size=16, image_size=64, **RECIPES.sets["modern"])
+    model = build_model("resnet50", 4).to(CUDA).to(memory_format=torch.channels_last)
+    amp = Amp.for_device(CUDA, True)
+    optimizer = build_optimizer(recipe, model)
+    parts = TrainingParts(model, optimizer, build_scheduler(recipe, optimizer, 3),
+                          build_criterion(recipe), amp, amp.scaler(), 1,
+                          build_batch_transform(recipe, 4), build_model_ema(recipe, model))
+    images = torch.randint(0, 256, (48, 73, 73, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
+    batches = CachedBatches(images.to(CUDA), [i % 4 for i in range(48)], range(48),
+                            BatchPlan(16, CUDA, 64, train=True))
+
+    def epoch(e):
+        for step, (x, y) in enumerate(batches.iterate(e)):
+            x, targets = parts.batch_transform(x, y, generator(0, "batch", e, step))
+            train_step(parts, x, targets)
+    for e in range(4):  # warm-up: every operation drawn, cudnn's searches done
+        epoch(e)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        epoch(4)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert parts.ema.updates == 10  # restarted through the 6 warmup steps, then 9 more
 
 
 def run(argv, cwd, timeout=240):
