@@ -269,7 +269,7 @@ def format_table(f: dict) -> str:
             ("training step, the original project's configuration", t["original_img_s"]),
             (f"training step, PIL at {PIL_BATCH} per worker batch", t["pil_fair_img_s"]),
             ("training step, fast path", t["fast_img_s"]),
-            ("input pipeline, fast path + --recipe modern's batch transforms",
+            ("input pipeline, fast path + --recipe modern's transforms",
              p.get("fast_modern_img_s")),
             ("training step, fast path, --recipe modern", t.get("fast_modern_img_s")),
             ("training step, model only (ceiling)", t["ceiling_img_s"])]
