@@ -102,14 +102,17 @@ def test_4b_a_resumed_run_never_mixes_with_another_run(demo_data, trained_run, r
 
 
 def test_4c_a_run_resumed_from_another_file_in_its_folder_is_checked_too(demo_data, run_copy):
-    """best.pt resumed into its own folder would replace the newer last.pt without a word."""
+    """An older copy of last.pt resumed into its own folder would replace the newer last.pt
+    without a word (best.pt is refused before: it holds no training state)."""
     before = (run_copy / "last.pt").read_bytes()
-    ran = run_script("train", *train_argv(demo_data, run_copy, "--resume", run_copy / "best.pt",
+    (run_copy / "older.pt").write_bytes(before)
+    ran = run_script("train", *train_argv(demo_data, run_copy, "--resume", run_copy / "older.pt",
                                           "--epochs", "12"))
     assert ran.status == 2 and ran.error == (
-        f"{run_copy} holds another run (last.pt, metrics.csv, tensorboard), which resuming "
-        f"{run_copy / 'best.pt'} there would mix with it; resume {run_copy / 'last.pt'}, choose "
-        "another --output-dir, or pass --overwrite to replace that run")
+        f"{run_copy} holds another run (last.pt, best.pt, metrics.csv, tensorboard), which "
+        f"resuming {run_copy / 'older.pt'} there would mix with it; resume "
+        f"{run_copy / 'last.pt'}, choose another --output-dir, or pass --overwrite to replace "
+        "that run")
     assert (run_copy / "last.pt").read_bytes() == before
 
 
