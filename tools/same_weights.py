@@ -43,8 +43,9 @@ def differences(a, b, where: str = "") -> list[str]:
         same = a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
         return [] if same else [where]
     if isinstance(a, dict) and isinstance(b, dict):
-        # a key only the newer side has is a field the commit did not write yet
-        keys = set(a) - set(NOT_COMPARED)
+        # a key only the newer side has is a field the commit did not write yet; one only the
+        # commit's, a field dropped since (best.pt's training state, #34): ``dropped`` says so
+        keys = (set(a) & set(b)) - set(NOT_COMPARED)
         return [d for k in sorted(keys, key=str)
                 for d in differences(a.get(k), b.get(k), f"{where}/{k}")]
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
@@ -66,10 +67,11 @@ def compare(against: str, cases: list[str]) -> dict:
             for case in cases:
                 for name, tree in (("old", old), ("new", REPO)):
                     train(tree, tmp / "data", tmp / case / name, CASES[case])
-                diffs = []
+                diffs, dropped = [], []
                 for file in ("last.pt", "best.pt"):
                     a, b = (torch.load(tmp / case / n / file, weights_only=True)
                             for n in ("old", "new"))
+                    dropped += [f"{file}/{k}" for k in sorted(set(a) - set(b))]
                     # a setting the commit did not have yet is compared by the weights alone
                     common = set(a["config"]) & set(b["config"])
                     diffs += differences(a, b, file) + [
@@ -78,7 +80,8 @@ def compare(against: str, cases: list[str]) -> dict:
                 results[case] = diffs
                 shown = ", ".join(diffs[:4]) + (f" and {len(diffs) - 4} more" if len(diffs) > 4
                                                  else "")
-                print(f"{case:16} {'DIFFERENT: ' + shown if diffs else 'identical'}")
+                print(f"{case:16} {'DIFFERENT: ' + shown if diffs else 'identical'}"
+                      + (f" (fields no longer written: {', '.join(dropped)})" if dropped else ""))
             return results
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=REPO,
