@@ -64,6 +64,7 @@ BALANCE_TESTS = ("tests/test_balance.py::test_the_balance_flag_reaches_the_sampl
 RESUME_TESTS = (P + "a_resumed_run_continues_the_optimizer_and_the_lr_schedule",)
 R = "tests/test_recipe.py::test_"
 A = "tests/test_image_augment.py::test_"
+W = "tests/test_checkpoint_writes.py::test_"
 AUGMENT, EMA = "coco4/image_augment.py", "coco4/ema.py"
 MIXING_TESTS = (R + "mixup_blends_each_image_with_its_neighbour_and_the_targets_alike",
                 R + "cutmix_pastes_one_box_of_the_neighbour_and_the_share_is_what_each_keeps")
@@ -229,6 +230,22 @@ MUTANTS = [
            "self.set_defaults(**{**self._plain, **self.presets.sets.get(chosen, {})})",
            "self.set_defaults(**self.presets.sets.get(chosen, {}))",
            (R + "the_modern_preset_sets_its_settings_and_a_flag_given_wins",)),
+    # a run's writes (#34)
+    Mutant("best-pt-keeps-the-training-state", TRAINER,
+           '{**self._described_model(), "kind": "best",',
+           '{**self._described_model(), **_training_state(self.parts), "kind": "best",',
+           (W + "best_pt_holds_the_model_and_its_description_not_the_training_state",)),
+    Mutant("last-pt-every-epoch", TRAINER,
+           "return time.monotonic() - self._saved_at >= self.cfg.save_every", "return True",
+           (W + "a_short_run_writes_each_file_once_at_its_end",
+            W + "last_pt_follows_the_clock")),
+    Mutant("a-stop-between-saves-not-saved", TRAINER,
+           "if stopping or run.stopped_early or run.epoch == cfg.epochs or self._save_due():",
+           "if run.stopped_early or run.epoch == cfg.epochs or self._save_due():",
+           (W + "a_run_stopped_between_saves_writes_both_and_resumes_as_a_straight_one",)),
+    Mutant("best-pt-left-waiting", TRAINER,
+           'files = [] if self._best is None else [(out / "best.pt", self._best)]',
+           "files = []", (W + "a_short_run_writes_each_file_once_at_its_end",)),
     Mutant("balance-loss-ignored", TRAINING, 'if recipe.balance == "loss" else None)',
            "if False else None)", BALANCE_TESTS),
     # the other class and the open-set figures (#23)
