@@ -188,24 +188,26 @@ EVERY_OPTION = {"epochs": 4, "lr": 1e-3, "mixup_alpha": 0.2, "cutmix_alpha": 1.0
                 "random_erase": 0.25, "model_ema": True, "model_ema_decay": 0.99}
 
 
-@pytest.mark.parametrize("recipe", [
-    EVERY_OPTION,
-    {"epochs": 4, "lr": 1e-3, "lr_warmup_epochs": 3, "mixup_alpha": 0.4,  # cut mid-warmup
-     "auto_augment": "ra"},
-], ids=["cosine", "plateau-warmup"])
+@pytest.mark.parametrize("recipe, polls_before_the_stop", [
+    (EVERY_OPTION, 2 * (STEPS + 1) + 2),  # each step polls, and each epoch's end: mid-epoch 3
+    (EVERY_OPTION, 2 * (STEPS + 1) - 1),  # at the end of epoch 2
+    ({"epochs": 4, "lr": 1e-3, "lr_warmup_epochs": 3, "mixup_alpha": 0.4,  # cut mid-warmup
+      "auto_augment": "ra"}, 2 * (STEPS + 1) + 2),
+], ids=["cosine", "cosine-epoch-end", "plateau-warmup"])
 def test_a_run_with_every_option_stopped_and_resumed_ends_as_a_straight_one(
-        demo_data, tmp_path, monkeypatch, recipe):
-    """Stopped mid-epoch 3 of 4 (as by SIGTERM) and resumed: the same weights, schedule
-    position and metrics as a straight run, bit for bit."""
+        demo_data, tmp_path, monkeypatch, recipe, polls_before_the_stop):
+    """Stopped in epoch 3 of 4 or at epoch 2's end (as by SIGTERM) and resumed: the same
+    weights, average, schedule position and metrics as a straight run, bit for bit."""
     fit(train_args(demo_data, tmp_path / "straight", **recipe), progress=False)
     polls = []
     with monkeypatch.context() as m:
         m.setattr(StopRequest, "requested", property(lambda self: polls.append(1) or
-                                                     len(polls) > 2 * (STEPS + 1) + 2))
+                                                     len(polls) > polls_before_the_stop))
         with pytest.raises(Interrupted):
             fit(train_args(demo_data, tmp_path / "cut", **recipe), progress=False)
     cut = read_file(tmp_path / "cut" / "last.pt")
-    assert cut["run"]["epoch"] == 2 and cut["run"]["step"] > 0  # inside epoch 3
+    mid_epoch = polls_before_the_stop > 2 * (STEPS + 1)
+    assert cut["run"]["epoch"] == 2 and (cut["run"]["step"] > 0) == mid_epoch
     fit(train_args(demo_data, tmp_path / "cut", **recipe,
                    resume=str(tmp_path / "cut" / "last.pt")), progress=False)
     for name in ("last.pt", "best.pt"):
