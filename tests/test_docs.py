@@ -20,7 +20,8 @@ PAGES = [REPO / "README.md", REPO / "CONTRIBUTING.md", *sorted((REPO / "docs").g
 # every command line a page documents, by its flag table's marker: <!-- flags of NAME -->
 SCRIPTS = {"annotation_prepare.py": "annotation_prepare", "train.py": "train",
            "evaluate.py": "evaluate", "visualize.py": "visualize", "predict.py": "predict",
-           "export.py": "export", "coco4.demo": "coco4.demo", "coco4.bench": "coco4.bench"}
+           "export.py": "export", "serve.py": "serve", "coco4.demo": "coco4.demo",
+           "coco4.bench": "coco4.bench"}
 
 
 def flag_tables() -> dict[str, list[str]]:
@@ -150,7 +151,7 @@ def agrees(printed: str, row: dict):
 
 def test_the_snippets_the_pages_show_are_the_ones_run_here():
     assert set(snippets()) == {"classify_onnx.py", "classify_opencv.py",
-                               "classify_torchscript.py"}
+                               "classify_torchscript.py", "python_api.py"}
     readme = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
     assert readme == [snippets()["classify_onnx.py"]]  # the front page shows the same one
 
@@ -205,3 +206,15 @@ def predict_classes_and_side(out: Path) -> tuple[list, int]:
 
     meta = read_metadata(out / "model.onnx", "onnx")
     return json.loads(meta["classes"]), int(meta["input_size"])
+
+
+def test_the_python_api_snippet_agrees_with_predict(trained, exported, tmp_path):
+    _, rows = exported
+    row = rows[0]
+    printed = run_snippet(snippets()["python_api.py"], tmp_path, trained, row["path"],
+                          row["path"]).splitlines()
+    assert printed[0] == "['bird', 'airplane', 'train', 'boat'] 32"
+    path, label, score = printed[1].split()
+    assert (path, label) == (row["path"], row["class"])
+    assert float(score) == pytest.approx(float(row["prob"]), abs=1e-5)
+    assert len(printed) == 4 and all(line.startswith(row["class"] + " {") for line in printed[2:])

@@ -16,11 +16,12 @@ from coco4.evaluation import EvaluateOptions
 from coco4.exporting import ExportOptions
 from coco4.file_predictions import PredictOptions
 from coco4.pictures import PictureOptions
+from coco4.serving import ServeOptions
 
 WHEN_TO_STOP = {"epochs", "patience"}  # recipe settings a resume takes from the command line
 SCRIPTS = {"train": TrainConfig, "evaluate": EvaluateOptions, "visualize": PictureOptions,
            "predict": PredictOptions, "export": ExportOptions,
-           "annotation_prepare": ListsOptions}
+           "annotation_prepare": ListsOptions, "serve": ServeOptions}
 
 
 def element_type(hint) -> type:

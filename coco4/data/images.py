@@ -29,14 +29,20 @@ def read_rgb(path: str | Path) -> Image.Image:
         if not stat.S_ISREG(mode):  # opening a FIFO would wait forever for a writer
             raise UnreadableImage(f"{path}: not a regular file ({_kind(mode)})")
         with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            return _to_8_bits(im, path).convert("RGB")
+            return as_rgb(im, path)
     except (FileNotFoundError, UnreadableImage):
         raise
     except Exception as e:  # decoders fail in many ways (NotImplementedError, ValueError,
         # SyntaxError, ...) and the file system too (a symlink loop, a name too long, a path
         # through a file): one image is unusable, never the run
         raise UnreadableImage(f"{path}: {e}") from e
+
+
+def as_rgb(im: Image.Image, name) -> Image.Image:
+    """An opened image as ``read_rgb`` gives it (upright, 8 bits, RGB): a file's, or one a
+    program already holds (``name`` says which, in a message)."""
+    im = ImageOps.exif_transpose(im)
+    return _to_8_bits(im, name).convert("RGB")
 
 
 def _to_8_bits(im: Image.Image, path) -> Image.Image:
