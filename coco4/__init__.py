@@ -10,8 +10,10 @@ __all__ = ["Classifier", "Prediction"]
 
 
 def __getattr__(name: str):
+    # PEP 562: loaded on first use, by name, so that the package itself depends on none of
+    # its modules (each module's import of the package runs this file, and nothing more)
     if name in __all__:
-        from . import api
+        import importlib
 
-        return getattr(api, name)
+        return getattr(importlib.import_module(f"{__name__}.api"), name)
     raise AttributeError(f"module 'coco4' has no attribute {name!r}")
