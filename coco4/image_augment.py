@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from torchvision.transforms.v2 import functional as TF
 
 from .data.loaders import to_device
+from .data.transforms import candidate_sides
 
 AUTO_AUGMENT_POLICIES = ("none", "ta_wide", "ra")
 NUM_BINS = 31  # torchvision's num_magnitude_bins
@@ -259,14 +260,8 @@ def erase_boxes(images: torch.Tensor, p: float, fill: tuple[int, int, int],
     ratio in (0.3, 3.3), drawn as torchvision's get_params (the first of 10 tries that fits;
     none: no box), filled with ``fill``, in place."""
     n, _, height, width = images.shape
-    tries = 10
     erased = torch.rand(n, generator=generator) < p
-    area = height * width * torch.empty(n, tries).uniform_(*ERASE_SCALE, generator=generator)
-    log_ratio = torch.empty(n, tries).uniform_(math.log(ERASE_RATIO[0]), math.log(ERASE_RATIO[1]),
-                                               generator=generator)
-    aspect = torch.exp(log_ratio)
-    h = torch.round(torch.sqrt(area * aspect)).long()
-    w = torch.round(torch.sqrt(area / aspect)).long()
+    h, w = candidate_sides(n, height * width, ERASE_SCALE, ERASE_RATIO, generator)
     fits = (h < height) & (w < width)
     first = fits.float().argmax(1)
     rows = torch.arange(n)

@@ -46,13 +46,7 @@ def random_resized_crop_boxes(n: int, height: int, width: int,
     ``RRC_SCALE`` and a log-uniform aspect ratio in ``RRC_RATIO``; the first box that fits wins;
     when none fits, the centre crop clamped to the ratio range. Vectorised over images and tries.
     """
-    tries = 10
-    area = height * width * torch.empty(n, tries).uniform_(*RRC_SCALE, generator=generator)
-    log_ratio = torch.empty(n, tries).uniform_(math.log(RRC_RATIO[0]), math.log(RRC_RATIO[1]),
-                                               generator=generator)
-    aspect = torch.exp(log_ratio)
-    w = torch.round(torch.sqrt(area * aspect)).long()
-    h = torch.round(torch.sqrt(area / aspect)).long()
+    w, h = candidate_sides(n, height * width, RRC_SCALE, RRC_RATIO, generator)
     ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
     first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((n,), -1))
     rows = torch.arange(n)
@@ -65,6 +59,19 @@ def random_resized_crop_boxes(n: int, height: int, width: int,
     top = torch.where(found, (u[:, 0] * (height - h + 1)).long(), (height - h) // 2)
     left = torch.where(found, (u[:, 1] * (width - w + 1)).long(), (width - w) // 2)
     return torch.stack([top, left, h, w], 1)
+
+
+def candidate_sides(n: int, area: int, scale: tuple, ratio: tuple, generator: torch.Generator,
+                    tries: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """``tries`` candidate boxes for each of ``n`` images, drawn as torchvision's
+    RandomResizedCrop and RandomErasing draw theirs: a share of ``area`` in ``scale``, a
+    log-uniform aspect ratio in ``ratio``; the sides (round(sqrt(a * r)), round(sqrt(a / r))),
+    each [n, tries]."""
+    areas = area * torch.empty(n, tries).uniform_(*scale, generator=generator)
+    aspect = torch.exp(torch.empty(n, tries).uniform_(math.log(ratio[0]), math.log(ratio[1]),
+                                                      generator=generator))
+    return (torch.round(torch.sqrt(areas * aspect)).long(),
+            torch.round(torch.sqrt(areas / aspect)).long())
 
 
 def _fallback_size(height, width):
