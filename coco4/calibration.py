@@ -6,7 +6,6 @@ argmax stays), only how confident the probabilities are: T > 1 softens an overco
 Training fits T after every validation and stores it in each checkpoint it writes; evaluate.py,
 visualize.py, predict.py and export.py apply it unless told ``--no-calibration``. A checkpoint
 without one (older files, the original project's) is used as it is: T = 1."""
-import math
 
 import torch
 
@@ -43,7 +42,11 @@ def stored_temperature(ckpt: dict, source: str) -> float:
     t = ckpt.get("temperature")
     if t is None:
         return 1.0
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < math.inf:
-        raise Coco4Error(f"{source} holds temperature {t!r}, not a positive number: the file "
-                         "is damaged or not from coco4; use another checkpoint")
+    # only the fit writes it, within T_RANGE: 1e-300 would make every probability NaN, 1e308
+    # every one 1/classes, and both pass a check for a positive number
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or \
+            not T_RANGE[0] <= t <= T_RANGE[1]:
+        raise Coco4Error(f"{source} holds temperature {t!r}, not a number from {T_RANGE[0]:g} "
+                         f"to {T_RANGE[1]:g} as the fit writes: the file is damaged or not from "
+                         "coco4; use another checkpoint")
     return float(t)

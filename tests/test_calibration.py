@@ -146,10 +146,13 @@ def test_predict_applies_the_temperature_unless_told_not_to(calibrated_run, tmp_
     assert np.abs(rows["cal"] - at_temperature(rows["raw"], t)).max() < 1e-4
 
 
-@pytest.mark.parametrize("value", [-1.0, 0.0, float("nan"), "warm"])
+@pytest.mark.parametrize("value", [-1.0, 0.0, float("nan"), "warm", 1e-300, 1e308, 25.0])
 def test_a_bad_stored_temperature_is_refused(trained, tmp_path, value):
+    """Beyond the fit's own range (#35: 1e-300 made every probability NaN and evaluate.py
+    report an accuracy; 1e308 made every one a quarter)."""
     payload = torch.load(trained, weights_only=True)
     payload["temperature"] = value
     torch.save(payload, tmp_path / "bad.pt")
-    with pytest.raises(Coco4Error, match=r"holds temperature .*, not a positive number"):
+    with pytest.raises(Coco4Error, match=r"holds temperature .*, not a number from 0.05 to 20 "
+                                         "as the fit writes"):
         load_predictor(tmp_path / "bad.pt", "cpu")
