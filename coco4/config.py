@@ -126,7 +126,8 @@ class RunOptions:
     cache_dir: str | None = option(None, "decoded-image cache (default: DATA_DIR/cache)")
     device: str = option("auto", DEVICE_HELP)
     workers: int = option(help="image-decoding processes", factory=default_workers)
-    output_dir: str = option("checkpoint", "checkpoints and logs")
+    output_dir: str | None = option(None, "checkpoints and logs (default: checkpoint; with "
+                                    "--resume, the folder of the last.pt it continues)")
     resume: str | None = option(None, "a last.pt to continue from")
     save_every: float = option(300.0, "seconds between last.pt writes, checked at each epoch's "
                                "end (0: every epoch); the run's end and a stop always write "
@@ -140,6 +141,9 @@ class RunOptions:
 
     def __post_init__(self):
         options.check(self)
+        if self.output_dir is None:  # a resumed run goes on in its own folder
+            object.__setattr__(self, "output_dir",
+                               str(Path(self.resume).parent) if self.resume else "checkpoint")
         if workers_problem(self.workers):
             raise Coco4Error(workers_problem(self.workers))
         if re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is None:

@@ -11,7 +11,7 @@ from coco4.checkpoint import load_model, read_file
 from coco4.interrupt import Interrupted, StopRequest
 from coco4.trainer import fit
 
-from conftest import run_script, train_args, train_argv
+from conftest import read_csv, run_script, train_args, train_argv
 
 TRAINING_STATE = ("optimizer", "scheduler", "scaler", "trained_model", "ema")
 
@@ -105,3 +105,17 @@ def test_a_run_stopped_between_saves_writes_both_and_resumes_as_a_straight_one(
         a, b = (read_file(tmp_path / run / name) for run in ("straight", "cut"))
         assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), name
         assert a["run"]["history"][-1]["val_loss"] == b["run"]["history"][-1]["val_loss"]
+
+
+def test_a_resume_without_output_dir_goes_on_in_its_own_folder(run_copy, demo_data, tmp_path,
+                                                                monkeypatch):
+    """#35: it continued into ./checkpoint, leaving the run's own last.pt behind."""
+    monkeypatch.chdir(tmp_path)
+    rows = len(read_csv(run_copy / "metrics.csv"))
+    argv = [a for a in train_argv(demo_data, run_copy) if a != str(run_copy)]
+    argv = [a for a in argv if a != "--output-dir"]
+    ran = run_script("train", *argv, "--resume", run_copy / "last.pt", "--epochs", str(rows + 1))
+    assert ran.status == 0, ran.err[-2000:]
+    assert len(read_csv(run_copy / "metrics.csv")) == rows + 1
+    assert read_file(run_copy / "last.pt")["run"]["epoch"] == rows + 1
+    assert not (tmp_path / "checkpoint").exists()
