@@ -65,6 +65,10 @@ def _run_state_problem(ckpt: dict) -> str | None:
             return f"run.{name} is {run[name]!r}"
     if run.get("epoch", 0) < 0:
         return f"run.epoch is {run['epoch']!r}"
+    if run.get("step", 0) < 0:  # it trained on from step -5
+        return f"run.step is {run['step']!r}"
+    if not -1 <= run.get("best_metric", -1.0) <= 1:  # NaN: no later epoch beat it, no best.pt
+        return f"run.best_metric is {run['best_metric']!r}, not a score"
     for name in ("optimizer", "scheduler", "scaler"):
         if not isinstance(ckpt.get(name), dict):
             return f"no {name} state"

@@ -119,3 +119,19 @@ def test_a_resume_without_output_dir_goes_on_in_its_own_folder(run_copy, demo_da
     assert len(read_csv(run_copy / "metrics.csv")) == rows + 1
     assert read_file(run_copy / "last.pt")["run"]["epoch"] == rows + 1
     assert not (tmp_path / "checkpoint").exists()
+
+
+@pytest.mark.parametrize("field, value, problem", [
+    ("best_metric", float("nan"), "run.best_metric is nan, not a score"),
+    ("best_metric", 7.0, "run.best_metric is 7.0, not a score"),
+    ("step", -5, "run.step is -5"),
+])
+def test_a_run_state_out_of_its_range_is_refused(run_copy, demo_data, field, value, problem):
+    """#35: a NaN best score let no later epoch write best.pt; a negative step trained on."""
+    ckpt = torch.load(run_copy / "last.pt", weights_only=True)
+    ckpt["run"][field] = value
+    torch.save(ckpt, run_copy / "last.pt")
+    ran = run_script("train", *train_argv(demo_data, run_copy, "--resume", run_copy / "last.pt",
+                                          "--epochs", "20"))
+    assert ran.status == 2
+    assert f"holds a training state this coco4 cannot resume ({problem})" in ran.error
