@@ -13,6 +13,8 @@ from .errors import Coco4Error
 from .interrupt import Interrupted
 from .options import to_argv
 
+EPOCH_SUMS = ("loss_sum", "correct", "count", "seconds")  # a mid-epoch stop's running sums
+
 
 @dataclasses.dataclass
 class RunState:
@@ -69,6 +71,12 @@ def _run_state_problem(ckpt: dict) -> str | None:
         return f"run.step is {run['step']!r}"
     if not -1 <= run.get("best_metric", -1.0) <= 1:  # NaN: no later epoch beat it, no best.pt
         return f"run.best_metric is {run['best_metric']!r}, not a score"
+    history = run.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(row, dict) for row in history):
+        return "run.history is not a list of epoch rows"
+    sums = run.get("epoch_sums")
+    if sums is not None and not (isinstance(sums, dict) and set(EPOCH_SUMS) <= set(sums)):
+        return f"run.epoch_sums is {sums!r}, not the sums {', '.join(EPOCH_SUMS)}"
     for name in ("optimizer", "scheduler", "scaler"):
         if not isinstance(ckpt.get(name), dict):
             return f"no {name} state"

@@ -201,11 +201,7 @@ def build_training_parts(cfg: TrainConfig, data: TrainData, device: torch.device
     amp = Amp.for_device(device, cfg.amp)
     scaler = amp.scaler()
     if resumed:
-        ckpt = resumed.checkpoint
-        optimizer.load_state_dict(ckpt["optimizer"])
-        schedule.load_state_dict(ckpt["scheduler"])
-        if ckpt["scaler"]:  # empty when the run had no fp16 scaler (CPU, bf16)
-            scaler.load_state_dict(ckpt["scaler"])
+        _restore(resumed, optimizer, schedule, scaler)
     if env.enabled:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -218,6 +214,21 @@ def build_training_parts(cfg: TrainConfig, data: TrainData, device: torch.device
     return TrainingParts(model, optimizer, schedule, build_criterion(recipe, weight), amp,
                          scaler, recipe.accum_steps,
                          build_batch_transform(recipe, len(data.classes)), ema)
+
+
+def _restore(resumed: LoadedModel, optimizer, schedule: LrSchedule, scaler) -> None:
+    """A resumed run's optimizer, schedule and scaler states, or one line saying that the
+    file's do not fit this model and recipe (a damaged or edited file)."""
+    ckpt = resumed.checkpoint
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        schedule.load_state_dict(ckpt["scheduler"])
+        if ckpt["scaler"]:  # empty when the run had no fp16 scaler (CPU, bf16)
+            scaler.load_state_dict(ckpt["scaler"])
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
+        raise Coco4Error(f"{resumed.source} holds a training state that does not fit its own "
+                         f"model and recipe ({type(e).__name__}: {e}); start a new run from "
+                         f"its weights with --weights {resumed.source}") from None
 
 
 def build_model_ema(recipe: Recipe, model: nn.Module,

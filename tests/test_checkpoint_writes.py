@@ -135,3 +135,26 @@ def test_a_run_state_out_of_its_range_is_refused(run_copy, demo_data, field, val
                                           "--epochs", "20"))
     assert ran.status == 2
     assert f"holds a training state this coco4 cannot resume ({problem})" in ran.error
+
+
+def _damaged(ckpt):
+    """An optimizer state whose group lists one parameter fewer than the model trains."""
+    ckpt["optimizer"]["param_groups"][0]["params"] = ckpt["optimizer"]["param_groups"][0][
+        "params"][:-1]
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda c: c["run"].update(history="epoch 1: 0.5"), "run.history is not a list of epoch "
+                                                       "rows"),
+    (lambda c: c["run"].update(epoch_sums={"loss_sum": 1.0}), "run.epoch_sums is {'loss_sum': "
+                                                              "1.0}, not the sums"),
+    (_damaged, "holds a training state that does not fit its own model and recipe "
+               "(ValueError: "),
+], ids=["history-as-text", "sums-without-sums", "optimizer-of-another-layout"])
+def test_a_damaged_run_state_is_one_line_not_a_traceback(run_copy, demo_data, damage, problem):
+    ckpt = torch.load(run_copy / "last.pt", weights_only=True)
+    damage(ckpt)
+    torch.save(ckpt, run_copy / "last.pt")
+    ran = run_script("train", *train_argv(demo_data, run_copy, "--resume", run_copy / "last.pt",
+                                          "--epochs", "20"))
+    assert ran.status == 2 and problem in ran.error, ran.err[-1500:]
