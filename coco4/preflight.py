@@ -48,6 +48,8 @@ def preflight(cfg: TrainConfig, env: DistEnv, say: Callable[[str], None]) -> Ite
             check_compile_tools(device)
         # the folder is checked by rank 0, which holds it; the other ranks write nothing there
         earlier = _folder_check(cfg, resumed is not None) if env.is_main else []
+        if env.is_main:  # written after the first epoch: a bad folder found then lost it
+            check_writable(Path(cfg.output_dir) / "tensorboard")
         yield Ready(cfg, device, resumed, earlier)
 
 

@@ -2,6 +2,7 @@
 state; last.pt is written on --save-every's cadence, at the end and at a stop, best.pt with
 it; a stopped run resumed from what was written ends as an uninterrupted one."""
 import itertools
+import shutil
 
 import pytest
 import torch
@@ -158,3 +159,17 @@ def test_a_damaged_run_state_is_one_line_not_a_traceback(run_copy, demo_data, da
     ran = run_script("train", *train_argv(demo_data, run_copy, "--resume", run_copy / "last.pt",
                                           "--epochs", "20"))
     assert ran.status == 2 and problem in ran.error, ran.err[-1500:]
+
+
+def test_a_tensorboard_folder_that_cannot_be_written_is_found_before_any_work(run_copy,
+                                                                           demo_data):
+    """#35: the resumed run trained its first epoch, then ended in a traceback."""
+    shutil.rmtree(run_copy / "tensorboard")
+    (run_copy / "tensorboard").write_text("a file where the folder goes")
+    before = (run_copy / "last.pt").read_bytes()
+    ran = run_script("train", *train_argv(demo_data, run_copy, "--resume", run_copy / "last.pt",
+                                          "--epochs", "20"))
+    assert ran.status == 2 and ran.error == (
+        f"cannot write to {run_copy / 'tensorboard'}: {run_copy / 'tensorboard'} is not a "
+        "folder; choose another folder or fix its permissions")
+    assert (run_copy / "last.pt").read_bytes() == before and "epoch" not in ran.out
