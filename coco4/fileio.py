@@ -93,7 +93,7 @@ def _running(pid: int) -> bool:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")  # never the locale's: every reader expects it
 
 
 def _remove_quietly(path):

@@ -152,3 +152,32 @@ def test_the_repository_tools_live_outside_the_package():
     assert {"mutants", "balance_study", "unknowns"} <= tools
     assert not {p.stem for p in PACKAGE.rglob("*.py")} & tools
     assert not (PACKAGE / "devtools").exists()
+
+
+def test_every_text_file_is_read_and_written_as_utf_8():
+    """#35: atomic_write_text wrote in the locale's encoding while every reader expects UTF-8
+    (under ISO-8859-1 an image named 鳥.jpg ended in a traceback). Each text-mode open(),
+    read_text() and write_text() in the package names its encoding."""
+    import ast
+
+    unnamed = []
+    for path in sorted((REPO / "coco4").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if isinstance(func, ast.Attribute) and name == "open" and not (
+                    isinstance(func.value, ast.Name) and func.value.id in ("io",)):
+                continue  # Image.open, os.open, gzip.open: not text files
+            if name not in ("open", "read_text", "write_text") or (
+                    name != "open" and not isinstance(func, ast.Attribute)):
+                continue  # lists.read_text(path, what): the guarded helper itself
+            modes = [a.value for a in node.args[1:2] if isinstance(a, ast.Constant)]
+            modes += [k.value.value for k in node.keywords if k.arg == "mode"
+                      and isinstance(k.value, ast.Constant)]
+            if any("b" in m for m in modes):
+                continue
+            if not any(k.arg == "encoding" for k in node.keywords):
+                unnamed.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not unnamed, unnamed

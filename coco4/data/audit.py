@@ -81,7 +81,7 @@ def list_rule(list_path: str | Path) -> dict:
     list_path = Path(list_path)
     unknown = {"rule": None, "min_area_fraction": None}
     try:
-        report = json.loads((list_path.parent / REPORT_FILE).read_text())
+        report = json.loads((list_path.parent / REPORT_FILE).read_text(encoding="utf-8"))
         entries = report["splits"].values()
         sha = file_sha256(list_path)
         if any(e["list"] == list_path.name and e["list_sha256"] == sha for e in entries):

@@ -118,7 +118,7 @@ def _valid_meta(path: Path, count: int, size: int) -> dict | None:
     expected = count * size * size * 3
     problem = None
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
         bad = {int(i): str(why) for i, why in meta["bad"].items()}
         if (meta["size"], meta["count"]) != (size, count) or any(
                 not 0 <= i < count for i in bad):
