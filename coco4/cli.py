@@ -2,6 +2,7 @@
 line and an exit status, not a traceback), and the checks and help texts several scripts'
 options share."""
 import argparse
+import errno
 import os
 import signal
 import sys
@@ -34,6 +35,15 @@ def run(main: Callable, parser: argparse.ArgumentParser, argv: list | None = Non
     except Coco4Error as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except OSError as e:
+        if e.errno != errno.ENAMETOOLONG:
+            raise
+        # any path a user gives meets Path.exists() somewhere first, which raises on a name
+        # too long instead of answering False: one answer here, for every script
+        print(f"error: {printable_path(e.filename)}: a name in this path is longer than the "
+              "file system allows (255 bytes a folder or file name, 4,096 the whole path); "
+              "shorten it", file=sys.stderr)
+        sys.exit(2)
     except (KeyboardInterrupt, Terminated) as e:
         signum = signal.SIGINT if isinstance(e, KeyboardInterrupt) else signal.SIGTERM
         print(f"error: stopped by {signal.Signals(signum).name}; no file was left half-written "
@@ -77,3 +87,9 @@ def check_fraction(flag: str, value: float | None) -> None:
         hint = f"; it is a fraction: for {value:g}% pass {value / 100:g}" if 1 < value <= 100 \
             else ""
         raise Coco4Error(f"{flag} must be between 0 and 1, got {value}{hint}")
+
+
+def printable_path(path, most: int = 120) -> str:
+    """A path for a one-line message: shortened in its middle past ``most`` characters."""
+    text = os.fsdecode(path) if path is not None else "a path"
+    return text if len(text) <= most else f"{text[:most // 2]}...{text[-most // 2:]}"

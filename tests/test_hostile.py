@@ -531,3 +531,18 @@ def test_an_eval_folder_is_locked_and_never_takes_files_it_did_not_write(demo_da
                                              "results (no metrics.json); choose another "
                                              "--out-dir, or pass --overwrite to replace them")
     assert (out / "predictions.csv").read_text() == "the user's predictions\n"
+
+
+@pytest.mark.parametrize("script, argv", [
+    ("predict", lambda long: [long / "photo.jpg", "--device", "cpu"]),
+    ("evaluate", lambda long: ["--checkpoint", long / "best.pt"]),
+    ("train", lambda long: ["--output-dir", long, "--device", "cpu"]),
+    ("export", lambda long: ["--checkpoint", long / "best.pt"]),
+])
+def test_a_name_longer_than_the_file_system_allows_is_one_line(tmp_path, script, argv):
+    """#35: a path component over 255 bytes gave an OSError traceback from Path.exists()."""
+    long = tmp_path / ("x" * 300)
+    ran = run_script(script, *argv(long))
+    assert ran.status == 2, ran.err[-1500:]
+    assert ran.error.endswith("a name in this path is longer than the file system allows (255 "
+                              "bytes a folder or file name, 4,096 the whole path); shorten it")
