@@ -440,3 +440,23 @@ def test_pixels_with_no_range_to_trust_are_unusable_with_the_reason(tmp_path, va
     Image.fromarray(values).save(tmp_path / "odd.tiff")
     with pytest.raises(UnreadableImage, match=re.escape(fragment)):
         read_rgb(tmp_path / "odd.tiff")
+
+
+def test_a_16_bit_scan_decodes_without_float64_copies_of_itself(tmp_path):
+    """#35: one 16-bit PNG of 12000 x 12000 peaked at 4.6 GB (the 16-bit path went through
+    float64 arrays of the whole image, 8 bytes a pixel each); now in bands, with the same
+    pixels as the whole array scaled at once. numpy's allocations are what tracemalloc sees."""
+    import tracemalloc
+
+    side = 3000
+    ramp = (np.arange(side * side, dtype=np.uint32) % 65536).astype(np.uint16)
+    Image.fromarray(ramp.reshape(side, side)).save(tmp_path / "scan.png")  # mode I;16
+    tracemalloc.start()
+    try:
+        image = read_rgb(tmp_path / "scan.png")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * side * side  # the uint16 pixels and their bytes; float64 copies were 16+
+    expected = np.clip(np.round(ramp.astype(np.float64) * (255 / 65535)), 0, 255)
+    assert np.array_equal(np.asarray(image)[..., 0].ravel(), expected.astype(np.uint8))
