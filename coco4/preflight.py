@@ -16,7 +16,7 @@ from .config import TrainConfig
 from .distributed import DistEnv, pick_device
 from .errors import Coco4Error
 from .fileio import check_writable, same_file
-from .resume import load_resumable, resumed_config
+from .resume import check_same_list, load_resumable, resumed_config
 from .run_folder import earlier_run, run_lock
 
 
@@ -42,6 +42,7 @@ def preflight(cfg: TrainConfig, env: DistEnv, say: Callable[[str], None]) -> Ite
         resumed = load_resumable(cfg.resume) if cfg.resume else None
         if resumed:
             cfg = resumed_config(cfg, resumed, say if env.is_main else lambda m: None)
+            check_same_list(cfg, resumed)
         if cfg.cache_dir:  # asked for by name: an error, not the fallback a default folder gets
             check_writable(cfg.cache_dir)
         if cfg.compile:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .checkpoint import LoadedModel, load_model
 from .config import RESUMED_FROM_COMMAND_LINE, TrainConfig
+from .data.audit import file_sha256
 from .errors import Coco4Error
 from .interrupt import Interrupted
 from .options import to_argv
@@ -131,6 +132,22 @@ def resumed_config(cfg: TrainConfig, resumed: LoadedModel,
                          f"{'' if done == 1 else 's'}, and --epochs "
                          f"{merged.epochs} is the total: pass a larger --epochs to train on")
     return merged
+
+
+def check_same_list(cfg: TrainConfig, resumed: LoadedModel) -> None:
+    """A resumed run trains on the list it began with: another one (images added, removed or
+    relabelled) would re-cut the held-out split, and best.pt would be chosen on images it
+    trained on. Checked against the list's SHA-256, stored since #35 (older runs: not)."""
+    data = resumed.checkpoint.get("data")
+    stored = data.get("list_sha256") if isinstance(data, dict) else None
+    path = cfg.train_list_path
+    if stored is None or not path.is_file():  # a missing list: the data step says so
+        return
+    if file_sha256(path) != stored:
+        raise Coco4Error(f"{path} is not the list {cfg.resume} was trained on (its content "
+                         f"changed: {data.get('listed_images', '?')} images were listed then); "
+                         "resume with the list it trained on, or start a new run, with "
+                         f"--weights {cfg.resume} to start from its model")
 
 
 def resume_command(program: str, cfg: TrainConfig) -> str:

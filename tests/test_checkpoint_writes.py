@@ -173,3 +173,22 @@ def test_a_tensorboard_folder_that_cannot_be_written_is_found_before_any_work(ru
         f"cannot write to {run_copy / 'tensorboard'}: {run_copy / 'tensorboard'} is not a "
         "folder; choose another folder or fix its permissions")
     assert (run_copy / "last.pt").read_bytes() == before and "epoch" not in ran.out
+
+
+def test_a_resume_on_a_changed_train_list_is_refused(demo_data, tmp_path):
+    """#35: a list whose content changed re-cut the held-out split silently (6 of 7 new
+    held-out images had been trained on); the same list copied elsewhere resumes."""
+    data = tmp_path / "data"
+    shutil.copytree(demo_data / "data", data)
+    fit(train_args(demo_data, tmp_path / "run", data_dir=str(data), epochs=1), progress=False)
+    argv = [*train_argv(demo_data, tmp_path / "run", "--resume", tmp_path / "run" / "last.pt",
+                        "--epochs", "2"), "--data-dir", data]  # the later --data-dir wins
+    lines = (data / "annotation_train.txt").read_text().splitlines(keepends=True)
+    (data / "annotation_train.txt").write_text("".join(lines[:-1]))
+    ran = run_script("train", *argv)
+    assert ran.status == 2 and ran.error.startswith(
+        f"{data / 'annotation_train.txt'} is not the list {tmp_path / 'run' / 'last.pt'} was "
+        f"trained on (its content changed: {len(lines)} images were listed then)")
+    (data / "annotation_train.txt").write_text("".join(lines))
+    ran = run_script("train", *argv)
+    assert ran.status == 0, ran.err[-1500:]

@@ -15,7 +15,7 @@ import torch
 from ..distributed import DistEnv, barrier
 from ..errors import Coco4Error
 from . import cache
-from .audit import list_rule
+from .audit import file_sha256, list_rule
 from .images import check_image_dir, find_unusable
 from .lists import ImageList, read_classes, read_list
 from .loaders import Batches, BatchPlan, CachedBatches, DataOptions, PilBatches
@@ -117,6 +117,7 @@ def prepare_train_data(spec: TrainDataSpec, env: DistEnv, device: torch.device, 
         barrier(env)
     report = unusable_report(source, spec.options.strict, info)
     report["list_rule"] = list_rule(spec.train_list)  # which data the checkpoint saw
+    report["list_sha256"] = file_sha256(spec.train_list)  # a resume checks it trains on it
     usable = source.usable()
     train_pos, val_pos = stratified_split([image_list.labels[i] for i in usable], classes,
                                           spec.val_fraction, spec.seed)
