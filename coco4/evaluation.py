@@ -15,6 +15,7 @@ import torch
 
 from .cli import check_fraction
 from .config import DATA_PATHS
+from .data.audit import file_sha256
 from .data.lists import ImageList, read_classes, read_list, read_names
 from .data.loaders import BatchPlan, DataOptions
 from .data.other_class import OTHER
@@ -230,9 +231,13 @@ def check_earlier_results(out_dir: Path, opts: "EvaluateOptions") -> None:
         stored = json.loads(earlier.read_text(encoding="utf-8"))
         # the absolute path: the path as typed was relative to another run's folder
         checkpoint = stored.get("checkpoint_resolved") or stored.get("checkpoint")
+        content = stored.get("checkpoint_sha256")
     except (ValueError, OSError, AttributeError):
-        checkpoint = None
-    if not isinstance(checkpoint, str) or not same_file(checkpoint, opts.checkpoint):
+        checkpoint = content = None
+    if isinstance(checkpoint, str) and same_file(checkpoint, opts.checkpoint):
+        return
+    # the same file under another name: a run folder moved or copied since (#35)
+    if not (isinstance(content, str) and content == file_sha256(opts.checkpoint)):
         raise Coco4Error(f"{out_dir} holds the results of {checkpoint or 'another evaluation'};"
                          " choose another --out-dir, or pass --overwrite to replace them")
 
@@ -341,6 +346,7 @@ def write_results(out_dir: str | Path, predictor: Predictor, predictions: Predic
     raw = predictions.raw_metrics.summary(predictor.classes)
     metrics.update(checkpoint=predictor.checkpoint,
                    checkpoint_resolved=str(Path(predictor.checkpoint).resolve()),
+                   checkpoint_sha256=file_sha256(predictor.checkpoint),
                    left_out=predictions.left_out,
                    tta=predictor.tta, temperature=predictor.temperature,
                    checkpoint_temperature=predictor.checkpoint_temperature,

@@ -248,3 +248,18 @@ def test_an_unreadable_image_in_the_middle_leaves_every_row_with_its_own_file(
         assert np.abs(got - by_file[r["file"]]).max() < 1e-4, r["file"]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert list(metrics["left_out"]) == [middle]
+
+
+def test_a_moved_run_folder_evaluates_into_its_own_eval_again(run_copy, demo_data, tmp_path):
+    """#35: after `mv runs/a runs/b`, eval/ was refused as holding the results of
+    runs/a/best.pt, a path that no longer exists; the checkpoint's content says it is the
+    same file. Another checkpoint's results stay refused."""
+    first = run_script("evaluate", *eval_argv(demo_data, run_copy / "best.pt",
+                                              run_copy / "eval"))
+    assert first.status == 0, first.err[-1500:]
+    moved = tmp_path / "moved"
+    shutil.move(run_copy, moved)
+    again = run_script("evaluate", *eval_argv(demo_data, moved / "best.pt", moved / "eval"))
+    assert again.status == 0, again.err[-1500:]
+    other = run_script("evaluate", *eval_argv(demo_data, moved / "last.pt", moved / "eval"))
+    assert other.status == 2 and f"{moved / 'eval'} holds the results of " in other.error
