@@ -103,7 +103,7 @@ class Classifier:
                     if strict:
                         raise Coco4Error(f"{item}: {why}; strict=True stops on an image that "
                                          "cannot be used")
-                    warnings.warn(f"left out {item}: {why}", SkippedImageWarning, stacklevel=4)
+                    warnings.warn(f"left out {item}: {why}", SkippedImageWarning, stacklevel=3)
                     continue
                 yield str(item), image
             else:

@@ -21,16 +21,17 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .api import Classifier
 from .cli import DEVICE_HELP
-from .data.images import as_rgb
 from .errors import Coco4Error
 from .options import check, option
 from .predictor import TTA_MODES, calibration_option, checkpoint_option
 
 PAGE = Path(__file__).with_name("serve_page.html")
-MAX_FILES = 64  # images one request may hold
+MAX_FILES = 64  # images one request may hold (more: a 400)
+UPLOAD_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")  # a phone's MPO opens as JPEG
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ def serve(opts: ServeOptions) -> int:
                 for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.run()
+    except SystemExit:  # uvicorn's answer to a port it cannot bind, after logging why
+        pass
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -89,27 +92,34 @@ class BadUpload(Exception):
 
 
 def create_app(classifier: Classifier, max_upload_mb: float = 20.0) -> FastAPI:
-    """The app serving ``classifier``; a request's body may hold ``max_upload_mb`` MiB."""
+    """The app serving ``classifier``; a request's files may hold ``max_upload_mb`` MiB."""
     app = FastAPI(title="coco4", docs_url=None, redoc_url=None, openapi_url=None)
     limit = int(max_upload_mb * 2**20)
+    # the body: the files and their multipart headers, counted as it arrives
+    app.add_middleware(BodyLimit, limit=limit + 2**16, flag=f"{max_upload_mb:g}")
     one_at_a_time = threading.Lock()
     page = PAGE.read_text(encoding="utf-8")
 
-    def classify(images: list[Image.Image]):
-        with one_at_a_time:  # one model, one batch at a time; the event loop stays free
-            return classifier.predict(images)
+    def classify(uploads: list[tuple[str, bytes]]) -> list:
+        """On a worker thread, one request at a time: each upload decoded, predicted and let
+        go before the next, so memory holds one decoded image, and the event loop none."""
+        with one_at_a_time:
+            results = []
+            for name, data in uploads:
+                image = decode(data, name)
+                try:
+                    results += classifier.predict(image)
+                except Coco4Error as e:  # pixels it cannot use (beyond 16 bits, ...)
+                    raise BadUpload(415, f"{name}: {e}") from None
+            return results
 
     @app.exception_handler(BadUpload)
     async def bad_upload(request: Request, error: BadUpload):
         return JSONResponse({"error": str(error)}, status_code=error.status)
 
-    @app.middleware("http")
-    async def refuse_large_bodies(request: Request, call_next):
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > limit + 2**16:  # room for the multipart headers
-            return JSONResponse({"error": f"the upload is {int(length) / 2**20:.1f} MiB, over "
-                                 f"--max-upload-mb {max_upload_mb:g}"}, status_code=413)
-        return await call_next(request)
+    @app.exception_handler(StarletteHTTPException)  # a malformed form, too many files, 404
+    async def http_error(request: Request, error: StarletteHTTPException):
+        return JSONResponse({"error": str(error.detail)}, status_code=error.status_code)
 
     @app.get("/", response_class=HTMLResponse)
     async def index():
@@ -123,43 +133,75 @@ def create_app(classifier: Classifier, max_upload_mb: float = 20.0) -> FastAPI:
 
     @app.post("/predict")
     async def predict(request: Request):
-        named = await uploaded_images(request, limit)
-        results = await run_in_threadpool(classify, [image for _, image in named])
+        uploads = await uploaded_files(request, limit, f"{max_upload_mb:g}")
+        results = await run_in_threadpool(classify, uploads)
         return {"predictions": [{"file": name, "label": r.label, "score": r.score,
-                                 "probs": r.probs} for (name, _), r in zip(named, results)]}
+                                 "probs": r.probs} for (name, _), r in zip(uploads, results)]}
 
     return app
 
 
-async def uploaded_images(request: Request, limit: int) -> list[tuple[str, Image.Image]]:
-    """The request's ``file`` fields as (name, RGB image), or a BadUpload saying what is
-    wrong: not multipart, no file, too many, too large, not an image."""
+class BodyLimit:
+    """ASGI middleware refusing a request body over ``limit`` bytes: by its Content-Length
+    before a byte is read, or, sent in chunks without one, as soon as the bytes received pass
+    it, before the form parser stores more of them."""
+
+    def __init__(self, app, limit: int, flag: str):
+        self.app, self.limit, self.flag = app, limit, flag
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            answer = JSONResponse({"error": f"the request body is {int(length) / 2**20:.1f} MiB, "
+                                   f"over --max-upload-mb {self.flag}"}, status_code=413)
+            return await answer(scope, receive, send)
+        received = 0
+
+        async def counted():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:  # raised in the endpoint's read: its handler answers
+                raise BadUpload(413, f"the request body is over --max-upload-mb {self.flag}")
+            return message
+
+        await self.app(scope, counted, send)
+
+
+async def uploaded_files(request: Request, limit: int, flag: str) -> list[tuple[str, bytes]]:
+    """The request's ``file`` fields as (name, bytes), or a BadUpload saying what is wrong:
+    not multipart, no file, the files over the limit."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise BadUpload(415, "POST images as multipart/form-data fields named 'file'")
     form = await request.form(max_files=MAX_FILES)
     files = [f for f in form.getlist("file") if isinstance(f, UploadFile)]
     if not files:
         raise BadUpload(400, "no image in the request: POST multipart fields named 'file'")
-    named, total = [], 0
+    uploads, total = [], 0
     for upload in files:
         data = await upload.read(limit + 1)
         total += len(data)
         if total > limit:
-            raise BadUpload(413, f"the upload is over --max-upload-mb {limit / 2**20:g}")
-        named.append((upload.filename or "upload", decode(data, upload.filename or "upload")))
-    return named
+            raise BadUpload(413, f"the files uploaded are over --max-upload-mb {flag}")
+        uploads.append((upload.filename or "upload", data))
+    return uploads
 
 
 def decode(data: bytes, name: str) -> Image.Image:
-    """An uploaded file as predict.py reads a file: upright, 8 bits, RGB."""
+    """An uploaded file opened and decoded, in one of the common photo formats only (no
+    format that hands the bytes to another program, as EPS does to Ghostscript), within the
+    pixel limit predict.py keeps; ``Classifier.predict`` turns it upright and RGB."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            return as_rgb(image, name)
+        image = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)
+        image.load()
+        return image
     except Image.DecompressionBombError as e:
         raise BadUpload(413, f"{name}: {e}") from None
     except UnidentifiedImageError:
-        raise BadUpload(415, f"{name} is not an image: no image format matches its bytes") \
-            from None
+        raise BadUpload(415, f"{name} is not an image in a format this server reads "
+                        f"({', '.join(UPLOAD_FORMATS)})") from None
     except Exception as e:  # decoders fail in many ways: one upload is unusable, not the server
         raise BadUpload(415, f"{name} is not an image this server can read "
                         f"({type(e).__name__}: {e})") from None

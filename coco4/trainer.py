@@ -96,6 +96,7 @@ class Training:
             raise compile_failed(e) from None
         finally:
             self.log.close()
+            self._write_waiting_best()  # a run ending in an error keeps its best model
             self.writer.wait()  # the last checkpoint is on disk before fit returns or raises
         run = self.state
         return {"best_metric": run.best_metric, "select_by": self.cfg.select_by,
@@ -202,6 +203,14 @@ class Training:
         if self.env.is_main:
             self._best = snapshot({**self._described_model(), "kind": "best",
                                    "metrics": self.state.history[-1]})
+
+    def _write_waiting_best(self) -> None:
+        """best.pt, when a better epoch came since the last save and the run ends without
+        another (a non-finite loss, out of memory, any error): that model is not lost. It is
+        then newer than last.pt, whose resumed run chooses the same epochs again."""
+        if self._best is not None:
+            self.writer.save((Path(self.cfg.output_dir) / "best.pt", self._best))
+            self._best = None
 
     def _save_due(self) -> bool:
         return time.monotonic() - self._saved_at >= self.cfg.save_every

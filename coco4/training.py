@@ -405,6 +405,7 @@ def non_finite_loss(bad_step: int | None, epoch: int, saved: bool = True) -> Coc
     """The error for a NaN or inf loss at ``bad_step`` (None: on another process); ``saved``:
     whether last.pt holds an earlier state of this run."""
     where = f"step {bad_step + 1}" if bad_step is not None else "on another process"
-    kept = "last.pt holds the state before it" if saved else "nothing of this run was saved"
+    kept = ("last.pt holds the run as last saved (--save-every)" if saved
+            else "no last.pt of this run was saved")
     return Coco4Error(f"the training loss became non-finite at epoch {epoch + 1}, {where}; "
                       f"stopped without saving it ({kept}): lower --lr, or try --no-amp")

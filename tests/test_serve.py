@@ -72,13 +72,23 @@ def png_bytes(side: int) -> bytes:
 
 @pytest.mark.parametrize("request_kwargs, status, message", [
     ({"files": [("file", ("notes.txt", b"not an image", "text/plain"))]}, 415,
-     "notes.txt is not an image: no image format matches its bytes"),
+     "notes.txt is not an image in a format this server reads (JPEG, PNG, GIF"),
     ({"files": [("other", ("a.png", png_bytes(8), "image/png"))]}, 400,
      "no image in the request: POST multipart fields named 'file'"),
     ({"content": b"{}", "headers": {"content-type": "application/json"}}, 415,
      "POST images as multipart/form-data fields named 'file'"),
     ({"files": [("file", ("big.bin", os.urandom(2**20 + 2**17), "image/png"))]}, 413,
-     "over --max-upload-mb 1"),
+     "the request body is 1.1 MiB, over --max-upload-mb 1"),  # by its Content-Length
+    ({"files": [("file", ("big.bin", os.urandom(2**20 + 2**14), "image/png"))]}, 413,
+     "the files uploaded are over --max-upload-mb 1"),  # within the body's header allowance
+    ({"content": (b"x" * 2**16 for _ in range(40)),  # 2.5 MiB in chunks, no Content-Length
+      "headers": {"content-type": "multipart/form-data; boundary=b"}}, 413,
+     "the request body is over --max-upload-mb 1"),
+    ({"content": b"--b\r\nnot a multipart body", "headers": {
+        "content-type": "multipart/form-data; boundary=b"}}, 400, ""),
+    ({"files": [("file", ("page.eps", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 9 9\n",
+                          "application/postscript"))]}, 415,
+     "page.eps is not an image in a format this server reads (JPEG, PNG"),
     ({"files": [("file", ("bomb.png", png_bytes(100), "image/png"))]}, 413,
      "bomb.png: Image size (10000 pixels) exceeds limit"),
 ])

@@ -301,8 +301,8 @@ def test_non_finite_loss_stops_naming_epoch_and_step():
     assert train_one_epoch(parts, batches, state, seed=(0, 0))
     assert int(state.first_bad_step) == 0  # noted on the device, read once per epoch
     message = str(non_finite_loss(int(state.first_bad_step), 3))
-    assert "non-finite at epoch 4, step 1; stopped without saving it (last.pt holds the " \
-           "state before it)" in message
+    assert "non-finite at epoch 4, step 1; stopped without saving it (last.pt holds the run " \
+           "as last saved (--save-every))" in message
 
 
 def test_non_finite_loss_stops_a_run_before_saving(demo_data, tmp_path, monkeypatch):
@@ -316,8 +316,28 @@ def test_non_finite_loss_stops_a_run_before_saving(demo_data, tmp_path, monkeypa
 
     monkeypatch.setattr(coco4.training, "train_step", diverging)
     with pytest.raises(Coco4Error, match=r"non-finite at epoch 1, step 1; stopped without "
-                                         r"saving it \(nothing of this run was saved\)"):
+                                         r"saving it \(no last.pt of this run was saved\)"):
         fit(train_args(demo_data, tmp_path), progress=False)
+    assert not (tmp_path / "last.pt").exists()
+
+
+def test_a_run_ending_in_an_error_keeps_its_best_model(demo_data, tmp_path, monkeypatch):
+    """Between saves (--save-every) best.pt waits in memory: a loss that turns NaN in
+    epoch 3 still leaves the best of epochs 1 and 2 on disk, and no last.pt of epoch 3."""
+    import coco4.training
+
+    real, calls = coco4.training.train_step, []
+
+    def diverging(*args, **kwargs):
+        loss, correct = real(*args, **kwargs)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) > 10 else loss), correct  # 5 steps an epoch
+
+    monkeypatch.setattr(coco4.training, "train_step", diverging)
+    with pytest.raises(Coco4Error, match="non-finite at epoch 3, step 1"):
+        fit(train_args(demo_data, tmp_path, epochs=4), progress=False)
+    best = read_file(tmp_path / "best.pt")
+    assert best["kind"] == "best" and best["epoch"] in (1, 2)
     assert not (tmp_path / "last.pt").exists()
 
 

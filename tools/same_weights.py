@@ -38,14 +38,16 @@ def train(tree: Path, data: Path, out: Path, flags: tuple) -> None:
 
 
 def differences(a, b, where: str = "") -> list[str]:
-    """Where two checkpoints' contents differ (tensors bit for bit)."""
+    """Where two checkpoints' contents differ (tensors bit for bit). At the top level a key
+    only one side has is left to the caller (a field added or dropped since); below it, a key
+    the commit's side has and this tree's lacks is a difference."""
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
         same = a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
         return [] if same else [where]
     if isinstance(a, dict) and isinstance(b, dict):
         # a key only the newer side has is a field the commit did not write yet; one only the
         # commit's, a field dropped since (best.pt's training state, #34): ``dropped`` says so
-        keys = (set(a) & set(b)) - set(NOT_COMPARED)
+        keys = (set(a) & set(b) if not where.count("/") else set(a)) - set(NOT_COMPARED)
         return [d for k in sorted(keys, key=str)
                 for d in differences(a.get(k), b.get(k), f"{where}/{k}")]
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
