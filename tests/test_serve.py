@@ -206,3 +206,12 @@ def test_the_page_shows_each_photos_probabilities_in_a_real_browser(trained, exp
         driver.quit()
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
+
+
+def test_a_port_in_use_is_one_line(trained):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ran = run_script("serve", "--checkpoint", trained, "--device", "cpu", "--port", port)
+    assert ran.status == 2 and ran.error.startswith(f"could not listen on 127.0.0.1:{port}")
