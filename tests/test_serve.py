@@ -147,8 +147,8 @@ def test_concurrent_requests_are_answered_right_and_a_signal_stops_it_cleanly(
     images, rows = expected
     proc, url = start_server(trained, tmp_path)
     try:
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(lambda p: post_image(url, p), images * 4))
+        with concurrent.futures.ThreadPoolExecutor(24) as pool:  # 24 at once (#33)
+            answers = list(pool.map(lambda p: post_image(url, p), images * 6))
         for answer in answers:
             assert_as_predict(answer, rows)
     finally:
@@ -166,6 +166,7 @@ def chromium():
     return (browser, driver) if browser and driver else None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(chromium() is None, reason="needs the system's chromium and chromedriver "
                     "(.ci/run installs them: apt-get install chromium chromium-driver)")
 def test_the_page_shows_each_photos_probabilities_in_a_real_browser(trained, expected,
@@ -215,3 +216,32 @@ def test_a_port_in_use_is_one_line(trained):
         port = taken.getsockname()[1]
         ran = run_script("serve", "--checkpoint", trained, "--device", "cpu", "--port", port)
     assert ran.status == 2 and ran.error.startswith(f"could not listen on 127.0.0.1:{port}")
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_the_curl_commands_docs_serve_md_shows_work(trained, expected, tmp_path):
+    """Each `curl` line of the page's first code block, run as written against a real server
+    (its photos: two val images under the names the page uses)."""
+    images, rows = expected
+    page = (REPO / "docs" / "serve.md").read_text(encoding="utf-8")
+    block = page.split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [line.split("#")[0].strip() for line in block.splitlines()
+                if line.startswith("curl")]
+    assert len(commands) == 2
+    for name, image in zip(("photo.jpg", "other.jpg"), images):
+        shutil.copy(image, tmp_path / name)
+    proc, url = start_server(trained, tmp_path)
+    try:
+        answers = [json.loads(subprocess.run(command.replace("http://127.0.0.1:8000", url),
+                                             shell=True, cwd=tmp_path, capture_output=True,
+                                             text=True, check=True).stdout)
+                   for command in commands]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    names = {"photo.jpg": images[0].name, "other.jpg": images[1].name}
+    predictions = answers[0]["predictions"]
+    assert [p["file"] for p in predictions] == ["photo.jpg", "other.jpg"]
+    for prediction in predictions:
+        assert_as_predict({**prediction, "file": names[prediction["file"]]}, rows)
+    assert answers[1]["classes"] == ["bird", "airplane", "train", "boat"]
