@@ -10,7 +10,9 @@ original project's format), classes.txt (class names in label order) and the aud
 rule kept and dropped, report.json and report.png, into --out-dir.
 """
 from coco4 import cli, options
-from coco4.annotation_lists import ListsOptions, make_lists
+
+with cli.quiet_startup(__name__):  # Ctrl-C while torch imports: one line
+    from coco4.annotation_lists import ListsOptions, make_lists
 
 
 def get_args_parser():

@@ -9,7 +9,9 @@ Writes metrics.json, predictions.csv, confusion_matrix.png and reliability_diagr
 temperature (fitted on the held-out validation split) unless --no-calibration.
 """
 from coco4 import cli, options
-from coco4.evaluation import EvaluateOptions, evaluate_checkpoint
+
+with cli.quiet_startup(__name__):  # Ctrl-C while torch imports: one line
+    from coco4.evaluation import EvaluateOptions, evaluate_checkpoint
 
 
 def get_args_parser():

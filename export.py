@@ -13,7 +13,9 @@ the exported file's probabilities differ from PyTorch's by more than --atol, or 
 differs.
 """
 from coco4 import cli, options
-from coco4.exporting import ExportOptions, export_checkpoint
+
+with cli.quiet_startup(__name__):  # Ctrl-C while torch imports: one line
+    from coco4.exporting import ExportOptions, export_checkpoint
 
 
 def get_args_parser():

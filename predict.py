@@ -9,7 +9,9 @@ probability, and every class's probability. Rows stream to the file as batches a
 Images that cannot be read are left out, named in a warning and in OUT.skipped.tsv.
 """
 from coco4 import cli, options
-from coco4.file_predictions import PredictOptions, predict_files
+
+with cli.quiet_startup(__name__):  # Ctrl-C while torch imports: one line
+    from coco4.file_predictions import PredictOptions, predict_files
 
 
 def get_args_parser():

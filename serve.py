@@ -8,7 +8,9 @@ FastAPI + uvicorn, one model in memory; the same probabilities as predict.py. Ct
 SIGTERM stops it. More: docs/serve.md.
 """
 from coco4 import cli, options
-from coco4.serving import ServeOptions, serve
+
+with cli.quiet_startup(__name__):  # Ctrl-C while torch imports: one line
+    from coco4.serving import ServeOptions, serve
 
 
 def get_args_parser():

@@ -17,8 +17,10 @@ import os
 import shlex
 
 from coco4 import cli, options
-from coco4.config import RECIPES, TrainConfig
-from coco4.trainer import fit
+
+with cli.quiet_startup(__name__):  # Ctrl-C while torch imports: one line
+    from coco4.config import RECIPES, TrainConfig
+    from coco4.trainer import fit
 
 
 def get_args_parser():

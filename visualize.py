@@ -10,7 +10,9 @@ metrics.csv is beside the checkpoint, training_curves.png to --out-dir (default:
 the checkpoint).
 """
 from coco4 import cli, options
-from coco4.pictures import PictureOptions, draw_pictures
+
+with cli.quiet_startup(__name__):  # Ctrl-C while torch imports: one line
+    from coco4.pictures import PictureOptions, draw_pictures
 
 
 def get_args_parser():

@@ -2,6 +2,7 @@
 line and an exit status, not a traceback), and the checks and help texts several scripts'
 options share."""
 import argparse
+import contextlib
 import errno
 import os
 import signal
@@ -53,6 +54,20 @@ def run(main: Callable, parser: argparse.ArgumentParser, argv: list | None = Non
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     sys.exit(status if isinstance(status, int) else 0)
+
+
+@contextlib.contextmanager
+def quiet_startup(name: str):
+    """Around a script's imports (torch's take seconds): Ctrl-C there is the documented line
+    and exit 130, not a traceback from inside an import. ``name``: the script's __name__;
+    imported as a module (the tests), an interrupt is left as it is."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if name != "__main__":
+            raise
+        print("error: stopped by SIGINT while starting; nothing was written", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
 
 
 def default_workers() -> int:

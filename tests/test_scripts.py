@@ -3,8 +3,12 @@ Everything else calls the scripts in-process through the runner that block calls
 (``conftest.run_script``); these tests prove the block itself, that a script's output reaches
 the terminal, and that no traceback leaks out of a real process."""
 import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -98,3 +102,41 @@ def test_the_recipe_end_to_end_as_processes(demo_data, tmp_path):
     proc = succeeds(REPO / "export.py", "--checkpoint", best, "--list",
                     data / "annotation_val.txt", "--images", images)
     assert "top-1 class agrees on every image" in proc.stdout
+
+
+SLOW_IMPORT = """
+import importlib.abc, os, pathlib, sys, time
+
+class SlowImport(importlib.abc.MetaPathFinder):
+    # torch's import takes seconds on a slow disk: here, until the test's Ctrl-C
+    def find_spec(self, name, path=None, target=None):
+        if name == os.environ["SLOW_IMPORT"]:
+            pathlib.Path(sys.argv[0]).with_name("importing").touch()
+            time.sleep(60)
+        return None
+
+sys.meta_path.insert(0, SlowImport())
+"""
+
+
+@pytest.mark.parametrize("script", ["annotation_prepare", "train", "evaluate", "visualize",
+                                    "predict", "export", "serve"])
+def test_ctrl_c_while_a_script_imports_is_one_line(script, tmp_path):
+    """#35: the imports take seconds, and a Ctrl-C there was a KeyboardInterrupt traceback."""
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(SLOW_IMPORT)
+    copy = tmp_path / f"{script}.py"  # beside it, the hook's marker file
+    shutil.copy(REPO / f"{script}.py", copy)
+    # annotation_prepare.py imports no torch: its own module is the slow one there
+    slow = "coco4.annotation_lists" if script == "annotation_prepare" else "torch"
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path / 'hook'}:{REPO}", "SLOW_IMPORT": slow}
+    proc = subprocess.Popen([sys.executable, str(copy), "--help"], stderr=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
+    for _ in range(300):
+        if (tmp_path / "importing").exists() or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err == "error: stopped by SIGINT while starting; nothing was written\n"
