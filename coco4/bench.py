@@ -237,8 +237,9 @@ def _train_figures(args, device, original, fair, fast):
 def _modern(args) -> Recipe:
     """--recipe modern at the benchmark's size: its per-image transforms, mixing, loss,
     schedule and model EMA, from train.py's builders."""
+    # timed past its warmup: there the model EMA averages (in the warmup it only copies)
     return Recipe(arch=args.arch, batch_size=args.batch_size, image_size=args.image_size,
-                  **RECIPES.sets["modern"])
+                  **{**RECIPES.sets["modern"], "lr_warmup_epochs": 0})
 
 
 def _memory(device):

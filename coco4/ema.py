@@ -9,7 +9,7 @@ count from the device before each update, which would make the host wait for the
 The decay is torchvision's references' (--model-ema-decay, adjusted for the batch size and the
 number of epochs, so that it means a similar share of the run whatever they are), applied after
 every optimizer step; during the LR warmup the average restarts at each step (copies the
-weights), as the references do.
+weights, up to and including the first step after it), as the references do.
 """
 import copy
 
@@ -30,13 +30,13 @@ class ModelEma:
     def __init__(self, model: nn.Module, decay: float):
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         self.decay = decay  # per update, decay_per_update's
-        self.updates = 0  # updates averaged since the last restart (0: the next one copies)
+        self.updates = 0  # updates since the last restart (0: the next one copies)
 
     @torch.no_grad()
     def update(self, model: nn.Module, restart: bool = False) -> None:
-        """Average ``model``'s current weights and buffers in (copy them, on a restart)."""
-        if restart:
-            self.updates = 0
+        """Average ``model``'s current weights and buffers in (the first update copies them);
+        ``restart``: the next update copies again, as torchvision's references reset their
+        count after each update of the warmup (so the first after it copies too)."""
         ours, theirs = _tensors(self.module), _tensors(model)
         if self.updates == 0:
             torch._foreach_copy_(ours, theirs)
@@ -47,7 +47,7 @@ class ModelEma:
             for mine, new in zip(ours, theirs):
                 if not mine.is_floating_point():  # BatchNorm's batch counts, as AveragedModel
                     mine.copy_(mine * self.decay + new * (1 - self.decay))
-        self.updates += 1
+        self.updates = 0 if restart else self.updates + 1
 
     def state(self) -> dict:
         """What a checkpoint keeps beside the averaged weights (its ``model``)."""

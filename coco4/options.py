@@ -99,9 +99,12 @@ class PresetParser(argparse.ArgumentParser):
                           default=next(iter(presets.sets)), help=presets.help)
 
     def parse_known_args(self, args=None, namespace=None):
-        probe = argparse.ArgumentParser(add_help=False)
+        probe = argparse.ArgumentParser(add_help=False, exit_on_error=False)
         probe.add_argument(flag(self.presets.name), dest="chosen")
-        chosen = probe.parse_known_args(args)[0].chosen
+        try:
+            chosen = probe.parse_known_args(args)[0].chosen
+        except argparse.ArgumentError:  # --recipe without its value: the full parser says so
+            chosen = None
         if self._plain is None:  # the options are added after the constructor
             self._plain = {name: self.get_default(name)
                            for values in self.presets.sets.values() for name in values}

@@ -95,8 +95,8 @@ class Training:
         except failed_compile as e:  # a compiler that is there but fails, at its first use
             raise compile_failed(e) from None
         finally:
-            self.log.close()
             self._write_waiting_best()  # a run ending in an error keeps its best model
+            self.log.close()
             self.writer.wait()  # the last checkpoint is on disk before fit returns or raises
         run = self.state
         return {"best_metric": run.best_metric, "select_by": self.cfg.select_by,
@@ -208,9 +208,13 @@ class Training:
         """best.pt, when a better epoch came since the last save and the run ends without
         another (a non-finite loss, out of memory, any error): that model is not lost. It is
         then newer than last.pt, whose resumed run chooses the same epochs again."""
-        if self._best is not None:
-            self.writer.save((Path(self.cfg.output_dir) / "best.pt", self._best))
-            self._best = None
+        if self._best is None:
+            return
+        best, self._best = self._best, None
+        try:
+            self.writer.save((Path(self.cfg.output_dir) / "best.pt", best))
+        except Exception as e:  # an earlier write's error: the one that ended the run wins
+            self.log.info(f"warning: best.pt of epoch {best['epoch']} was not written ({e})")
 
     def _save_due(self) -> bool:
         return time.monotonic() - self._saved_at >= self.cfg.save_every

@@ -294,7 +294,10 @@ def test_the_average_is_torchs_averaged_model_with_buffers():
                         [*theirs.module.parameters(), *theirs.module.buffers()]):
             assert torch.equal(a, b)
     assert not torch.equal(ours.module[1].running_mean, net[1].running_mean)  # it averaged
-    ours.update(net, restart=True)  # the warmup's rule: the weights themselves
+    ours.update(net, restart=True)  # the warmup's rule: averaged, then the count reset ...
+    assert ours.updates == 0 and not torch.equal(ours.module[1].running_mean,
+                                                 net[1].running_mean)
+    ours.update(net)  # ... so that the next update copies the weights themselves
     assert torch.equal(ours.module[1].running_mean, net[1].running_mean) and ours.updates == 1
 
 
@@ -313,7 +316,8 @@ def test_a_model_ema_run_validates_and_ships_the_average(demo_data, tmp_path, mo
                    model_ema_decay=0.99), progress=False)
     assert restarts == [True] * STEPS + [False] * 2 * STEPS
     last, best = read_file(tmp_path / "last.pt"), read_file(tmp_path / "best.pt")
-    assert last["ema"] == {"decay": pytest.approx(1 - 0.01 * 8 / 3), "updates": 2 * STEPS + 1}
+    # the last warmup update reset the count: the first after it copied (torchvision's rule)
+    assert last["ema"] == {"decay": pytest.approx(1 - 0.01 * 8 / 3), "updates": 2 * STEPS}
     assert all(torch.equal(validated[-1][k], last["model"][k]) for k in last["model"])
     assert any(not torch.equal(last["model"][k], last["trained_model"][k])
                for k in last["model"])
@@ -360,3 +364,9 @@ def test_a_model_ema_checkpoint_without_its_average_state_is_refused(run_copy, d
                                           "--epochs", "20"))
     assert ran.status == 2 and "holds a training state this coco4 cannot resume (" + problem \
         in ran.error, ran.error
+
+
+def test_recipe_without_its_value_is_the_scripts_own_usage_error():
+    ran = run_script("train", "--recipe")
+    assert ran.status == 2 and "[--arch {" in ran.err  # the whole parser's usage, not a probe's
+    assert "argument --recipe: expected one argument" in ran.err

@@ -108,13 +108,16 @@ def main(args: argparse.Namespace) -> str:
     options = {k: v for k, v in OPTIONS.items()
                if wanted is None or k.split()[0].lower() in wanted}
     results = {}
+    # the settings in the folders' names: a study into the same --out with others runs anew
+    size = f"{args.num_train}-{args.num_val}"
+    setting = f"{args.arch}-{args.image_size}px-{args.epochs}ep"
     for data_name, look in DATA.items():
-        data = prepare(args.out / f"data-{data_name}", look, args)
+        data = prepare(args.out / f"data-{data_name}-{size}", look, args)
         for seed in args.seeds:  # seed by seed: a study stopped early still compares all
             for name, recipe in options.items():
                 slug = name.split()[0].lower()
-                run = run_one(data, args.out / f"{data_name}-{slug}-seed{seed}", recipe, seed,
-                              args)
+                run = run_one(data, args.out / f"{data_name}-{size}-{setting}-{slug}-seed{seed}",
+                              recipe, seed, args)
                 results.setdefault((name, data_name), []).append(run)
     text = table(results)
     (args.out / "table.md").write_text(text)
