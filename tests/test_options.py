@@ -129,3 +129,46 @@ def test_the_resume_command_gives_back_the_runtime_settings():
     again = options.from_args(TrainConfig, options.parser("x", TrainConfig).parse_args(words))
     assert {n: getattr(again, n) for n in names} == {n: getattr(cfg, n) for n in names}
     assert "--train-list" not in words  # None: the default, left out
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_every_command_a_tool_prints_parses_back_to_its_settings(script):
+    """to_argv writes the commands the tools print (the resume command, the demo's steps):
+    each field, several values included, parsed back gives the same setting (#35)."""
+    cls, parser = SCRIPTS[script], importlib.import_module(script).get_args_parser()
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if field.metadata["positional"]:
+            continue
+        _, words = other_value(field, hints[field.name], parser)
+        opts = options.from_args(cls, parser.parse_args(words))
+        again = options.from_args(cls, parser.parse_args(options.to_argv(opts, [field.name])))
+        assert getattr(again, field.name) == getattr(opts, field.name), field.name
+
+
+def test_the_resume_command_after_a_resume_into_another_folder_parses_back(demo_data,
+                                                                           tmp_path,
+                                                                           monkeypatch):
+    """Run a in folder a, resumed into folder b and stopped there: the command it prints
+    continues b's last.pt in b, with the run options given (#35)."""
+    import shlex
+
+    from coco4.interrupt import Interrupted, StopRequest
+    from coco4.trainer import fit
+
+    import train
+    from conftest import train_args
+
+    fit(train_args(demo_data, tmp_path / "a", epochs=1), progress=False)
+    polls = []
+    monkeypatch.setattr(StopRequest, "requested", property(lambda self: polls.append(1) or
+                                                           len(polls) > 2))
+    with pytest.raises(Interrupted) as stopped:
+        fit(train_args(demo_data, tmp_path / "b", epochs=3, workers=0,
+                       resume=str(tmp_path / "a" / "last.pt")), progress=False)
+    command = str(stopped.value).split("Continue with: ", 1)[1]
+    words = shlex.split(command)
+    assert words[:2] == ["python", "train.py"] or words[1].endswith("train.py")
+    cfg = options.from_args(TrainConfig, train.get_args_parser().parse_args(words[2:]))
+    assert cfg.resume == str(tmp_path / "b" / "last.pt")
+    assert cfg.output_dir == str(tmp_path / "b") and cfg.epochs == 3 and cfg.device == "cpu"

@@ -294,3 +294,18 @@ def test_the_count_it_prints_is_of_images_predicted(demo_data, trained, tmp_path
     printed = capsys.readouterr().out
     assert f"predicted 1 image -> {tmp_path / 'one.csv'}" in printed
     assert f"predicted 2 images -> {tmp_path / 'two.csv'}" in printed
+
+
+def test_overwrite_over_a_longer_interrupted_partial_file_keeps_none_of_it(demo_data, trained,
+                                                                          tmp_path):
+    """An interrupted run leaves OUT.partial; --overwrite takes it over, and the new rows
+    must not end in the tail of the longer old file (#35's blind spot)."""
+    images = sorted((demo_data / "coco" / "images" / "val2017").iterdir())[:2]
+    out = tmp_path / "rows.csv"
+    (tmp_path / "rows.csv.partial").write_text("path,class\n" + "old/row.jpg,bird\n" * 500)
+    ran = run_script("predict", *images, "--checkpoint", trained, "--out", out, "--device",
+                     "cpu", "--workers", "0", "--overwrite")
+    assert ran.status == 0, ran.err[-1500:]
+    rows = read_csv(out)
+    assert [r["path"] for r in rows] == [str(p) for p in images]
+    assert "old/row.jpg" not in out.read_text() and not (tmp_path / "rows.csv.partial").exists()

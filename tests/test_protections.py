@@ -247,3 +247,29 @@ def test_each_step_updates_by_its_own_batchs_gradient_alone():
         reference = [(p - 0.5 * g).detach() for p, g in zip((weight, bias), grads)]
     for got, want in zip(model.parameters(), reference):
         assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_the_splits_use_exactly_the_readable_images_each_once(demo_data, tmp_path):
+    """With some of a list's images unreadable, the training and held-out splits together are
+    every readable image, each once, and no unreadable one: what the report says is what the
+    batches hold (#35's blind spot: only the report was checked)."""
+    import shutil
+
+    from coco4.data.lists import read_list
+    from coco4.data.prepare import prepare_train_data
+
+    images = tmp_path / "train2017"
+    shutil.copytree(demo_data / "coco" / "images" / "train2017", images)
+    listed = read_list(demo_data / "data" / "annotation_train.txt")
+    broken = {listed.files[3], listed.files[10], listed.files[20]}
+    for name in broken:
+        (images / name).write_bytes(b"not a jpeg any more")
+    cfg = train_args(demo_data, tmp_path / "run", train_images=str(images),
+                     cache_dir=str(tmp_path / "cache"))
+    data = prepare_train_data(cfg.data_spec, DistEnv(), torch.device("cpu"), False,
+                              lambda m: None)
+    used = [listed.files[i] for i in [*data.train.indices.tolist(), *data.val.indices.tolist()]]
+    assert sorted(used) == sorted(set(listed.files) - broken)  # each readable one, once
+    assert set(data.report["left_out"]) == broken
+    assert (data.report["train_images"], data.report["val_images"]) == (
+        len(data.train.indices), len(data.val.indices))
