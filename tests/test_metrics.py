@@ -163,3 +163,33 @@ def assert_validation_equals_evaluate(demo_data, out, tmp_path, val_fraction):
     for name, column in CSV_COLUMNS.items():
         assert float(row[column]) == pytest.approx(metrics[name], abs=1e-6), name
     return len(val_pos)
+
+
+def test_the_pictures_draw_the_numbers_of_their_data():
+    """#35's blind spot: the confusion matrix's cells and the reliability diagram's points,
+    read back from the figures, against numbers worked by hand."""
+    from coco4.metrics import MetricAccumulator
+    from coco4.plots import confusion_matrix_figure, reliability_figure
+
+    cm = [[3, 1, 0], [0, 4, 0], [2, 0, 2]]
+    ax = confusion_matrix_figure(cm, ["a", "b", "c"]).axes[0]
+    cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text()
+             for t in ax.texts}
+    assert cells[(0, 0)] == "3\n75%" and cells[(0, 1)] == "1\n25%" and cells[(1, 1)] == "4\n100%"
+    assert cells[(2, 0)] == "2\n50%" and cells[(2, 2)] == "2\n50%" and cells[(1, 0)] == "0\n0%"
+    assert np.allclose(ax.images[0].get_array(), [[0.75, 0.25, 0], [0, 1, 0], [0.5, 0, 0.5]])
+
+    # top probabilities 0.62 (right), 0.64 (wrong), 0.91 and 0.93 (both right): two of the
+    # 15 bins of width 1/15, [0.6, 0.667) and [0.867, 0.933), mean confidence 0.63 and 0.92
+    probs = torch.tensor([[0.62, 0.38], [0.64, 0.36], [0.91, 0.09], [0.93, 0.07]])
+    labels = torch.tensor([0, 1, 0, 0])
+    acc = MetricAccumulator(2)
+    acc.update(probs.log(), labels)
+    metrics = acc.summary(["x", "y"])
+    metrics.update(reliability_uncalibrated=metrics["reliability"], temperature=1.0,
+                   ece_uncalibrated=metrics["ece"])
+    ax = reliability_figure(metrics).axes[0]
+    line = ax.lines[1]  # after the diagonal: the raw probabilities' points
+    assert np.allclose(line.get_xdata(), [0.63, 0.92]) and np.allclose(line.get_ydata(),
+                                                                        [0.5, 1.0])
+    assert metrics["ece"] == pytest.approx((2 * abs(0.63 - 0.5) + 2 * abs(0.92 - 1.0)) / 4)
