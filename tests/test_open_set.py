@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from coco4.open_set import (
@@ -257,7 +258,13 @@ def test_an_eval_folder_holds_one_checkpoints_results(other_data, trained, tmp_p
     assert run_script("evaluate", *argv).status == 0
     assert not (out / "open_set.png").exists()
     assert "open_set" not in json.loads((out / "metrics.json").read_text())
-    other = shutil.copy(trained, tmp_path / "other.pt")
+    # another checkpoint: other weights (a byte-identical copy is the same model, whose
+    # results it may replace: a run folder moved or copied, #35)
+    other = tmp_path / "other.pt"
+    ckpt = torch.load(trained, weights_only=True)
+    first = next(iter(ckpt["model"]))
+    ckpt["model"][first] = ckpt["model"][first] + 0.01
+    torch.save(ckpt, other)
     before = (out / "metrics.json").read_bytes()
     ran = run_script("evaluate", *argv, "--checkpoint", other)
     assert ran.status == 2 and ran.error == (f"{out} holds the results of {trained}; choose "
