@@ -1,6 +1,7 @@
 """Ctrl-C and SIGTERM end a training run cleanly: finish the step, save, say how to resume."""
 import contextlib
 import signal
+import sys
 
 from .errors import Coco4Error
 
@@ -16,8 +17,10 @@ class Interrupted(Coco4Error):
 class StopRequest:
     """Context manager that turns SIGINT/SIGTERM into a flag the training loop polls.
 
-    A second Ctrl-C falls through to Python's KeyboardInterrupt, for a user who will not wait
-    for the step to end; the previous last.pt is still intact then, as writes are atomic.
+    The first signal says what happens next (the step ends, last.pt is saved). A second Ctrl-C
+    falls through to Python's KeyboardInterrupt, for a user who will not wait for the step to
+    end (the last last.pt written is intact: writes are atomic), except while that save is
+    being written (``protected``): with --save-every, it holds epochs no file has yet.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -25,6 +28,7 @@ class StopRequest:
     def __init__(self) -> None:
         self.signum = None
         self._previous = {}
+        self._protected = False
 
     def __enter__(self) -> "StopRequest":
         for s in self.SIGNALS:
@@ -38,9 +42,24 @@ class StopRequest:
             signal.signal(s, handler)
 
     def _handle(self, signum, frame):
+        if self._protected:
+            sys.stderr.write("\nsaving last.pt before stopping; it takes a moment\n")
+            return
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = signum
+        sys.stderr.write(f"\n{signal.Signals(signum).name}: stopping after this step and "
+                         "saving last.pt (Ctrl-C again stops at once, losing what was "
+                         "trained since the last save)\n")
+
+    @contextlib.contextmanager
+    def protected(self):
+        """A block no signal interrupts: the save a stop asked for."""
+        self._protected = True
+        try:
+            yield
+        finally:
+            self._protected = False
 
     @property
     def requested(self) -> bool:

@@ -125,8 +125,9 @@ class Training:
                                   (Path(cfg.output_dir) / "last.pt").exists())
         if not completed:
             run.epoch, run.step, run.epoch_sums = epoch, state.step, state.to_dict()
-            self._save()
-            self.writer.wait()
+            with stop.protected():  # a second Ctrl-C would lose what no file holds yet
+                self._save()
+                self.writer.wait()
             raise interrupted(self.program, cfg, stop.signum, epoch, state.step)
         row, score = self._end_epoch(state)
         is_best = score > run.best_metric
@@ -142,7 +143,10 @@ class Training:
         if is_best:
             self._keep_best()
         if stopping or run.stopped_early or run.epoch == cfg.epochs or self._save_due():
-            self._save()
+            with stop.protected():  # a second Ctrl-C would lose what no file holds yet
+                self._save()
+                if stopping:
+                    self.writer.wait()
         self.log.epoch(run.history, run.best_epoch)
         if run.stopped_early:
             self.log.info(f"stopped early after epoch {run.epoch}: {patience} epochs without a "

@@ -192,3 +192,33 @@ def test_a_resume_on_a_changed_train_list_is_refused(demo_data, tmp_path):
     (data / "annotation_train.txt").write_text("".join(lines))
     ran = run_script("train", *argv)
     assert ran.status == 0, ran.err[-1500:]
+
+
+def test_a_second_ctrl_c_while_the_stop_saves_loses_nothing(demo_data, tmp_path, monkeypatch,
+                                                             capsys):
+    """With --save-every, the stop's save holds epochs no file has yet: a second Ctrl-C during
+    it (users press again when nothing seems to happen) waits for it instead of losing them;
+    the first one says what it does."""
+    import os
+    import signal
+
+    real_epoch, real_save = trainer.train_one_epoch, trainer.Training._save
+
+    def epoch_with_a_ctrl_c(parts, batches, state, *args, **kwargs):
+        if state.epoch == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # the first: a stop after this step
+        return real_epoch(parts, batches, state, *args, **kwargs)
+
+    def save_with_a_second_ctrl_c(self):
+        if self.stop_vote is not None and self.state.epoch == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # the second, while the stop saves
+        return real_save(self)
+
+    monkeypatch.setattr(trainer, "train_one_epoch", epoch_with_a_ctrl_c)
+    monkeypatch.setattr(trainer.Training, "_save", save_with_a_second_ctrl_c)
+    with pytest.raises(Interrupted, match="stopped by SIGINT at epoch 2, step"):
+        fit(train_args(demo_data, tmp_path, epochs=3), progress=False)
+    assert read_file(tmp_path / "last.pt")["run"]["epoch"] == 1 and (tmp_path / "best.pt").exists()
+    err = capsys.readouterr().err
+    assert "SIGINT: stopping after this step and saving last.pt" in err
+    assert "saving last.pt before stopping" in err
