@@ -13,6 +13,7 @@ with a ``SkippedImageWarning`` naming it (``strict=True``: an error instead), as
 leaves it out.
 """
 import dataclasses
+import numbers
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -61,6 +62,8 @@ class Classifier:
         """A train.py checkpoint (its averaged weights for a --model-ema run) or the original
         project's. ``device``: auto (CUDA when present), cpu, cuda, cuda:N or mps;
         ``calibration=False``: the raw probabilities, without the checkpoint's temperature."""
+        if not isinstance(path, (str, Path)):
+            raise Coco4Error(f"Classifier.load takes a checkpoint's path, got {path!r}")
         if tta not in TTA_MODES:
             raise Coco4Error(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
         predictor = load_predictor(path, device, calibrated=calibration)
@@ -83,12 +86,18 @@ class Classifier:
         """One ``Prediction`` per image of ``x``, in order (a folder's images sorted by path,
         as predict.py finds them); unreadable files left out with a warning, or with
         ``strict=True`` an error."""
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) \
+                or batch_size < 1:
             raise Coco4Error(f"batch_size must be a whole number of at least 1, got "
                              f"{batch_size!r}")
         transform = pil_eval_transform(self.image_size)
         results, batch = [], []
-        for path, image in self._decoded(_inputs(x), strict):
+        try:
+            items = _inputs(x)
+        except RecursionError:  # a list that holds itself
+            raise Coco4Error("the lists given nest too deep (or hold themselves): give "
+                             f"{ACCEPTED}") from None
+        for path, image in self._decoded(items, strict):
             batch.append((path, transform(image)))
             if len(batch) == batch_size:
                 results += self._predict_batch(batch)
@@ -141,7 +150,12 @@ def _array_image(array: np.ndarray) -> Image.Image:
 
 
 def _rgb(image: Image.Image, what: str) -> Image.Image:
+    if 0 in image.size:
+        raise Coco4Error(f"{what} of {image.size[0]}x{image.size[1]} pixels: no pixels to "
+                         "classify")
     try:
         return as_rgb(image, what)
     except UnreadableImage as e:
         raise Coco4Error(str(e)) from None
+    except (ValueError, OSError) as e:  # a closed image, a mode PIL cannot convert ("La")
+        raise Coco4Error(f"{what} that cannot be turned into RGB pixels ({e})") from None

@@ -48,7 +48,8 @@ class Recipe:
                              why="(BatchNorm cannot train on one image)")
     accum_steps: int = option(1, "micro-batches per optimizer step (same effective batch, "
                               "less GPU memory; BatchNorm sees each micro-batch alone)", low=1)
-    lr: float = option(1e-4, "Adam learning rate", above=0)
+    lr: float = option(1e-4, "Adam learning rate", above=0, high=10,
+                       why="(Adam's step grows with it: the recipe's is 1e-4)")
     label_smoothing: float = option(0.0, "cross-entropy's label smoothing: each target keeps "
                                     "1 - S and spreads S evenly over all classes", low=0,
                                     below=1)

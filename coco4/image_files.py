@@ -68,6 +68,8 @@ def find_images(inputs: Sequence[str], list_file: Path | None = None) -> list[Pa
                   if line.strip()]
     found = []
     for name in names:
+        if not name.strip():  # Path("") is the current folder: every image below it
+            raise Coco4Error(f"{name!r}: an empty path; give a file, folder or glob")
         path = Path(name)
         if path.is_dir():
             found += _folder_images(path)

@@ -22,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .api import Classifier
 from .cli import DEVICE_HELP
@@ -61,8 +62,9 @@ def serve(opts: ServeOptions) -> int:
     app = create_app(classifier, opts.max_upload_mb)
     print(f"serving {opts.checkpoint} ({', '.join(classifier.classes)}) on "
           f"http://{opts.host}:{opts.port}/ ; Ctrl-C stops it", flush=True)
+    # a client that never finishes its upload must not hold a stop (systemctl, docker) open
     server = uvicorn.Server(uvicorn.Config(app, host=opts.host, port=opts.port,
-                                           log_level="info"))
+                                           log_level="info", timeout_graceful_shutdown=5))
     # uvicorn stops gracefully on either signal, then raises it again for the handler it
     # found: these note it, so the stop is an exit 0, not an error
     stops = []
@@ -133,7 +135,10 @@ def create_app(classifier: Classifier, max_upload_mb: float = 20.0) -> FastAPI:
 
     @app.post("/predict")
     async def predict(request: Request):
-        uploads = await uploaded_files(request, limit, f"{max_upload_mb:g}")
+        try:
+            uploads = await uploaded_files(request, limit, f"{max_upload_mb:g}")
+        except ClientDisconnect:  # gone mid-upload: nobody to answer, nothing to log
+            return JSONResponse({"error": "the client disconnected"}, status_code=400)
         results = await run_in_threadpool(classify, uploads)
         return {"predictions": [{"file": name, "label": r.label, "score": r.score,
                                  "probs": r.probs} for (name, _), r in zip(uploads, results)]}

@@ -99,3 +99,29 @@ def test_importing_coco4_imports_no_torch():
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                           text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("x, message", [
+    (Image.new("RGB", (0, 0)), "a PIL image of 0x0 pixels: no pixels to classify"),
+    (np.zeros((0, 4, 3), np.uint8), "an array of 4x0 pixels: no pixels to classify"),
+    (Image.new("La", (8, 8)), "a PIL image that cannot be turned into RGB pixels"),
+    ("", "'': an empty path; give a file, folder or glob"),
+])
+def test_images_with_nothing_to_classify_are_one_clear_error(clf, x, message):
+    """The adversarial pass (#35): these gave a confident answer from no pixels, a raw
+    ValueError, or every image under the current folder."""
+    with pytest.raises(Coco4Error, match=message.replace("(", r"\(")):
+        clf.predict(x)
+
+
+def test_a_list_that_holds_itself_is_one_clear_error(clf):
+    looped = []
+    looped.append(looped)
+    with pytest.raises(Coco4Error, match="nest too deep"):
+        clf.predict(looped)
+
+
+def test_an_eps_file_named_jpg_is_never_handed_to_ghostscript(clf, tmp_path):
+    (tmp_path / "photo.jpg").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 9 9\n")
+    with pytest.warns(SkippedImageWarning, match="photo.jpg: unreadable: cannot identify"):
+        assert clf.predict(tmp_path) == []

@@ -231,6 +231,7 @@ def test_a_run_with_every_option_stopped_and_resumed_ends_as_a_straight_one(
     ({"patience": -1}, "--patience must be 0 or more, got -1"),
     ({"lr_scheduler": "step"}, "--lr-scheduler must be one of plateau, cosine, got 'step'"),
     ({"auto_augment": "aa"}, "--auto-augment must be one of none, ta_wide, ra, got 'aa'"),
+    ({"lr": 1e38}, r"--lr must be at most 10 \(Adam's step grows with it"),  # a traceback
     ({"random_erase": 1.5}, "--random-erase must be at most 1, got 1.5"),
     ({"model_ema_decay": 1.0}, r"--model-ema-decay must be between 0 and 1 \(exclusive\), got 1.0"),
 ])
@@ -370,3 +371,13 @@ def test_recipe_without_its_value_is_the_scripts_own_usage_error():
     ran = run_script("train", "--recipe")
     assert ran.status == 2 and "[--arch {" in ran.err  # the whole parser's usage, not a probe's
     assert "argument --recipe: expected one argument" in ran.err
+
+
+def test_a_cosine_resumed_past_its_planned_epochs_says_where_the_lr_stays(demo_data, tmp_path):
+    """The adversarial pass (#35): the extra epochs trained at --lr-min 0 without a word."""
+    fit(train_args(demo_data, tmp_path, epochs=2, lr_scheduler="cosine"), progress=False)
+    ran = run_script("train", *train_argv(demo_data, tmp_path, "--resume", tmp_path / "last.pt",
+                                          "--epochs", "3"))
+    assert ran.status == 0, ran.err[-1500:]
+    assert "--epochs 3 goes past the 2 this run's cosine was planned for: epochs 3-3 train at " \
+           "--lr-min 0" in ran.out

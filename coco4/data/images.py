@@ -28,7 +28,7 @@ def read_rgb(path: str | Path) -> Image.Image:
         mode = os.stat(path).st_mode
         if not stat.S_ISREG(mode):  # opening a FIFO would wait forever for a writer
             raise UnreadableImage(f"{path}: not a regular file ({_kind(mode)})")
-        with Image.open(path) as im:
+        with Image.open(path, formats=safe_formats()) as im:
             return as_rgb(im, path)
     except (FileNotFoundError, UnreadableImage):
         raise
@@ -36,6 +36,13 @@ def read_rgb(path: str | Path) -> Image.Image:
         # SyntaxError, ...) and the file system too (a symlink loop, a name too long, a path
         # through a file): one image is unusable, never the run
         raise UnreadableImage(f"{path}: {e}") from e
+
+
+def safe_formats() -> list[str]:
+    """Every format PIL reads but EPS, whose reader hands the file to Ghostscript: a folder
+    of someone else's "photos" must not run a PostScript interpreter."""
+    Image.init()
+    return [f for f in Image.OPEN if f != "EPS"]
 
 
 def as_rgb(im: Image.Image, name) -> Image.Image:
