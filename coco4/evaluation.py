@@ -236,8 +236,10 @@ def check_earlier_results(out_dir: Path, opts: "EvaluateOptions") -> None:
         checkpoint = content = None
     if isinstance(checkpoint, str) and same_file(checkpoint, opts.checkpoint):
         return
-    # the same file under another name: a run folder moved or copied since (#35)
-    if not (isinstance(content, str) and content == file_sha256(opts.checkpoint)):
+    # the same file under another name: a run folder moved or copied since (#35); a path
+    # that is no regular file is for the checkpoint's own check to report, not hashed here
+    if not (isinstance(content, str) and Path(opts.checkpoint).is_file()
+            and content == file_sha256(opts.checkpoint)):
         raise Coco4Error(f"{out_dir} holds the results of {checkpoint or 'another evaluation'};"
                          " choose another --out-dir, or pass --overwrite to replace them")
 

@@ -1,7 +1,7 @@
 """Ctrl-C and SIGTERM end a training run cleanly: finish the step, save, say how to resume."""
 import contextlib
+import os
 import signal
-import sys
 
 from .errors import Coco4Error
 
@@ -42,15 +42,15 @@ class StopRequest:
             signal.signal(s, handler)
 
     def _handle(self, signum, frame):
-        if self._protected:
-            sys.stderr.write("\nsaving last.pt before stopping; it takes a moment\n")
-            return
-        if self.signum is not None and signum == signal.SIGINT:
+        if self.signum is None:  # the first: always noted, even during a routine save
+            self.signum = signum
+            _say(f"\n{signal.Signals(signum).name}: stopping after this step and saving "
+                 "last.pt (Ctrl-C again stops at once, losing what was trained since the last "
+                 "save)\n")
+        elif self._protected:
+            _say("\nsaving last.pt before stopping; it takes a moment\n")
+        elif signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.signum = signum
-        sys.stderr.write(f"\n{signal.Signals(signum).name}: stopping after this step and "
-                         "saving last.pt (Ctrl-C again stops at once, losing what was "
-                         "trained since the last save)\n")
 
     @contextlib.contextmanager
     def protected(self):
@@ -64,3 +64,10 @@ class StopRequest:
     @property
     def requested(self) -> bool:
         return self.signum is not None
+
+
+def _say(text: str) -> None:
+    """A line to stderr from a signal handler: os.write, not sys.stderr, whose buffered
+    writer may be in the middle of a write the handler interrupted (a reentrant call)."""
+    with contextlib.suppress(OSError):
+        os.write(2, text.encode())

@@ -116,8 +116,9 @@ def resumed_config(cfg: TrainConfig, resumed: LoadedModel,
         say(f"resuming keeps the checkpoint's settings, not {ignored}")
     planned = stored.get("epochs") if isinstance(stored, dict) else None
     if merged.lr_scheduler == "cosine" and isinstance(planned, int) and merged.epochs > planned:
-        say(f"--epochs {merged.epochs} goes past the {planned} this run's cosine was planned "
-            f"for: epochs {planned + 1}-{merged.epochs} train at --lr-min {merged.lr_min:g}")
+        # the curve keeps the --epochs the run began with (stored with its schedule)
+        say(f"--epochs {merged.epochs} goes past the end this run's cosine was planned for (the "
+            f"--epochs it began with): the epochs after it train at --lr-min {merged.lr_min:g}")
     options = resumed.checkpoint.get("run_options")  # older coco4: in the config
     trained_amp = (options if isinstance(options, dict) else stored).get("amp", True)
     if trained_amp is False and merged.amp:  # a run option: this command line's

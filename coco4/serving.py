@@ -121,7 +121,8 @@ def create_app(classifier: Classifier, max_upload_mb: float = 20.0) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)  # a malformed form, too many files, 404
     async def http_error(request: Request, error: StarletteHTTPException):
-        return JSONResponse({"error": str(error.detail)}, status_code=error.status_code)
+        return JSONResponse({"error": str(error.detail)}, status_code=error.status_code,
+                            headers=error.headers)
 
     @app.get("/", response_class=HTMLResponse)
     async def index():

@@ -95,8 +95,10 @@ class Training:
         except failed_compile as e:  # a compiler that is there but fails, at its first use
             raise compile_failed(e) from None
         finally:
-            self._write_waiting_best()  # a run ending in an error keeps its best model
-            self.log.close()
+            try:
+                self._write_waiting_best()  # a run ending in an error keeps its best model
+            finally:
+                self.log.close()
             self.writer.wait()  # the last checkpoint is on disk before fit returns or raises
         run = self.state
         return {"best_metric": run.best_metric, "select_by": self.cfg.select_by,
@@ -217,7 +219,8 @@ class Training:
         best, self._best = self._best, None
         try:
             self.writer.save((Path(self.cfg.output_dir) / "best.pt", best))
-        except Exception as e:  # an earlier write's error: the one that ended the run wins
+            self.writer.wait()
+        except Exception as e:  # a write's error: the one that ended the run is reported
             self.log.info(f"warning: best.pt of epoch {best['epoch']} was not written ({e})")
 
     def _save_due(self) -> bool:
@@ -231,9 +234,9 @@ class Training:
             return
         out = Path(self.cfg.output_dir)
         files = [] if self._best is None else [(out / "best.pt", self._best)]
-        self._best = None
         last = {**self._described_model(), **_training_state(self.parts)}
         self.writer.save(*files, (out / "last.pt", last))
+        self._best = None  # after: an earlier write's error raised above keeps it waiting
 
     def _described_model(self) -> dict:
         """What both checkpoints hold: the model to predict with (the average, with

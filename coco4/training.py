@@ -225,6 +225,8 @@ def _restore(resumed: LoadedModel, optimizer, schedule: LrSchedule, scaler) -> N
         schedule.load_state_dict(ckpt["scheduler"])
         if ckpt["scaler"]:  # empty when the run had no fp16 scaler (CPU, bf16)
             scaler.load_state_dict(ckpt["scaler"])
+    except torch.cuda.OutOfMemoryError:
+        raise
     except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
         raise Coco4Error(f"{resumed.source} holds a training state that does not fit its own "
                          f"model and recipe ({type(e).__name__}: {e}); start a new run from "

@@ -195,7 +195,7 @@ def test_a_resume_on_a_changed_train_list_is_refused(demo_data, tmp_path):
 
 
 def test_a_second_ctrl_c_while_the_stop_saves_loses_nothing(demo_data, tmp_path, monkeypatch,
-                                                             capsys):
+                                                             capfd):
     """With --save-every, the stop's save holds epochs no file has yet: a second Ctrl-C during
     it (users press again when nothing seems to happen) waits for it instead of losing them;
     the first one says what it does."""
@@ -219,6 +219,18 @@ def test_a_second_ctrl_c_while_the_stop_saves_loses_nothing(demo_data, tmp_path,
     with pytest.raises(Interrupted, match="stopped by SIGINT at epoch 2, step"):
         fit(train_args(demo_data, tmp_path, epochs=3), progress=False)
     assert read_file(tmp_path / "last.pt")["run"]["epoch"] == 1 and (tmp_path / "best.pt").exists()
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err  # written with os.write, from the signal handler
     assert "SIGINT: stopping after this step and saving last.pt" in err
     assert "saving last.pt before stopping" in err
+
+
+def test_a_first_signal_during_a_routine_save_still_stops_the_run():
+    """Review of the above: the save under protection is every save; a SIGTERM arriving during
+    a routine one (a preemption) must still be noted, not only announced."""
+    import os
+    import signal
+
+    with StopRequest() as stop:
+        with stop.protected():
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested and stop.signum == signal.SIGTERM

@@ -263,3 +263,12 @@ def test_a_moved_run_folder_evaluates_into_its_own_eval_again(run_copy, demo_dat
     assert again.status == 0, again.err[-1500:]
     other = run_script("evaluate", *eval_argv(demo_data, moved / "last.pt", moved / "eval"))
     assert other.status == 2 and f"{moved / 'eval'} holds the results of " in other.error
+
+
+def test_a_missing_checkpoint_beside_an_earlier_evaluation_is_one_line(run_copy, demo_data):
+    """The eval folder's check hashes the checkpoint to recognise a moved run: a path that is
+    no file must be the checkpoint check's one line, not a traceback (review, #35)."""
+    assert run_script("evaluate", *eval_argv(demo_data, run_copy / "best.pt",
+                                             run_copy / "eval")).status == 0
+    ran = run_script("evaluate", *eval_argv(demo_data, run_copy / "typo.pt", run_copy / "eval"))
+    assert ran.status == 2 and ran.err.count("\n") == 1, ran.err[-800:]  # one line

@@ -379,5 +379,5 @@ def test_a_cosine_resumed_past_its_planned_epochs_says_where_the_lr_stays(demo_d
     ran = run_script("train", *train_argv(demo_data, tmp_path, "--resume", tmp_path / "last.pt",
                                           "--epochs", "3"))
     assert ran.status == 0, ran.err[-1500:]
-    assert "--epochs 3 goes past the 2 this run's cosine was planned for: epochs 3-3 train at " \
-           "--lr-min 0" in ran.out
+    assert "--epochs 3 goes past the end this run's cosine was planned for (the --epochs it " \
+           "began with): the epochs after it train at --lr-min 0" in ran.out

@@ -53,7 +53,9 @@ class ClassAudit:
 
 
 def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """The file's SHA-256, read in chunks (a checkpoint is hundreds of megabytes)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def write_report(out_dir: Path, rule: dict, splits: dict, other: dict | None = None) -> dict:
