@@ -29,7 +29,8 @@ from .errors import Coco4Error
 from .image_files import find_images
 from .predictor import TTA_MODES, Predictor, load_predictor
 
-ACCEPTED = "a path, a folder, a glob, a PIL image, a uint8 HxWx3 array, or a list of these"
+ACCEPTED = ("a path, a folder, a glob, a PIL image, a uint8 HxWx3 array, or a list (or an "
+            "iterator) of these")
 
 
 class SkippedImageWarning(UserWarning):
@@ -92,19 +93,19 @@ class Classifier:
                              f"{batch_size!r}")
         transform = pil_eval_transform(self.image_size)
         results, batch = [], []
-        try:
-            items = _inputs(x)
+        try:  # one image decoded at a time, kept only as its small input tensor
+            for path, image in self._decoded(_inputs(x), strict):
+                batch.append((path, transform(image)))
+                if len(batch) == batch_size:
+                    results += self._predict_batch(batch)
+                    batch = []
         except RecursionError:  # a list that holds itself
             raise Coco4Error("the lists given nest too deep (or hold themselves): give "
                              f"{ACCEPTED}") from None
-        for path, image in self._decoded(items, strict):
-            batch.append((path, transform(image)))
-            if len(batch) == batch_size:
-                results += self._predict_batch(batch)
-                batch = []
         return results + (self._predict_batch(batch) if batch else [])
 
-    def _decoded(self, items: list, strict: bool) -> Iterator[tuple[str | None, Image.Image]]:
+    def _decoded(self, items: Iterator, strict: bool) -> Iterator[tuple[str | None,
+                                                                         Image.Image]]:
         for item in items:
             if isinstance(item, Path):
                 image, why = probe(item)
@@ -129,17 +130,21 @@ class Classifier:
         return results
 
 
-def _inputs(x) -> list:
-    """``x`` as a flat list of file paths and RGB images, in order."""
-    if isinstance(x, (list, tuple)):
-        return [item for part in x for item in _inputs(part)]
-    if isinstance(x, (str, Path)):
-        return find_images([str(x)])
-    if isinstance(x, Image.Image):
-        return [_rgb(x, "a PIL image")]
-    if isinstance(x, np.ndarray):
-        return [_rgb(_array_image(x), "an array")]
-    raise Coco4Error(f"cannot classify a {type(x).__name__}: give {ACCEPTED}")
+def _inputs(x) -> Iterator:
+    """``x``'s file paths and RGB images, in order, one at a time: an iterator (a generator
+    of decoded images) is consumed as the batches go, so its images are let go as they are
+    predicted."""
+    if isinstance(x, (list, tuple, Iterator)):
+        for part in x:
+            yield from _inputs(part)
+    elif isinstance(x, (str, Path)):
+        yield from find_images([str(x)])
+    elif isinstance(x, Image.Image):
+        yield _rgb(x, "a PIL image")
+    elif isinstance(x, np.ndarray):
+        yield _rgb(_array_image(x), "an array")
+    else:
+        raise Coco4Error(f"cannot classify a {type(x).__name__}: give {ACCEPTED}")
 
 
 def _array_image(array: np.ndarray) -> Image.Image:

@@ -26,6 +26,7 @@ from starlette.requests import ClientDisconnect
 
 from .api import Classifier
 from .cli import DEVICE_HELP
+from .data.images import as_rgb
 from .errors import Coco4Error
 from .options import check, option
 from .predictor import TTA_MODES, calibration_option, checkpoint_option
@@ -105,15 +106,8 @@ def create_app(classifier: Classifier, max_upload_mb: float = 20.0) -> FastAPI:
     def classify(uploads: list[tuple[str, bytes]]) -> list:
         """On a worker thread, one request at a time: each upload decoded, predicted and let
         go before the next, so memory holds one decoded image, and the event loop none."""
-        with one_at_a_time:
-            results = []
-            for name, data in uploads:
-                image = decode(data, name)
-                try:
-                    results += classifier.predict(image)
-                except Coco4Error as e:  # pixels it cannot use (beyond 16 bits, ...)
-                    raise BadUpload(415, f"{name}: {e}") from None
-            return results
+        with one_at_a_time:  # decoded one by one as the batches fill: one image held at once
+            return classifier.predict(decode(data, name) for name, data in uploads)
 
     @app.exception_handler(BadUpload)
     async def bad_upload(request: Request, error: BadUpload):
@@ -196,13 +190,12 @@ async def uploaded_files(request: Request, limit: int, flag: str) -> list[tuple[
 
 
 def decode(data: bytes, name: str) -> Image.Image:
-    """An uploaded file opened and decoded, in one of the common photo formats only (no
-    format that hands the bytes to another program, as EPS does to Ghostscript), within the
-    pixel limit predict.py keeps; ``Classifier.predict`` turns it upright and RGB."""
+    """An uploaded file decoded as predict.py decodes a file (upright, 8 bits, RGB), in one
+    of the common photo formats only (no format that hands the bytes to another program, as
+    EPS does to Ghostscript), within the pixel limit predict.py keeps."""
     try:
-        image = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)
-        image.load()
-        return image
+        with Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS) as image:
+            return as_rgb(image, name)
     except Image.DecompressionBombError as e:
         raise BadUpload(413, f"{name}: {e}") from None
     except UnidentifiedImageError:

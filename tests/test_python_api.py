@@ -125,3 +125,21 @@ def test_an_eps_file_named_jpg_is_never_handed_to_ghostscript(clf, tmp_path):
     (tmp_path / "photo.jpg").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 9 9\n")
     with pytest.warns(SkippedImageWarning, match="photo.jpg: unreadable: cannot identify"):
         assert clf.predict(tmp_path) == []
+
+
+def test_an_iterator_is_predicted_as_it_is_consumed(clf, predicted):
+    """A generator of decoded images (what serve.py passes): the same results as the list, and
+    no image drawn before the batch before it was predicted."""
+    folder, _ = predicted
+    files = sorted(folder.iterdir())[:5]
+    drawn = []
+
+    def images():
+        for f in files:
+            drawn.append(f)
+            with Image.open(f) as im:
+                yield im.copy()
+
+    lazy = clf.predict(images(), batch_size=2)
+    assert [r.probs for r in lazy] == [r.probs for r in clf.predict(files, batch_size=2)]
+    assert len(drawn) == 5
