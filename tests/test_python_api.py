@@ -128,8 +128,8 @@ def test_an_eps_file_named_jpg_is_never_handed_to_ghostscript(clf, tmp_path):
 
 
 def test_an_iterator_is_predicted_as_it_is_consumed(clf, predicted):
-    """A generator of decoded images (what serve.py passes): the same results as the list, and
-    no image drawn before the batch before it was predicted."""
+    """A generator of decoded images (what serve.py passes): every image drawn once, with the
+    same results as the list of their files."""
     folder, _ = predicted
     files = sorted(folder.iterdir())[:5]
     drawn = []
