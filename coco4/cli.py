@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 
 from .errors import Coco4Error
+from .fileio import printable
 
 
 class Terminated(BaseException):
@@ -105,6 +106,7 @@ def check_fraction(flag: str, value: float | None) -> None:
 
 
 def printable_path(path, most: int = 120) -> str:
-    """A path for a one-line message: shortened in its middle past ``most`` characters."""
-    text = os.fsdecode(path) if path is not None else "a path"
+    """A path for a one-line message: fileio.printable's text (undecodable bytes escaped),
+    shortened in its middle past ``most`` characters."""
+    text = printable(os.fsdecode(path)) if path is not None else "a path"
     return text if len(text) <= most else f"{text[:most // 2]}...{text[-most // 2:]}"

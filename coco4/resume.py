@@ -13,8 +13,7 @@ from .data.audit import file_sha256
 from .errors import Coco4Error
 from .interrupt import Interrupted
 from .options import to_argv
-
-EPOCH_SUMS = ("loss_sum", "correct", "count", "seconds")  # a mid-epoch stop's running sums
+from .training import EpochState
 
 
 @dataclasses.dataclass
@@ -76,8 +75,8 @@ def _run_state_problem(ckpt: dict) -> str | None:
     if not isinstance(history, list) or not all(isinstance(row, dict) for row in history):
         return "run.history is not a list of epoch rows"
     sums = run.get("epoch_sums")
-    if sums is not None and not (isinstance(sums, dict) and set(EPOCH_SUMS) <= set(sums)):
-        return f"run.epoch_sums is {sums!r}, not the sums {', '.join(EPOCH_SUMS)}"
+    if sums is not None and not (isinstance(sums, dict) and set(EpochState.SAVED) <= set(sums)):
+        return f"run.epoch_sums is {sums!r}, not the sums {', '.join(EpochState.SAVED)}"
     for name in ("optimizer", "scheduler", "scaler"):
         if not isinstance(ckpt.get(name), dict):
             return f"no {name} state"

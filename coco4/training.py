@@ -330,6 +330,8 @@ class EpochState:
     first_bad_step: torch.Tensor = None  # the first step with a non-finite loss, or -1
     lr: float | None = None  # the LR of the epoch's first step: metrics.csv's lr column
 
+    SAVED = ("loss_sum", "correct", "count", "seconds")  # a mid-epoch checkpoint's sums
+
     @classmethod
     def start(cls, epoch: int, device: torch.device, saved: dict | None = None,
               step: int = 0) -> "EpochState":
